@@ -1,0 +1,14 @@
+"""medidiff: MONAI diffusion models for denoising, synthetic data and anomaly detection on scans.
+
+The top-level package stays light (no torch import) so that the napari reader and
+``medidiff info`` start fast; the diffusion engine is imported on first use.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from medidiff.errors import MedidiffError
+from medidiff.io import Scan, load_scan, save_scan
+
+__all__ = ["__version__", "MedidiffError", "Scan", "load_scan", "save_scan"]

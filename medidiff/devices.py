@@ -1,0 +1,75 @@
+"""Pick the compute device: ``"auto"`` means CUDA, then MPS, then CPU.
+
+Nothing in medidiff hard-codes ``cuda``; every public function that computes takes
+``device=`` and passes it through :func:`resolve_device`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from medidiff.errors import MedidiffError
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """Turn ``"auto"``, ``None``, a name like ``"cuda:1"`` or a device into a usable device."""
+    if device is None or (isinstance(device, str) and device == "auto"):
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise MedidiffError(f"device {device!r} was requested but CUDA is not available here; use --device cpu or auto")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise MedidiffError(f"device {device!r} was requested but MPS is not available here; use --device cpu or auto")
+    return dev
+
+
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """bf16 autocast on CUDA only (where it is fast and safe); None elsewhere."""
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """A device that really works here, with a label for pickers."""
+
+    name: str
+    label: str
+
+
+def available_devices() -> list[DeviceInfo]:
+    """List devices that can run a tensor op now (CUDA with free memory, MPS, CPU)."""
+    found = [DeviceInfo("auto", "auto")]
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            try:
+                free, total = torch.cuda.mem_get_info(i)
+                label = f"cuda:{i} {torch.cuda.get_device_name(i)} ({free / 2**30:.1f} of {total / 2**30:.1f} GiB free)"
+            except RuntimeError:
+                continue
+            found.append(DeviceInfo(f"cuda:{i}", label))
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        found.append(DeviceInfo("mps", "mps (Apple GPU)"))
+    found.append(DeviceInfo("cpu", "cpu"))
+    return found
+
+
+def release_memory(device: torch.device | str | None = None) -> None:
+    """Return cached accelerator memory to the driver after a run."""
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    mps = getattr(torch, "mps", None)
+    if mps is not None and getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        torch.mps.empty_cache()

@@ -1,0 +1,1 @@
+"""napari-medidiff: the napari plugin of medidiff (reader, writer, sample data, task widgets)."""
