@@ -1,0 +1,266 @@
+"""Training data: scan files and folders -> normalised 2D slices or 3D patches, batch by batch.
+
+A batch is a pure function of ``(seed, step)``: which images, which crops, which
+augmentations. That is what makes a stopped run resume exactly, and a run split over K
+processes (each taking its share of the same global batch) equal a one-process run.
+Scans are loaded and normalised once and kept in memory (the cache).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from medidiff.errors import MedidiffError, ScanError
+from medidiff.intensity import Normaliser
+from medidiff.io import Scan, load_scan
+
+SCAN_SUFFIXES = (".nii", ".nii.gz", ".dcm", ".tif", ".tiff", ".png", ".jpg", ".jpeg")
+
+
+def expand_inputs(data: Sequence[str | Path | Scan] | str | Path | Scan) -> list[Scan]:
+    """Load scans from files, folders (every scan inside; a DICOM series folder is one scan) or Scans."""
+    if isinstance(data, (str, Path, Scan)):
+        data = [data]
+    scans: list[Scan] = []
+    for item in data:
+        if isinstance(item, Scan):
+            scans.append(item)
+            continue
+        path = Path(item)
+        if not path.exists():
+            raise ScanError(path, "no such file or folder")
+        if path.is_dir() and not _is_dicom_folder(path):
+            children = sorted(p for p in path.iterdir() if p.name.lower().endswith(SCAN_SUFFIXES) or (p.is_dir() and _is_dicom_folder(p)))
+            if not children:
+                raise ScanError(path, f"folder holds no scans (looked for {', '.join(SCAN_SUFFIXES)} files and DICOM series folders)")
+            scans.extend(load_scan(p) for p in children)
+        else:
+            scans.append(load_scan(path))
+    if not scans:
+        raise MedidiffError("no training scans were given")
+    return scans
+
+
+def _is_dicom_folder(path: Path) -> bool:
+    files = [p for p in path.iterdir() if p.is_file()]
+    if not files:
+        return False
+    if any(p.suffix.lower() == ".dcm" for p in files):
+        return True
+    try:
+        with open(files[0], "rb") as f:
+            head = f.read(132)
+        return head[128:132] == b"DICM"
+    except OSError:
+        return False
+
+
+def default_slice_axis(scan: Scan) -> int:
+    """The array axis with the coarsest spacing (ties: the first, i.e. z)."""
+    return int(np.argmax(scan.spacing))
+
+
+def foreground_fraction(normalised: np.ndarray, level: float = -0.8) -> float:
+    """Share of voxels brighter than ``level`` (network units): the empty-slice test."""
+    return float((normalised > level).mean())
+
+
+def fit_to_size(
+    arrays: Sequence[np.ndarray], size: Sequence[int], rng: np.random.Generator | None, fills: Sequence[float]
+) -> list[np.ndarray]:
+    """Pad (with ``fills``) or crop same-shaped ``arrays`` to ``size`` with one crop for all.
+
+    The crop is random when ``rng`` is given, else centred.
+    """
+    shape = arrays[0].shape
+    pads = []
+    for s, t in zip(shape, size):
+        extra = max(t - s, 0)
+        pads.append((extra // 2, extra - extra // 2))
+    padded_shape = [s + a + b for s, (a, b) in zip(shape, pads)]
+    starts = [int(rng.integers(0, s - t + 1)) if rng is not None else (s - t) // 2 for s, t in zip(padded_shape, size)]
+    window = tuple(slice(st, st + t) for st, t in zip(starts, size))
+    out = []
+    for arr, fill in zip(arrays, fills):
+        if any(p != (0, 0) for p in pads):
+            arr = np.pad(arr, pads, mode="constant", constant_values=fill)
+        out.append(arr[window])
+    return out
+
+
+@dataclass
+class TrainingData:
+    """In-memory training images (network units) and their conditions, ready to batch."""
+
+    images: list[np.ndarray]
+    normaliser: Normaliser
+    spatial_dims: int
+    image_size: tuple[int, ...]
+    labels: list[int] | None = None
+    masks: list[np.ndarray] | None = None
+    spacing: tuple[float, ...] = ()
+    orientation: str = ""
+    modality: str = "OT"
+    slice_axis: int | None = None
+    sources: list[str] = field(default_factory=list)
+    augment: bool = True
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def batch(self, seed: int, step: int, batch_size: int) -> dict[str, np.ndarray]:
+        """The global batch of ``step``: a pure function of (seed, step)."""
+        rng = np.random.default_rng([seed, step, 1])
+        idx = rng.integers(0, len(self.images), size=batch_size)
+        xs, ms = [], []
+        for j, i in enumerate(idx):
+            srng = np.random.default_rng([seed, step, 2, j])
+            img = self.images[i]
+            mask = self.masks[i] if self.masks is not None else None
+            if img.shape != self.image_size:
+                parts = fit_to_size([img] if mask is None else [img, mask], self.image_size, srng, [float(img.min()), 0.0])
+                img = parts[0]
+                mask = parts[1] if mask is not None else None
+            if self.augment:
+                img, mask = augment(img, mask, srng)
+            xs.append(img[None])
+            if mask is not None:
+                ms.append(mask[None])
+        out = {"images": np.stack(xs).astype(np.float32)}
+        if self.labels is not None:
+            out["labels"] = np.asarray([self.labels[i] for i in idx], dtype=np.int64)
+        if ms:
+            out["masks"] = np.stack(ms).astype(np.float32)
+        return out
+
+
+def augment(img: np.ndarray, mask: np.ndarray | None, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray | None]:
+    """Flips, a small affine and intensity jitter (MONAI transforms), seeded by ``rng``."""
+    from monai.transforms import RandAffine, RandFlip
+
+    seed = int(rng.integers(0, 2**31 - 1))
+    spatial = img.ndim
+    flip = RandFlip(prob=0.5, spatial_axis=spatial - 1)
+    flip.set_random_state(seed)
+    affine = RandAffine(prob=0.5, rotate_range=[0.1] * (1 if spatial == 2 else 3), scale_range=[0.05] * spatial,
+                        padding_mode="border", mode="bilinear")
+    affine.set_random_state(seed + 1)
+    x = img[None]
+    flip.randomize(None)
+    affine.randomize(None)
+    x = np.asarray(affine(flip(x, randomize=False), randomize=False))
+    m = None
+    if mask is not None:
+        # the same geometric transform, nearest neighbour for labels
+        m = np.asarray(flip(mask[None], randomize=False))
+        m = np.asarray(affine(m, mode="nearest", randomize=False))[0]
+    # intensity jitter: small scale and shift in network units
+    scale = 1.0 + rng.uniform(-0.05, 0.05)
+    shift = rng.uniform(-0.05, 0.05)
+    return (x[0] * scale + shift).astype(np.float32), m
+
+
+def prepare_training_data(
+    data: Sequence[str | Path | Scan] | str | Path | Scan,
+    *,
+    spatial_dims: int = 2,
+    image_size: Sequence[int] | int = 64,
+    slice_axis: int | None = None,
+    normaliser: Normaliser | None = None,
+    ct_window: str | None = None,
+    labels: Sequence[int] | None = None,
+    masks: Sequence[str | Path | Scan] | None = None,
+    min_foreground: float = 0.05,
+    target_spacing: Sequence[float] | None = None,
+    augment: bool = True,
+) -> TrainingData:
+    """Load, optionally resample, normalise and slice (2D) or keep whole (3D) the training scans.
+
+    ``labels`` gives one class per scan; ``masks`` one label map per scan (same shape).
+    """
+    scans = expand_inputs(data)
+    mask_scans = expand_inputs(masks) if masks is not None else None
+    if labels is not None and len(labels) != len(scans):
+        raise MedidiffError(f"got {len(labels)} labels for {len(scans)} scans; give one label per scan")
+    if mask_scans is not None and len(mask_scans) != len(scans):
+        raise MedidiffError(f"got {len(mask_scans)} masks for {len(scans)} scans; give one mask per scan")
+    if target_spacing is not None:
+        scans = [resample(s, target_spacing) for s in scans]
+        if mask_scans is not None:
+            mask_scans = [resample(m, target_spacing, order=0) for m in mask_scans]
+    modality = scans[0].modality
+    if normaliser is None:
+        normaliser = Normaliser.for_modality([s.array for s in scans], modality, ct_window)
+    size = (image_size,) * spatial_dims if isinstance(image_size, int) else tuple(image_size)
+    images: list[np.ndarray] = []
+    out_labels: list[int] | None = [] if labels is not None else None
+    out_masks: list[np.ndarray] | None = [] if mask_scans is not None else None
+    axis_used = None
+    for k, scan in enumerate(scans):
+        arr = normaliser.forward(scan.array)
+        marr = None
+        if mask_scans is not None:
+            marr = np.rint(mask_scans[k].array).astype(np.float32)
+            if marr.shape != arr.shape:
+                raise ScanError(mask_scans[k].meta.get("source_path"), f"mask shape {marr.shape} differs from its scan's {arr.shape}")
+        if spatial_dims == 2:
+            if arr.ndim == 2:
+                parts = [(arr, marr)]
+            else:
+                axis = default_slice_axis(scan) if slice_axis is None else slice_axis
+                axis_used = axis
+                parts = [(np.take(arr, i, axis=axis), None if marr is None else np.take(marr, i, axis=axis)) for i in range(arr.shape[axis])]
+            for img, m in parts:
+                if foreground_fraction(img) < min_foreground:
+                    continue
+                images.append(np.ascontiguousarray(img))
+                if out_labels is not None:
+                    out_labels.append(int(labels[k]))
+                if out_masks is not None:
+                    out_masks.append(np.ascontiguousarray(m))
+        else:
+            if arr.ndim != 3:
+                raise ScanError(scan.meta.get("source_path"), "3D training needs volumes; this scan is 2D (use --dims 2)")
+            images.append(arr)
+            if out_labels is not None:
+                out_labels.append(int(labels[k]))
+            if out_masks is not None:
+                out_masks.append(marr)
+    if not images:
+        raise MedidiffError("no usable training images: every slice failed the foreground test (lower min_foreground?)")
+    ref = scans[0]
+    spacing = ref.spacing
+    if spatial_dims == 2 and ref.ndim == 3 and axis_used is not None:
+        spacing = tuple(s for i, s in enumerate(ref.spacing) if i != axis_used)
+    return TrainingData(
+        images=images, normaliser=normaliser, spatial_dims=spatial_dims, image_size=size,
+        labels=out_labels, masks=out_masks, spacing=spacing, orientation=ref.orientation if ref.ndim == 3 else "",
+        modality=modality, slice_axis=axis_used, sources=[str(s.meta.get("source_path", "<memory>")) for s in scans],
+        augment=augment,
+    )
+
+
+def resample(scan: Scan, spacing: Sequence[float], order: int = 1) -> Scan:
+    """Resample a scan to ``spacing`` (array order); the affine is rescaled to match."""
+    from skimage.transform import resize
+
+    spacing = tuple(float(s) for s in spacing)
+    if len(spacing) != scan.ndim:
+        raise ValueError(f"target spacing {spacing} does not match a {scan.ndim}D scan")
+    shape = tuple(max(1, int(round(n * s / t))) for n, s, t in zip(scan.shape, scan.spacing, spacing))
+    arr = resize(scan.array, shape, order=order, preserve_range=True, anti_aliasing=order > 0).astype(np.float32)
+    factors = [old_n / new_n for old_n, new_n in zip(scan.shape, shape)]
+    affine = scan.affine.copy()
+    for i, f in enumerate(reversed(factors)):
+        affine[:3, i] *= f
+    # the first new voxel's centre sits (f - 1) / 2 old voxels in from the old first centre
+    first = np.zeros(4)
+    first[3] = 1.0
+    for i, f in enumerate(reversed(factors)):
+        first[i] = (f - 1) / 2
+    affine[:3, 3] = (scan.affine @ first)[:3]
+    return Scan(arr, tuple(s * f for s, f in zip(scan.spacing, factors)), affine, scan.modality, scan.meta)

@@ -1,0 +1,380 @@
+"""``DiffusionModel``: a MONAI ``DiffusionModelUNet`` with its schedule, normaliser and metadata.
+
+A model is a folder::
+
+    config.json          network arguments, schedule, normaliser, training size/spacing,
+                         conditioning, medidiff version, sha256 of the weights file
+    weights.safetensors  (EMA) weights -- never a pickle
+    MODEL_CARD.md        what it was trained on and how good it is
+
+``DiffusionModel.load`` never unpickles, checks the hash, and raises ``ModelError`` with a
+clear message for anything that is not a medidiff model of a version it understands.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from medidiff import __version__
+from medidiff.errors import ModelError
+from medidiff.intensity import Normaliser
+from medidiff.io.atomic import atomic_dir
+from medidiff.schedule import NoiseSchedule, ScheduleConfig
+
+FORMAT = "medidiff-model"
+FORMAT_VERSION = 1
+
+# Network sizes. Parameter counts (2D, one input channel) are checked by the tests so this
+# table stays true: tiny ~0.27 M (tests, CPU), small ~1.8 M (built-in models, CPU training),
+# base ~26.6 M (GPU).
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(channels=(16, 32, 32), attention_levels=(False, False, False), num_res_blocks=1, norm_num_groups=8, num_head_channels=8),
+    "small": dict(channels=(32, 64, 96), attention_levels=(False, False, True), num_res_blocks=1, norm_num_groups=16, num_head_channels=32),
+    "base": dict(channels=(64, 128, 256, 256), attention_levels=(False, False, True, True), num_res_blocks=2, norm_num_groups=32, num_head_channels=64),
+}
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild a model, stored as config.json."""
+
+    spatial_dims: int
+    image_size: tuple[int, ...]
+    preset: str = "tiny"
+    network: dict[str, Any] = field(default_factory=dict)
+    schedule: dict[str, Any] = field(default_factory=lambda: ScheduleConfig().to_dict())
+    normaliser: dict[str, Any] = field(default_factory=lambda: Normaliser(-1.0, 1.0, kind="identity").to_dict())
+    num_classes: int = 0
+    class_names: list[str] = field(default_factory=list)
+    mask_classes: int = 0
+    spacing: tuple[float, ...] = ()
+    orientation: str = ""
+    modality: str = "OT"
+    slice_axis: int | None = None
+    training: dict[str, Any] = field(default_factory=dict)
+    anomaly: dict[str, Any] = field(default_factory=dict)
+    medidiff_version: str = __version__
+
+    def __post_init__(self) -> None:
+        self.image_size = tuple(int(s) for s in self.image_size)
+        self.spacing = tuple(float(s) for s in self.spacing)
+        if self.spatial_dims not in (2, 3):
+            raise ValueError(f"spatial_dims must be 2 or 3, got {self.spatial_dims}")
+        if len(self.image_size) != self.spatial_dims:
+            raise ValueError(f"image_size {self.image_size} does not have {self.spatial_dims} dimensions")
+        if not self.network:
+            if self.preset not in PRESETS:
+                raise ValueError(f"unknown preset {self.preset!r}; choose one of {sorted(PRESETS)}")
+            self.network = dict(PRESETS[self.preset])
+        levels = len(self.network["channels"])
+        factor = 2 ** (levels - 1)
+        if any(s % factor for s in self.image_size):
+            raise ValueError(f"image_size {self.image_size} must be divisible by {factor} for preset {self.preset!r}")
+
+    @property
+    def in_channels(self) -> int:
+        # image + (mask given indicator + one channel per mask label) when mask-conditioned
+        return 1 + (1 + self.mask_classes if self.mask_classes else 0)
+
+    @property
+    def size_multiple(self) -> int:
+        return 2 ** (len(self.network["channels"]) - 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["image_size"] = list(self.image_size)
+        d["spacing"] = list(self.spacing)
+        d["network"] = {k: list(v) if isinstance(v, tuple) else v for k, v in self.network.items()}
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        net = dict(known.get("network", {}))
+        for k in ("channels", "attention_levels"):
+            if k in net:
+                net[k] = tuple(net[k])
+        known["network"] = net
+        return cls(**known)
+
+
+def build_network(config: ModelConfig) -> torch.nn.Module:
+    """The MONAI ``DiffusionModelUNet`` described by ``config``."""
+    from monai.networks.nets import DiffusionModelUNet
+
+    net = config.network
+    return DiffusionModelUNet(
+        spatial_dims=config.spatial_dims,
+        in_channels=config.in_channels,
+        out_channels=1,
+        channels=tuple(net["channels"]),
+        attention_levels=tuple(net["attention_levels"]),
+        num_res_blocks=net["num_res_blocks"],
+        norm_num_groups=net["norm_num_groups"],
+        num_head_channels=net["num_head_channels"],
+        # one extra class index is the "no label" token used for classifier-free guidance
+        num_class_embeds=config.num_classes + 1 if config.num_classes else None,
+    )
+
+
+class DiffusionModel:
+    """A diffusion network plus schedule, normaliser and metadata; save/load as a folder."""
+
+    def __init__(self, config: ModelConfig, network: torch.nn.Module | None = None) -> None:
+        self.config = config
+        self.network = network if network is not None else build_network(config)
+        self.schedule = NoiseSchedule(ScheduleConfig(**config.schedule))
+        self.normaliser = Normaliser.from_dict(config.normaliser)
+        self.path: Path | None = None
+
+    # -- construction -------------------------------------------------------------------
+    @classmethod
+    def create(
+        cls,
+        spatial_dims: int,
+        image_size: tuple[int, ...] | int,
+        preset: str = "tiny",
+        schedule: str = "ddpm",
+        prediction: str | None = None,
+        num_classes: int = 0,
+        class_names: list[str] | None = None,
+        mask_classes: int = 0,
+        normaliser: Normaliser | None = None,
+        spacing: tuple[float, ...] = (),
+        orientation: str = "",
+        modality: str = "OT",
+        slice_axis: int | None = None,
+        seed: int = 0,
+    ) -> "DiffusionModel":
+        """A new, untrained model; ``seed`` fixes the initial weights."""
+        if isinstance(image_size, int):
+            image_size = (image_size,) * spatial_dims
+        if prediction is None:
+            prediction = "flow" if schedule == "rflow" else "epsilon"
+        config = ModelConfig(
+            spatial_dims=spatial_dims,
+            image_size=tuple(image_size),
+            preset=preset,
+            schedule=ScheduleConfig(kind=schedule, prediction=prediction).to_dict(),
+            normaliser=(normaliser or Normaliser(-1.0, 1.0, kind="identity")).to_dict(),
+            num_classes=num_classes,
+            class_names=list(class_names or []),
+            mask_classes=mask_classes,
+            spacing=tuple(spacing),
+            orientation=orientation,
+            modality=modality,
+            slice_axis=slice_axis,
+        )
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            network = build_network(config)
+        return cls(config, network)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.network.parameters()).device
+
+    def to(self, device: str | torch.device) -> "DiffusionModel":
+        from medidiff.devices import resolve_device
+
+        self.network.to(resolve_device(device))
+        return self
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.network.parameters())
+
+    @property
+    def null_class(self) -> int:
+        """The class index meaning "no label" (for classifier-free guidance)."""
+        return self.config.num_classes
+
+    def set_normaliser(self, normaliser: Normaliser) -> None:
+        self.normaliser = normaliser
+        self.config.normaliser = normaliser.to_dict()
+
+    # -- conditioning ---------------------------------------------------------------------
+    def condition_channels(self, masks: torch.Tensor | None, batch: int, spatial: tuple[int, ...], device: torch.device) -> torch.Tensor | None:
+        """Extra input channels for mask conditioning: [given, one-hot labels 1..K]; zeros = no mask."""
+        k = self.config.mask_classes
+        if not k:
+            if masks is not None:
+                raise ValueError("this model was not trained with mask conditioning; do not pass masks")
+            return None
+        out = torch.zeros((batch, 1 + k, *spatial), device=device)
+        if masks is None:
+            return out
+        masks = masks.to(device)
+        if masks.ndim == len(spatial) + 2:
+            masks = masks[:, 0]
+        given = torch.ones(batch, dtype=torch.bool, device=device)
+        # a per-sample mask of all -1 means "dropped" (classifier-free guidance / no condition)
+        given = ~(masks.flatten(1) < 0).all(dim=1)
+        out[:, 0] = given.view(-1, *([1] * len(spatial))).float()
+        for label in range(1, k + 1):
+            out[:, label] = (masks == label).float()
+        return out
+
+    def check_class_labels(self, class_labels: torch.Tensor | None, batch: int) -> torch.Tensor | None:
+        """Validate labels (MONAI would silently ignore them on an unconditioned network)."""
+        n = self.config.num_classes
+        if class_labels is None:
+            return None
+        if not n:
+            raise ValueError("this model was not trained with class labels; do not pass class_labels")
+        labels = torch.as_tensor(class_labels).long().flatten()
+        if labels.numel() == 1 and batch > 1:
+            labels = labels.expand(batch)
+        if labels.numel() != batch:
+            raise ValueError(f"got {labels.numel()} class labels for a batch of {batch}")
+        if (labels < 0).any() or (labels > n).any():
+            raise ValueError(f"class labels must be in 0..{n - 1} (or {n} for 'no label'), got {labels.tolist()}")
+        return labels
+
+    # -- training loss ----------------------------------------------------------------------
+    def draw_training_noise(self, x_shape: tuple[int, ...], generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """The randomness of one training batch (noise, times, condition dropout), on the CPU.
+
+        Drawn for the whole global batch so that splitting it across processes (DDP) or
+        resuming a run gives exactly the same numbers.
+        """
+        b = x_shape[0]
+        return {
+            "eps": torch.randn(x_shape, generator=generator),
+            "t": self.schedule.sample_training_timesteps(b, generator=generator),
+            "drop": torch.rand((b,), generator=generator),
+        }
+
+    def training_loss(
+        self,
+        x0: torch.Tensor,
+        noise: dict[str, torch.Tensor],
+        class_labels: torch.Tensor | None = None,
+        masks: torch.Tensor | None = None,
+        condition_dropout: float = 0.1,
+    ) -> torch.Tensor:
+        """MSE between the network output and the schedule's target on a batch of clean images.
+
+        ``noise`` comes from :meth:`draw_training_noise` (sliced to this batch). Conditions
+        are dropped with probability ``condition_dropout`` so classifier-free guidance works.
+        """
+        b = x0.shape[0]
+        device = x0.device
+        eps, t = noise["eps"].to(device), noise["t"].to(device)
+        drop = noise["drop"] < condition_dropout
+        x_t = self.schedule.add_noise(x0, eps, t)
+        target = self.schedule.training_target(x0, eps, t)
+        labels = None
+        if self.config.num_classes:
+            if class_labels is None:
+                raise ValueError("this model is class-conditioned: training needs a class label per image")
+            labels = class_labels.detach().cpu().long().clone()
+            labels[drop] = self.null_class
+            labels = labels.to(device)
+        cond = None
+        if self.config.mask_classes:
+            if masks is None:
+                raise ValueError("this model is mask-conditioned: training needs a mask per image")
+            m = masks.detach().cpu().clone().float()
+            m[drop] = -1.0
+            cond = self.condition_channels(m, b, tuple(x0.shape[2:]), device)
+        net_in = x_t if cond is None else torch.cat([x_t, cond], dim=1)
+        out = self.network(net_in, timesteps=t, class_labels=labels)
+        return torch.nn.functional.mse_loss(out.float(), target.float())
+
+    # -- save / load --------------------------------------------------------------------------
+    def save(self, folder: str | Path, overwrite: bool = False, model_card: str | None = None,
+             state_dict: dict[str, torch.Tensor] | None = None) -> Path:
+        """Write the model folder atomically; ``state_dict`` overrides the weights (e.g. EMA)."""
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        weights = {k: v.detach().to("cpu").contiguous() for k, v in (state_dict or self.network.state_dict()).items()}
+        with atomic_dir(folder, overwrite=overwrite) as tmp:
+            wpath = tmp / "weights.safetensors"
+            save_file(weights, str(wpath), metadata={"format": FORMAT})
+            config = {"format": FORMAT, "format_version": FORMAT_VERSION, **self.config.to_dict()}
+            config["weights_sha256"] = _sha256(wpath)
+            (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+            (tmp / "MODEL_CARD.md").write_text(model_card or default_model_card(self))
+        self.path = folder
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path, device: str | torch.device = "cpu") -> "DiffusionModel":
+        """Load a model folder (no unpickling; hash checked); ``ModelError`` on any problem."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise ModelError(f"{folder}: not a folder; a medidiff model is a folder with config.json and weights.safetensors")
+        cpath, wpath = folder / "config.json", folder / "weights.safetensors"
+        if not cpath.is_file():
+            raise ModelError(f"{folder}: no config.json, so this is not a medidiff model folder")
+        try:
+            raw = json.loads(cpath.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ModelError(f"{cpath}: not valid JSON ({exc}); the model folder is damaged") from None
+        if raw.get("format") != FORMAT:
+            raise ModelError(f"{cpath}: not a medidiff model config (no 'format: {FORMAT}')")
+        version = raw.get("format_version")
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise ModelError(
+                f"{cpath}: model format version {version!r} is newer than this medidiff ({__version__}) reads "
+                f"(up to {FORMAT_VERSION}); upgrade medidiff"
+            )
+        if not wpath.is_file():
+            raise ModelError(f"{wpath}: missing; the model folder is incomplete")
+        expected = raw.get("weights_sha256")
+        actual = _sha256(wpath)
+        if expected != actual:
+            raise ModelError(f"{wpath}: sha256 {actual[:12]}... does not match config.json ({str(expected)[:12]}...); the weights are corrupted or were replaced")
+        try:
+            config = ModelConfig.from_dict({k: v for k, v in raw.items() if k not in ("format", "format_version", "weights_sha256")})
+        except (TypeError, ValueError) as exc:
+            raise ModelError(f"{cpath}: config does not describe a valid model ({exc})") from None
+        try:
+            weights = load_file(str(wpath))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise ModelError(f"{wpath}: cannot read weights ({exc})") from None
+        model = cls(config)
+        try:
+            model.network.load_state_dict(weights, strict=True)
+        except RuntimeError as exc:
+            first = str(exc).splitlines()[0]
+            raise ModelError(f"{wpath}: weights do not fit the network in config.json ({first})") from None
+        model.network.eval()
+        model.path = folder
+        return model.to(device)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def default_model_card(model: DiffusionModel) -> str:
+    """A minimal MODEL_CARD.md from the config (training fills in more)."""
+    c = model.config
+    tr = c.training
+    lines = [
+        f"# medidiff model ({c.spatial_dims}D, preset {c.preset})",
+        "",
+        f"- image size: {c.image_size}, spacing: {c.spacing or 'n/a'}, modality: {c.modality}",
+        f"- schedule: {c.schedule['kind']} ({c.schedule['prediction']}), parameters: {model.num_parameters():,}",
+        f"- normaliser: {c.normaliser['kind']} [{c.normaliser['low']:.4g}, {c.normaliser['high']:.4g}] {c.normaliser.get('detail', '')}",
+        f"- conditioning: classes={c.num_classes or 'none'} {c.class_names or ''}, mask classes={c.mask_classes or 'none'}",
+        f"- medidiff version: {c.medidiff_version}",
+    ]
+    if tr:
+        lines += ["", "## Training", ""] + [f"- {k}: {v}" for k, v in tr.items()]
+    return "\n".join(lines) + "\n"
