@@ -56,7 +56,12 @@ def tiny_mr_model(mr_train_scan: Scan, tmp_path_factory: pytest.TempPathFactory)
     from medidiff.model import DiffusionModel
     from medidiff.tasks.train import train
 
-    run = tmp_path_factory.mktemp("tiny_mr_run")
+    # developers may set MEDIDIFF_TEST_MODEL_CACHE to a folder to train once and reuse the
+    # model across pytest sessions; CI never sets it, so there it is trained fresh
+    cache = os.environ.get("MEDIDIFF_TEST_MODEL_CACHE")
+    if cache and (Path(cache) / "tiny_mr" / "model" / "config.json").is_file():
+        return DiffusionModel.load(Path(cache) / "tiny_mr" / "model")
+    run = Path(cache) / "tiny_mr" if cache else tmp_path_factory.mktemp("tiny_mr_run")
     train([mr_train_scan], run, dims=2, preset="tiny", image_size=32, steps=400, batch_size=16,
-          lr=2e-3, seed=0, device="cpu", checkpoint_every=0)
+          lr=2e-3, seed=0, device="cpu", checkpoint_every=0, overwrite=True)
     return DiffusionModel.load(run / "model")

@@ -396,6 +396,8 @@ def _order_images(images: list[_Image], path: Path, volume: int | None) -> tuple
     if sizes == {1}:
         if volume not in (None, 0):
             raise InvalidScanError(path, f"volume={volume} does not apply: the series has one image per slice position")
+        if _numbered_backwards(images):
+            images, dist = images[::-1], dist[::-1]
         return images, dist
     if len(sizes) > 1:
         raise InvalidScanError(
@@ -411,7 +413,26 @@ def _order_images(images: list[_Image], path: Path, volume: int | None) -> tuple
     for g in groups:
         members = sorted(g, key=lambda i: images[i].order_key)
         chosen.append(members[volume])
-    return [images[i] for i in chosen], dist[[g[0] for g in groups]]
+    picked, picked_dist = [images[i] for i in chosen], dist[[g[0] for g in groups]]
+    if _numbered_backwards(picked):
+        picked, picked_dist = picked[::-1], picked_dist[::-1]
+    return picked, picked_dist
+
+
+def _numbered_backwards(images: list[_Image]) -> bool:
+    """True when the images, already sorted by position, are numbered strictly backwards.
+
+    The *order* of slices always comes from their positions; the numbering (InstanceNumber,
+    then frame index) only picks which end is slice 0, so a series written from a volume
+    whose slice axis runs against the normal reads back in its original direction.
+    Shuffled or missing numbers keep the ascending-along-the-normal order.
+    """
+    if len(images) < 2:
+        return False
+    keys = [im.order_key[-2:] for im in images]  # (InstanceNumber, frame index)
+    if len(set(keys)) != len(keys):
+        return False
+    return all(a > b for a, b in zip(keys, keys[1:]))
 
 
 def _check_spacing(dist: np.ndarray, path: Path) -> tuple[float, np.ndarray | None]:
@@ -422,12 +443,12 @@ def _check_spacing(dist: np.ndarray, path: Path) -> tuple[float, np.ndarray | No
     if len(bad):
         parts = []
         for i in bad[:6]:
-            missing = int(round(steps[i] / step)) - 1 if step > 0 else 0
+            missing = int(round(steps[i] / step)) - 1 if step != 0 else 0
             extra = f", about {missing} slice(s) missing" if missing >= 1 else ""
-            parts.append(f"between {dist[i]:.3f} and {dist[i + 1]:.3f} mm ({steps[i]:.3f} mm{extra})")
+            parts.append(f"between slice positions {dist[i]:.3f} and {dist[i + 1]:.3f} mm ({abs(steps[i]):.3f} mm apart{extra})")
         more = f" and {len(bad) - 6} more" if len(bad) > 6 else ""
-        warn(path, f"inconsistent slice spacing (usual step {step:.3f} mm): gap " + "; ".join(parts) + more
-             + f"; the volume assumes a uniform {step:.3f} mm step, so positions beyond a gap are off")
+        warn(path, f"inconsistent slice spacing (usual step {abs(step):.3f} mm): gap " + "; ".join(parts) + more
+             + f"; the volume assumes a uniform {abs(step):.3f} mm step, so positions beyond a gap are off")
         return step, bad
     return step, None
 

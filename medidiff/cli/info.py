@@ -1,0 +1,57 @@
+"""``medidiff info PATH``: shape, spacing, orientation, modality and value range of a scan."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import typer
+
+from medidiff.cli import app
+from medidiff.cli.common import existing_path
+
+
+def _fmt(values) -> str:
+    return " x ".join(f"{float(v):.6g}" for v in values)
+
+
+@app.command()
+def info(
+    path: Path = typer.Argument(..., help="A NIfTI file, DICOM file or series folder, (OME-)TIFF, PNG or JPEG."),
+    series: str = typer.Option(None, "--series", help="SeriesInstanceUID or SeriesNumber, for a DICOM folder with several series."),
+    volume: int = typer.Option(None, "--volume", min=0, help="Volume index of a 4D NIfTI (or the time/channel axis of a TIFF)."),
+) -> None:
+    """Show a scan's shape, spacing, orientation, modality and intensity range.
+
+    Example:  medidiff info scan.nii.gz
+    """
+    from medidiff.io import detect_format, load_scan
+
+    existing_path(path)
+    fmt = detect_format(path)
+    if fmt == "dicom" and path.is_dir():
+        from medidiff.io.dicom import list_series
+
+        found = list_series(path)
+        typer.echo(f"series found: {len(found)}")
+        for s in found:
+            typer.echo(f"  - {s.describe()}")
+    scan = load_scan(path, series=series, volume=volume)
+    arr = scan.array
+    axes = "z, y, x" if scan.ndim == 3 else "y, x"
+    unit = scan.meta.get("unit", "mm")
+    typer.echo(f"path:        {path}")
+    typer.echo(f"format:      {fmt}")
+    typer.echo(f"shape:       {_fmt(scan.shape)} ({axes})")
+    typer.echo(f"spacing:     {_fmt(scan.spacing)} {unit} ({axes})")
+    typer.echo(f"orientation: {scan.orientation}")
+    typer.echo(f"modality:    {scan.modality}")
+    typer.echo(f"values:      min {float(arr.min()):.6g}, max {float(arr.max()):.6g}, mean {float(np.mean(arr, dtype=np.float64)):.6g}")
+    origin = scan.affine[:3, 3]
+    typer.echo(f"origin:      {_fmt(origin)} mm (RAS, voxel 0)")
+    dicom = scan.meta.get("dicom") or {}
+    if dicom.get("SeriesInstanceUID"):
+        desc = dicom.get("SeriesDescription", "")
+        typer.echo(f"series:      {dicom.get('SeriesNumber', '?')} {desc!r} uid {dicom['SeriesInstanceUID']}")
+    if "n_volumes" in scan.meta:
+        typer.echo(f"volume:      {scan.meta['volume']} of {scan.meta['n_volumes']} (0-based)")
