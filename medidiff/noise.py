@@ -127,6 +127,20 @@ def _mad_sigma(coeffs: np.ndarray) -> float:
     return float(np.median(np.abs(coeffs)) * _MAD_TO_STD)
 
 
+# E[x^2 | |x| <= 4 sigma] / sigma^2 for Gaussian x
+_TRUNC4 = float(1.0 - 8.0 * stats.norm.pdf(4.0) / (2.0 * stats.norm.cdf(4.0) - 1.0))
+
+
+def _robust_variance(coeffs: np.ndarray) -> float:
+    """Variance of zero-mean noise coefficients: mean square within 4 MAD-sigmas (outliers out).
+
+    Unlike the squared MAD it stays unbiased for the skewed, discrete laws of low photon counts.
+    """
+    scale = _mad_sigma(coeffs)
+    kept = coeffs[np.abs(coeffs) <= 4.0 * scale] if scale > 0 else coeffs
+    return float(np.mean(kept * kept) / _TRUNC4) if kept.size else 0.0
+
+
 def _energy_threshold(window: int = _WINDOW, quantile: float = 0.99) -> float:
     dof = 2 * window * window  # two subbands, window x window coefficients each
     return float(stats.chi2.ppf(quantile, dof) / dof)
@@ -425,7 +439,7 @@ def estimate_poisson_gaussian(image: np.ndarray, max_slices: int = 64) -> tuple[
     threshold = _energy_threshold()
 
     def level_sets(chosen: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        mu, hh = mu_all[chosen], hh_all[chosen]
+        mu, hh = local_all[chosen], hh_all[chosen]
         n_bins = int(np.clip(mu.size // 400, 2, 40))
         edges = np.quantile(mu, np.linspace(0.0, 1.0, n_bins + 1))
         which = np.clip(np.searchsorted(edges, mu, side="right") - 1, 0, n_bins - 1)
@@ -435,7 +449,7 @@ def estimate_poisson_gaussian(image: np.ndarray, max_slices: int = 64) -> tuple[
             if sel.sum() < 50:
                 continue
             means.append(mu[sel].mean())
-            variances.append(_mad_sigma(hh[sel]) ** 2)
+            variances.append(_robust_variance(hh[sel]))
             counts.append(sel.sum())
         return np.array(means), np.array(variances), np.array(counts, dtype=np.float64)
 

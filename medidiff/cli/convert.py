@@ -8,6 +8,7 @@ import typer
 
 from medidiff.cli import app
 from medidiff.cli.common import OVERWRITE, existing_path
+from medidiff.cli.info import warnings_as_lines
 
 
 @app.command()
@@ -27,7 +28,8 @@ def convert(
     from medidiff.io import load_scan, save_scan
 
     existing_path(src)
-    scan = load_scan(src, series=series, volume=volume, modality=modality)
-    out = save_scan(scan, dst, format=format, overwrite=overwrite, inputs=[src])
+    with warnings_as_lines():
+        scan = load_scan(src, series=series, volume=volume, modality=modality)
+        out = save_scan(scan, dst, format=format, overwrite=overwrite, inputs=[src])
     spacing = " x ".join(f"{s:.6g}" for s in scan.spacing)
     typer.echo(f"wrote {out} (shape {scan.shape}, spacing {spacing} {scan.meta.get('unit', 'mm')}, {scan.orientation})")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +12,22 @@ import typer
 
 from medidiff.cli import app
 from medidiff.cli.common import existing_path
+
+
+@contextlib.contextmanager
+def warnings_as_lines() -> Iterator[None]:
+    """Show warnings raised inside the block as single ``warning: ...`` lines on stderr."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield
+        finally:
+            seen = set()
+            for w in caught:
+                text = " ".join(str(w.message).split())
+                if text not in seen:
+                    seen.add(text)
+                    typer.secho(f"warning: {text}", err=True, fg=typer.colors.YELLOW)
 
 
 def _fmt(values) -> str:
@@ -25,9 +44,14 @@ def info(
 
     Example:  medidiff info scan.nii.gz
     """
+    existing_path(path)
+    with warnings_as_lines():
+        _info(path, series, volume)
+
+
+def _info(path: Path, series: str | None, volume: int | None) -> None:
     from medidiff.io import detect_format, load_scan
 
-    existing_path(path)
     fmt = detect_format(path)
     if fmt == "dicom" and path.is_dir():
         from medidiff.io.dicom import list_series

@@ -592,7 +592,7 @@ def _ds_float(value: float) -> float:
 def choose_rescale(values: np.ndarray) -> tuple[np.dtype, float, float]:
     """Storage type and (slope, intercept) that cover ``values`` at the best integer precision.
 
-    Integer-valued data that fits in int16 (or uint16) is stored exactly with slope 1.
+    Integer-valued data whose range spans at most 65536 values is stored exactly with slope 1.
     Otherwise the range is spread over all 65536 int16 codes; slope and intercept are the
     values the DS strings hold, so readers reproduce them exactly.
     """
@@ -602,6 +602,8 @@ def choose_rescale(values: np.ndarray) -> tuple[np.dtype, float, float]:
         return np.dtype(np.int16), 1.0, 0.0
     if integral and lo >= 0 and hi <= 65535:
         return np.dtype(np.uint16), 1.0, 0.0
+    if integral and hi - lo <= 65535:
+        return np.dtype(np.int16), 1.0, float(lo + 32768)  # exact: integer offset only
     if hi == lo:
         return np.dtype(np.int16), 1.0, _ds_float(lo)
     # slope rounded *up* in its DS form so the range still fits; intercept puts lo at -32768

@@ -76,10 +76,18 @@ def read_nifti(path: Path, volume: int | None = None) -> Scan:
             "descrip": header["descrip"].item().decode("latin-1", errors="replace").strip("\x00 "),
         },
     }
+    modality = "OT"
+    descrip = meta["nifti"]["descrip"]
+    if descrip.startswith("medidiff "):  # written by medidiff: modality (and synthetic flag) kept
+        for word in descrip.split()[1:]:
+            if word.startswith("modality=") and len(word) > 9:
+                modality = word[9:]
+            elif word == "SYNTHETIC":
+                meta["synthetic"] = True
     if ndim == 4:
         meta["volume"] = int(volume)  # type: ignore[arg-type]
         meta["n_volumes"] = int(shape[3])
-    return Scan(array=array, spacing=spacing, affine=affine, modality="OT", meta=meta)
+    return Scan(array=array, spacing=spacing, affine=affine, modality=modality, meta=meta)
 
 
 def write_nifti(scan: Scan, path: Path) -> None:
@@ -95,6 +103,6 @@ def write_nifti(scan: Scan, path: Path) -> None:
     img.header.set_data_dtype(np.float32)
     unit = _UNIT_CODES.get(str(scan.meta.get("unit", "mm")), "mm")
     img.header.set_xyzt_units(xyz=unit)
-    descrip = "medidiff SYNTHETIC" if scan.meta.get("synthetic") else f"medidiff {scan.modality}"
+    descrip = f"medidiff modality={scan.modality}" + (" SYNTHETIC" if scan.meta.get("synthetic") else "")
     img.header["descrip"] = descrip[:79].encode("ascii", errors="replace")
     nib.save(img, str(path))
