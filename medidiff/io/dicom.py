@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import datetime as _dt
 from collections import Counter, defaultdict
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -215,19 +214,20 @@ def _scan_folder(folder: Path) -> tuple[dict[str, list], int]:
     series: dict[str, list] = defaultdict(list)
     looked_at = 0
     for file in sorted(p for p in folder.rglob("*") if p.is_file()):
-        if file.name.startswith("."):
-            continue
+        if any(part.startswith(".") for part in file.relative_to(folder).parts):
+            continue  # hidden files and folders (including medidiff's own temporary outputs)
         looked_at += 1
         if file.name.upper() == "DICOMDIR":
             continue
-        if not _has_preamble(file) and file.suffix.lower() not in DICOM_SUFFIXES:
+        preamble = _has_preamble(file)
+        if not preamble and file.suffix.lower() not in DICOM_SUFFIXES:
             continue  # not DICOM (README, .json, images, ...)
         try:
-            ds = _dcmread(file, header_only=True, force=not _has_preamble(file))
+            ds = _dcmread(file, header_only=True, force=not preamble)
         except InvalidDicomError:
             continue
         except Exception as exc:  # a file that claims to be DICOM but cannot be parsed
-            if _has_preamble(file):
+            if preamble:
                 raise InvalidScanError(file, f"is a DICOM file that cannot be read ({one_line(exc)}); remove or replace it") from exc
             continue
         if "SOPClassUID" not in ds and "Rows" not in ds:
@@ -374,7 +374,7 @@ def _order_images(images: list[_Image], path: Path, volume: int | None) -> tuple
     """Sort by position along the slice normal; returns the chosen images and their positions along it."""
     have_geometry = all(im.position is not None and im.orientation is not None for im in images)
     if not have_geometry:
-        ordered = sorted(images, key=lambda im: (str(im.file), im.order_key))
+        ordered = sorted(images, key=lambda im: (im.order_key, str(im.file)))  # no positions: numbering
         if volume not in (None, 0):
             raise InvalidScanError(path, f"volume={volume} does not apply: the images have no slice positions")
         return ordered, None
@@ -608,11 +608,7 @@ def choose_rescale(values: np.ndarray) -> tuple[np.dtype, float, float]:
         return np.dtype(np.int16), 1.0, _ds_float(lo)
     # slope rounded *up* in its DS form so the range still fits; intercept puts lo at -32768
     slope = (hi - lo) / 65535.0
-    slope_ds = _ds_float(slope)
-    k = 0
-    while slope_ds < slope and k < 20:
-        slope_ds = _ds_float(slope_ds * (1 + 1e-12) + 1e-300)
-        k += 1
+    slope_ds = _ds_float(slope * (1 + 1e-9))  # DS keeps ~11 digits; any rest is clipped away
     intercept_ds = _ds_float(lo + 32768.0 * slope_ds)
     return np.dtype(np.int16), slope_ds, intercept_ds
 
@@ -785,7 +781,3 @@ def write_dicom_series(scan: Scan, folder: Path, *, single_file: Path | None = N
         written.append(out)
     return written
 
-
-def iter_dicom_files(folder: Path) -> Iterable[Path]:
-    """Files in ``folder`` that start with the DICOM preamble."""
-    return (p for p in sorted(folder.rglob("*")) if p.is_file() and _has_preamble(p))

@@ -1,0 +1,128 @@
+"""``medidiff info`` and ``medidiff convert``: output, round trips, one-line errors with exit code 2."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel
+import numpy as np
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+
+from medidiff.cli import main
+from medidiff.io import load_scan
+
+ANATOMICAL = Path(os.path.dirname(nibabel.__file__)) / "tests" / "data" / "anatomical.nii"
+EXAMPLE4D = Path(os.path.dirname(nibabel.__file__)) / "tests" / "data" / "example4d.nii.gz"
+
+
+def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "medidiff", *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=120)
+
+
+def call(capsys, *args) -> tuple[int, str, str]:
+    """Run the CLI in-process, as the ``medidiff`` script does."""
+    try:
+        main([str(a) for a in args])
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_info_nifti_subprocess():
+    result = run_cli("info", ANATOMICAL)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "shape:       25 x 41 x 33 (z, y, x)" in out
+    assert "spacing:     2 x 2 x 2 mm" in out
+    assert "orientation: LAS" in out
+    img = np.asarray(nibabel.load(ANATOMICAL).dataobj, dtype=np.float64)
+    assert f"min {img.min():.6g}, max {img.max():.6g}, mean {img.mean():.6g}" in out
+
+
+def test_missing_file_exits_2_with_one_line(tmp_path):
+    result = run_cli("info", tmp_path / "missing.nii.gz")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "missing.nii.gz: no such file or folder" in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_file_exits_2_with_one_line(tmp_path, capsys):
+    bad = tmp_path / "broken.nii.gz"
+    bad.write_bytes(ANATOMICAL.read_bytes()[:5000])
+    code, out, err = call(capsys, "info", bad)
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and str(bad) in err and "truncated" in err
+    code, out, err = call(capsys, "convert", bad, tmp_path / "out.nii.gz")
+    assert code == 2 and not (tmp_path / "out.nii.gz").exists()
+
+
+def test_info_4d_needs_volume(capsys):
+    code, out, err = call(capsys, "info", EXAMPLE4D)
+    assert code == 2 and "--volume" in err and len(err.strip().splitlines()) == 1
+    code, out, err = call(capsys, "info", EXAMPLE4D, "--volume", "1")
+    assert code == 0 and "shape:       24 x 96 x 128" in out
+
+
+def test_info_dicom_file(capsys):
+    code, out, err = call(capsys, "info", get_testdata_file("CT_small.dcm"))
+    assert code == 0
+    assert "modality:    CT" in out and "orientation: LPS" in out and "shape:       128 x 128 (y, x)" in out
+
+
+def test_convert_round_trip_and_series_listing(tmp_path, capsys):
+    series = tmp_path / "anat_dicom"
+    code, out, err = call(capsys, "convert", ANATOMICAL, series)
+    assert code == 0 and series.is_dir() and "wrote" in out
+    assert len(list(series.iterdir())) == 25
+
+    code, out, err = call(capsys, "info", series)
+    assert code == 0
+    assert "series found: 1" in out and "25 images" in out and "orientation: LAS" in out
+
+    back = tmp_path / "back.nii.gz"
+    code, out, err = call(capsys, "convert", series, back)
+    assert code == 0
+    ref = load_scan(ANATOMICAL)
+    got = load_scan(back)
+    np.testing.assert_allclose(got.affine, ref.affine, atol=1e-4)
+    np.testing.assert_array_equal(got.array, ref.array)
+
+    tif = tmp_path / "anat.ome.tif"
+    code, out, err = call(capsys, "convert", back, tif)
+    assert code == 0 and load_scan(tif).spacing == pytest.approx(ref.spacing)
+
+    # a second series in the folder: info lists both, then asks for --series
+    code, out, err = call(capsys, "convert", ANATOMICAL, tmp_path / "second", "--format", "dicom")
+    for f in (tmp_path / "second").iterdir():
+        f.rename(series / f"second_{f.name}")
+    code, out, err = call(capsys, "info", series)
+    assert code == 2 and "series found: 2" in out and "--series" in err
+    number = str(pydicom.dcmread(next(series.glob("second_*"))).SeriesInstanceUID)
+    code, out, err = call(capsys, "info", series, "--series", number)
+    assert code == 0 and number in out
+
+
+def test_convert_refuses_existing_and_input(tmp_path, capsys):
+    out_path = tmp_path / "a.nii"
+    assert call(capsys, "convert", ANATOMICAL, out_path)[0] == 0
+    before = out_path.read_bytes()
+    code, out, err = call(capsys, "convert", ANATOMICAL, out_path)
+    assert code == 2 and "already exists" in err and "--overwrite" in err
+    assert call(capsys, "convert", ANATOMICAL, out_path, "--overwrite")[0] == 0
+    code, out, err = call(capsys, "convert", out_path, out_path, "--overwrite")
+    assert code == 2 and "input" in err
+    assert out_path.read_bytes() == before
+
+
+def test_help_has_examples(capsys):
+    for command in ("info", "convert"):
+        code, out, err = call(capsys, command, "--help")
+        assert code == 0 and "Example:" in out
