@@ -30,6 +30,19 @@ def expand_inputs(data: Sequence[str | Path | Scan] | str | Path | Scan) -> list
         if isinstance(item, Scan):
             scans.append(item)
             continue
+        scans.extend(load_scan(p) for p in scan_paths([item]))
+    if not scans:
+        raise MedidiffError("no training scans were given")
+    return scans
+
+
+def scan_paths(paths: Sequence[str | Path]) -> list[Path]:
+    """The scan files/series folders that ``paths`` stand for, in the order ``expand_inputs`` loads them.
+
+    A folder that is not itself a DICOM series contributes its scans sorted by name.
+    """
+    out: list[Path] = []
+    for item in paths:
         path = Path(item)
         if not path.exists():
             raise ScanError(path, "no such file or folder")
@@ -37,12 +50,10 @@ def expand_inputs(data: Sequence[str | Path | Scan] | str | Path | Scan) -> list
             children = sorted(p for p in path.iterdir() if p.name.lower().endswith(SCAN_SUFFIXES) or (p.is_dir() and _is_dicom_folder(p)))
             if not children:
                 raise ScanError(path, f"folder holds no scans (looked for {', '.join(SCAN_SUFFIXES)} files and DICOM series folders)")
-            scans.extend(load_scan(p) for p in children)
+            out.extend(children)
         else:
-            scans.append(load_scan(path))
-    if not scans:
-        raise MedidiffError("no training scans were given")
-    return scans
+            out.append(path)
+    return out
 
 
 def _is_dicom_folder(path: Path) -> bool:

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from medidiff import __version__
-from medidiff.errors import ModelError
+from medidiff.errors import MedidiffError, ModelError
 from medidiff.intensity import Normaliser
 from medidiff.io.atomic import atomic_dir
 from medidiff.schedule import NoiseSchedule, ScheduleConfig
@@ -38,6 +38,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     "small": dict(channels=(32, 64, 96), attention_levels=(False, False, True), num_res_blocks=1, norm_num_groups=16, num_head_channels=32),
     "base": dict(channels=(64, 128, 256, 256), attention_levels=(False, False, True, True), num_res_blocks=2, norm_num_groups=32, num_head_channels=64),
 }
+
+
+class ConditioningError(MedidiffError, ValueError):
+    """Class labels or masks that do not fit the model (a ``ValueError`` too, for older callers)."""
 
 
 @dataclass
@@ -204,7 +208,7 @@ class DiffusionModel:
         k = self.config.mask_classes
         if not k:
             if masks is not None:
-                raise ValueError("this model was not trained with mask conditioning; do not pass masks")
+                raise ConditioningError("this model was not trained with mask conditioning; do not pass masks")
             return None
         out = torch.zeros((batch, 1 + k, *spatial), device=device)
         if masks is None:
@@ -226,14 +230,14 @@ class DiffusionModel:
         if class_labels is None:
             return None
         if not n:
-            raise ValueError("this model was not trained with class labels; do not pass class_labels")
+            raise ConditioningError("this model was not trained with class labels; do not pass class_labels")
         labels = torch.as_tensor(class_labels).long().flatten()
         if labels.numel() == 1 and batch > 1:
             labels = labels.expand(batch)
         if labels.numel() != batch:
-            raise ValueError(f"got {labels.numel()} class labels for a batch of {batch}")
+            raise ConditioningError(f"got {labels.numel()} class labels for a batch of {batch}")
         if (labels < 0).any() or (labels > n).any():
-            raise ValueError(f"class labels must be in 0..{n - 1} (or {n} for 'no label'), got {labels.tolist()}")
+            raise ConditioningError(f"class labels must be in 0..{n - 1} (or {n} for 'no label'), got {labels.tolist()}")
         return labels
 
     # -- training loss ----------------------------------------------------------------------
@@ -272,14 +276,14 @@ class DiffusionModel:
         labels = None
         if self.config.num_classes:
             if class_labels is None:
-                raise ValueError("this model is class-conditioned: training needs a class label per image")
+                raise ConditioningError("this model is class-conditioned: training needs a class label per image")
             labels = class_labels.detach().cpu().long().clone()
             labels[drop] = self.null_class
             labels = labels.to(device)
         cond = None
         if self.config.mask_classes:
             if masks is None:
-                raise ValueError("this model is mask-conditioned: training needs a mask per image")
+                raise ConditioningError("this model is mask-conditioned: training needs a mask per image")
             m = masks.detach().cpu().clone().float()
             m[drop] = -1.0
             cond = self.condition_channels(m, b, tuple(x0.shape[2:]), device)
@@ -321,7 +325,7 @@ class DiffusionModel:
             raw = json.loads(cpath.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ModelError(f"{cpath}: not valid JSON ({exc}); the model folder is damaged") from None
-        if raw.get("format") != FORMAT:
+        if not isinstance(raw, dict) or raw.get("format") != FORMAT:
             raise ModelError(f"{cpath}: not a medidiff model config (no 'format: {FORMAT}')")
         version = raw.get("format_version")
         if not isinstance(version, int) or version > FORMAT_VERSION:
@@ -337,13 +341,17 @@ class DiffusionModel:
             raise ModelError(f"{wpath}: sha256 {actual[:12]}... does not match config.json ({str(expected)[:12]}...); the weights are corrupted or were replaced")
         try:
             config = ModelConfig.from_dict({k: v for k, v in raw.items() if k not in ("format", "format_version", "weights_sha256")})
-        except (TypeError, ValueError) as exc:
-            raise ModelError(f"{cpath}: config does not describe a valid model ({exc})") from None
+        except (TypeError, ValueError, KeyError, AttributeError) as exc:
+            raise ModelError(f"{cpath}: config does not describe a valid model ({exc!r})") from None
         try:
             weights = load_file(str(wpath))
         except (SafetensorError, OSError, ValueError) as exc:
             raise ModelError(f"{wpath}: cannot read weights ({exc})") from None
-        model = cls(config)
+        try:
+            # the schedule and normaliser entries are checked when they are built
+            model = cls(config)
+        except (TypeError, ValueError, KeyError) as exc:
+            raise ModelError(f"{cpath}: config does not describe a valid model ({exc!r})") from None
         try:
             model.network.load_state_dict(weights, strict=True)
         except RuntimeError as exc:

@@ -25,7 +25,7 @@ from medidiff.errors import MedidiffError
 
 from .layers import is_label_like, scan_to_layer_data
 
-__all__ = ["get_reader", "read_scans", "layer_name"]
+__all__ = ["get_reader", "read", "read_scans", "layer_name", "error_message"]
 
 LOG = logging.getLogger(__name__)
 
@@ -40,16 +40,41 @@ def _suffix_ok(path: str) -> bool:
     return path.lower().endswith(FILE_SUFFIXES)
 
 
-def _is_dicom_folder(path: str) -> bool:
-    try:
-        from medidiff.io import detect_format
+def _is_dicom_folder(path: str, max_files: int = 500, max_depth: int = 3) -> bool:
+    """Whether a folder holds DICOM files: a quick, bounded look (suffix or ``DICM`` preamble).
 
-        return detect_format(path) == "dicom"
-    except MedidiffError:
+    ``medidiff.io.detect_format`` calls every folder DICOM; napari asks the reader about any
+    folder (zarr stores, image stacks, ...), so the plugin only claims folders that hold at
+    least one DICOM file among the first ``max_files`` files, ``max_depth`` levels deep.
+    """
+    from medidiff.io.dicom import DICOM_SUFFIXES
+
+    if path.rstrip("/\\").lower().endswith((".zarr", ".n5", ".ome.zarr")):
         return False
-    except Exception:  # detection must never break napari's open dialog
-        LOG.debug("medidiff could not tell what %s is", path, exc_info=True)
+    root_depth = path.rstrip(os.sep).count(os.sep)
+    seen = 0
+    for folder, subdirs, files in os.walk(path):
+        if folder.count(os.sep) - root_depth >= max_depth:
+            subdirs[:] = []
+        subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
+        for name in sorted(files):
+            if name.startswith("."):
+                continue
+            if name.lower().endswith(DICOM_SUFFIXES) or _has_dicom_preamble(os.path.join(folder, name)):
+                return True
+            seen += 1
+            if seen >= max_files:
+                return False
+    return False
+
+
+def _has_dicom_preamble(path: str) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(132)
+    except OSError:
         return False
+    return len(head) == 132 and head[128:132] == b"DICM"
 
 
 def _supported(path: str) -> bool:
@@ -60,7 +85,7 @@ def _supported(path: str) -> bool:
 
 def get_reader(path: str | Sequence[str]) -> Callable[..., list[LayerDataTuple]] | None:
     """The npe2 ``get_reader`` hook: a reader function for ``path``, or ``None`` when medidiff cannot read it."""
-    paths = [os.fspath(path)] if isinstance(path, (str, os.PathLike)) else [os.fspath(p) for p in path]
+    paths = _as_list(path)
     if not paths or not all(_supported(p) for p in paths):
         return None
     return read
@@ -68,29 +93,45 @@ def get_reader(path: str | Sequence[str]) -> Callable[..., list[LayerDataTuple]]
 
 def read(path: str | Sequence[str], stack: bool = False) -> list[LayerDataTuple]:
     """The reader function napari calls: layers for ``path``; bad input becomes one error notification."""
-    try:
-        return read_scans(path)
-    except MedidiffError as exc:
-        message = f"medidiff could not open {exc}" if isinstance(getattr(exc, "path", None), Path) else str(exc)
-        _notify_error(message)
-        return [(None,)]  # type: ignore[list-item]  # npe2's "read, nothing to add" sentinel
+    out: list[LayerDataTuple] = []
+    for p in _as_list(path):
+        try:
+            out.extend(_read_one(p))
+        except MedidiffError as exc:
+            _notify_error(error_message(p, exc))
+    return out or [(None,)]  # type: ignore[list-item]  # npe2's "read, nothing to add" sentinel
+
+
+def error_message(path: str, exc: BaseException) -> str:
+    """The one line shown when ``path`` cannot be opened; it always names the file."""
+    text = str(exc)
+    if os.path.basename(os.path.normpath(path)) not in text:
+        text = f"{path}: {text}"
+    return f"medidiff could not open {text}"
+
+
+def _as_list(path: str | Sequence[str]) -> list[str]:
+    return [os.fspath(path)] if isinstance(path, (str, os.PathLike)) else [os.fspath(p) for p in path]
 
 
 def _notify_error(message: str) -> None:
-    LOG.error(message)
-    try:
-        from napari.utils.notifications import show_error
+    _notify(message, error=True)
 
-        show_error(message)
+
+def _notify(message: str, error: bool) -> None:
+    (LOG.error if error else LOG.warning)(message)
+    try:
+        from napari.utils.notifications import show_error, show_warning
+
+        (show_error if error else show_warning)(message)
     except Exception:  # pragma: no cover - napari missing or its notification manager shut down
         pass
 
 
 def read_scans(path: str | Sequence[str]) -> list[LayerDataTuple]:
     """Layer data tuples for one path or several (each read on its own); raises ``MedidiffError``."""
-    paths = [os.fspath(path)] if isinstance(path, (str, os.PathLike)) else [os.fspath(p) for p in path]
     out: list[LayerDataTuple] = []
-    for p in paths:
+    for p in _as_list(path):
         out.extend(_read_one(p))
     return out
 
@@ -103,13 +144,22 @@ def _read_one(path: str) -> list[LayerDataTuple]:
 
         series = list_series(path)
         if len(series) > 1:
-            out = []
-            for info in series:
-                scan = load_scan(path, series=info.uid)
-                out.append(_layer(scan, layer_name(path, info), path))
+            names = [layer_name(path, info) for info in series]
+            out, failed = [], []
+            for info, name in zip(series, names):
+                if names.count(name) > 1:  # same number and description: tell them apart by UID
+                    name = f"{name[:-1]} {info.uid[-6:]}]"
+                try:
+                    out.append(_layer(load_scan(path, series=info.uid), name))
+                except MedidiffError as exc:  # one unusable series (a localiser, ...) must not hide the others
+                    failed.append(exc)
+            if failed and not out:
+                raise failed[0]
+            for exc in failed:
+                _notify(f"medidiff skipped a series: {exc}", error=False)
             return out
     scan = load_scan(path)
-    return [_layer(scan, layer_name(path), path)]
+    return [_layer(scan, layer_name(path))]
 
 
 def layer_name(path: str, series: Any = None) -> str:
@@ -121,18 +171,15 @@ def layer_name(path: str, series: Any = None) -> str:
             name = name[: -len(suffix)]
             break
     if series is not None:
-        parts = [f"series {series.number}" if series.number else f"series {series.uid[-8:]}"]
-        if series.description:
-            parts.append(series.description)
-        name = f"{name} [{' '.join(parts)}]"
+        parts = [series.modality or "", f"series {series.number}" if series.number else "", series.description or ""]
+        label = " ".join(p for p in parts if p) or f"series {series.uid[-6:]}"
+        name = f"{name} [{label}]"
     return name
 
 
-def _layer(scan, name: str, path: str) -> LayerDataTuple:
+def _layer(scan, name: str) -> LayerDataTuple:
     layer_type = "labels" if _named_like_labels(name) and is_label_like(scan) else "image"
-    data, kwargs, kind = scan_to_layer_data(scan, name, layer_type)
-    kwargs["metadata"]["medidiff_scan"]["source"] = os.path.abspath(path)
-    return data, kwargs, kind
+    return scan_to_layer_data(scan, name, layer_type)
 
 
 def _named_like_labels(name: str) -> bool:

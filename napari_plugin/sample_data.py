@@ -22,6 +22,4 @@ def make_brain_mri() -> list[tuple[Any, dict[str, Any], str]]:
     from medidiff.io import load_scan
 
     scan = load_scan(BRAIN_MRI, modality="MR")
-    data, kwargs, kind = scan_to_layer_data(scan, "brain MRI (sample)", "image")
-    kwargs["metadata"]["medidiff_scan"]["source"] = str(BRAIN_MRI)
-    return [(data, kwargs, kind)]
+    return [scan_to_layer_data(scan, "brain MRI (sample)", "image")]

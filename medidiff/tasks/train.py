@@ -200,7 +200,8 @@ def train_steps(
                            values={"loss": value, "lr": cfg.lr_at(step), "it/s": (done - start) / max(elapsed, 1e-9)})
     except GeneratorExit:
         # cancelled (napari) or interrupted (Ctrl-C in the CLI): keep what was learnt
-        if run_dir is not None and is_main and step > start:
+        # len(losses) counts finished steps (a run closed after its first step is worth keeping too)
+        if run_dir is not None and is_main and len(losses) > start:
             _checkpoint(run_dir, model, ema, opt, cfg, len(losses), losses, data_card, command)
         raise
     seconds = time.perf_counter() - t0

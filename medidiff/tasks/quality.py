@@ -1,0 +1,291 @@
+"""Quality and memorisation report of a generated image set: ``evaluate_generated``.
+
+* fidelity: KID (:func:`medidiff.metrics.kid` on :func:`medidiff.metrics.image_features`, both sets
+  mapped to [0, 1] by the real images' 0.5-99.5 percentiles, so absolute intensity counts) and the
+  Jensen-Shannon distance of the pooled intensity histograms (:func:`metrics.histogram_distance`);
+* diversity: mean pairwise MS-SSIM among the samples and among the real images (lower = more
+  diverse; a set of near-copies of each other scores near 1);
+* memorisation: for each sample, the most similar training image by normalised cross-correlation
+  (NCC, 1 = identical up to brightness and contrast); samples at or above ``threshold`` are flagged.
+
+Image sets are compared as 2D images of the samples' size. Volumes contribute their slices along
+the coarsest-spacing axis (what ``medidiff train --dims 2`` slices by default); constant slices
+(empty background) are skipped. Real images larger than the samples are cut into tiles of the
+sample size (a grid, no overlap), which matches the random crops a 2D model is trained on. Training
+images larger than the samples are searched at *every* shift (``skimage.feature.match_template``,
+NCC per position) and also left-right flipped (training augments with flips), so a memorised
+random crop is found wherever it came from; training images of the samples' size go through
+:func:`medidiff.metrics.nearest_neighbours`.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medidiff.errors import MedidiffError
+from medidiff.io import Scan
+
+ImageSet = str | Path | Sequence[str | Path | Scan | np.ndarray]
+
+
+@dataclass
+class Neighbour:
+    """The training image most similar to one sample."""
+
+    sample: int
+    training: int
+    score: float
+    position: tuple[int, ...] = ()
+    flipped: bool = False
+    sample_name: str = ""
+
+
+@dataclass
+class QualityReport:
+    """Fidelity, diversity and memorisation numbers of a generated set (see the module docstring)."""
+
+    n_samples: int
+    n_real: int
+    kid: float
+    kid_std: float
+    histogram_js: float
+    diversity_samples: float
+    diversity_real: float
+    threshold: float
+    n_training: int = 0
+    neighbours: list[Neighbour] = field(default_factory=list)
+    flagged: list[int] = field(default_factory=list)
+    report: str | None = None
+
+    @property
+    def max_similarity(self) -> float:
+        return max((nb.score for nb in self.neighbours), default=float("nan"))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["max_similarity"] = self.max_similarity
+        return d
+
+    def lines(self) -> list[tuple[str, str]]:
+        """(name, value) pairs for tables."""
+        out = [
+            ("samples / real images", f"{self.n_samples} / {self.n_real}"),
+            ("KID (hand-made features; ~0 = same distribution)", f"{self.kid:.4f} +- {self.kid_std:.4f}"),
+            ("intensity histogram JS distance (0..1)", f"{self.histogram_js:.4f}"),
+            ("diversity: mean pairwise MS-SSIM, samples", f"{self.diversity_samples:.4f}"),
+            ("diversity: mean pairwise MS-SSIM, real", f"{self.diversity_real:.4f}"),
+        ]
+        if self.n_training:
+            out += [
+                ("training images searched", str(self.n_training)),
+                ("highest sample-training NCC", f"{self.max_similarity:.4f}"),
+                (f"samples flagged as memorised (NCC >= {self.threshold:g})", str(len(self.flagged))),
+            ]
+        return out
+
+    def to_markdown(self) -> str:
+        """A '## Quality' section for data cards."""
+        rows = "\n".join(f"| {k} | {v} |" for k, v in self.lines())
+        text = f"## Quality\n\n| measure | value |\n|---|---|\n{rows}\n"
+        if not self.n_training:
+            text += "\nNo memorisation check: no training images were given (`--training`).\n"
+        elif self.flagged:
+            names = ", ".join(self.neighbours[i].sample_name or str(i) for i in self.flagged[:20])
+            text += f"\nFlagged (possible copies of training images; do not share these): {names}\n"
+        else:
+            text += "\nNo sample reached the memorisation threshold.\n"
+        if self.report:
+            text += f"\nContact sheet: `{Path(self.report).name}`.\n"
+        return text
+
+
+# -- loading ----------------------------------------------------------------------------------------
+def _load_items(items: ImageSet, what: str) -> list[tuple[str, Scan | np.ndarray]]:
+    """(name, Scan or array) for each image of a set: a folder (its manifest.csv if any), files, Scans, arrays."""
+    from medidiff.data import scan_paths
+    from medidiff.io import load_scan
+
+    if isinstance(items, (str, Path)):
+        folder = Path(items)
+        manifest = folder / "manifest.csv"
+        if folder.is_dir() and manifest.is_file():
+            with open(manifest, newline="") as f:
+                paths = [folder / row["file"] for row in csv.DictReader(f)]
+        else:
+            paths = scan_paths([folder])
+        return [(p.name, load_scan(p)) for p in paths]
+    out = []
+    for k, item in enumerate(items):
+        if isinstance(item, (str, Path)):
+            out.extend((p.name, load_scan(p)) for p in scan_paths([item]))
+        else:
+            out.append((f"{what} {k}", item))
+    if not out:
+        raise MedidiffError(f"the {what} set is empty")
+    return out
+
+
+def _slices(item: Scan | np.ndarray) -> list[np.ndarray]:
+    """2D images of a scan: itself, or its non-constant slices along the coarsest-spacing axis."""
+    from medidiff.data import default_slice_axis
+
+    arr = np.asarray(item.array if isinstance(item, Scan) else item, dtype=np.float64)
+    while arr.ndim > 2 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim == 2:
+        return [arr]
+    if arr.ndim != 3:
+        raise MedidiffError(f"cannot compare an image of shape {arr.shape}; need 2D images or 3D volumes")
+    axis = default_slice_axis(item) if isinstance(item, Scan) else 0
+    return [s for s in np.moveaxis(arr, axis, 0) if np.ptp(s) > 0]
+
+
+def _fit(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Pad (edge values) an image smaller than ``size`` up to it, centred."""
+    pads = [((t - s) // 2, t - s - (t - s) // 2) if s < t else (0, 0) for s, t in zip(img.shape, size)]
+    return np.pad(img, pads, mode="edge") if any(p != (0, 0) for p in pads) else img
+
+
+def _tiles(img: np.ndarray, size: tuple[int, int]) -> list[np.ndarray]:
+    """Non-overlapping tiles of ``size`` covering ``img`` (the last row/column flush with the edge)."""
+    img = _fit(img, size)
+    starts = []
+    for s, t in zip(img.shape, size):
+        pos = list(range(0, s - t + 1, t))
+        if pos[-1] != s - t:
+            pos.append(s - t)
+        starts.append(pos)
+    return [img[y : y + size[0], x : x + size[1]] for y in starts[0] for x in starts[1]]
+
+
+def _images(items: list[tuple[str, Any]]) -> tuple[list[np.ndarray], list[str]]:
+    imgs, names = [], []
+    for name, item in items:
+        parts = _slices(item)
+        for k, s in enumerate(parts):
+            imgs.append(s)
+            names.append(name if len(parts) == 1 else f"{name}[{k}]")
+    return imgs, names
+
+
+# -- memorisation ------------------------------------------------------------------------------------
+def nearest_training(samples: np.ndarray, training: list[np.ndarray]) -> list[Neighbour]:
+    """For each (H, W) sample, the best-matching training image by NCC over every shift (and a flip)."""
+    from skimage.feature import match_template
+
+    from medidiff.metrics import nearest_neighbours
+
+    size = samples.shape[1:]
+    same = [k for k, t in enumerate(training) if t.shape == size]
+    larger = [k for k, t in enumerate(training) if t.shape != size]
+    best = [Neighbour(i, -1, -np.inf) for i in range(len(samples))]
+    if same:
+        ref = np.stack([training[k] for k in same])
+        for flipped, stack in ((False, samples), (True, samples[:, :, ::-1])):
+            idx, score = nearest_neighbours(stack, ref, metric="ncc")
+            for i in range(len(samples)):
+                if score[i] > best[i].score:
+                    best[i] = Neighbour(i, same[int(idx[i])], float(score[i]), (0, 0), flipped)
+    for k in larger:
+        ref = _fit(training[k], size)
+        for i in range(len(samples)):
+            for flipped, tmpl in ((False, samples[i]), (True, samples[i][:, ::-1])):
+                if np.ptp(tmpl) == 0:
+                    continue
+                ncc = match_template(ref, tmpl)
+                pos = np.unravel_index(int(np.argmax(ncc)), ncc.shape)
+                if ncc[pos] > best[i].score:
+                    best[i] = Neighbour(i, k, float(ncc[pos]), tuple(int(p) for p in pos), flipped)
+    for nb in best:
+        if not np.isfinite(nb.score):
+            nb.score = 0.0
+    return best
+
+
+# -- the report ----------------------------------------------------------------------------------------
+def evaluate_generated(
+    samples: ImageSet,
+    real: ImageSet,
+    training: ImageSet | None = None,
+    *,
+    threshold: float = 0.95,
+    report: str | Path | None = None,
+    seed: int = 0,
+) -> QualityReport:
+    """Fidelity, diversity and memorisation of generated ``samples`` against ``real`` (and ``training``) images.
+
+    Each set is a folder (a generated folder's ``manifest.csv`` is followed), a list of files,
+    Scans or arrays. ``report`` writes a PNG contact sheet: samples, real images, and each flagged
+    sample beside its nearest training image. ``seed`` fixes the KID subsets and MS-SSIM pairs.
+    """
+    from medidiff import metrics
+
+    if not 0 < threshold <= 1:
+        raise MedidiffError(f"threshold must be in (0, 1], got {threshold}")
+    s_imgs, s_names = _images(_load_items(samples, "samples"))
+    if len(s_imgs) < 2:
+        raise MedidiffError(f"need at least 2 generated images to measure quality, got {len(s_imgs)}")
+    size = s_imgs[0].shape
+    if any(im.shape != size for im in s_imgs):
+        raise MedidiffError(f"generated images differ in shape ({sorted({im.shape for im in s_imgs})}); evaluate one size at a time")
+    s_stack = np.stack(s_imgs)
+    r_imgs, _ = _images(_load_items(real, "real"))
+    r_stack = np.stack([t for im in r_imgs for t in _tiles(im, size)])
+    if len(r_stack) < 2:
+        raise MedidiffError("need at least 2 real images to compare with")
+    lo, hi = np.percentile(r_stack, [0.5, 99.5])
+    if hi <= lo:
+        lo, hi = float(r_stack.min()), float(r_stack.max()) + 1.0
+    vr = (float(lo), float(hi))
+    kid_mean, kid_std = metrics.kid(metrics.image_features(s_stack, value_range=vr),
+                                    metrics.image_features(r_stack, value_range=vr), seed=seed)
+    js = metrics.histogram_distance(list(s_stack), list(r_stack), method="js", value_range=vr)
+    div_s = metrics.mean_pairwise_ms_ssim(np.clip(s_stack, *vr), seed=seed, data_range=vr[1] - vr[0])
+    div_r = metrics.mean_pairwise_ms_ssim(np.clip(r_stack, *vr), seed=seed, data_range=vr[1] - vr[0])
+    neighbours: list[Neighbour] = []
+    t_imgs: list[np.ndarray] = []
+    if training is not None:
+        t_imgs, _ = _images(_load_items(training, "training"))
+        neighbours = nearest_training(s_stack, t_imgs)
+        for nb in neighbours:
+            nb.sample_name = s_names[nb.sample]
+    flagged = [nb.sample for nb in neighbours if nb.score >= threshold]
+    result = QualityReport(
+        n_samples=len(s_stack), n_real=len(r_stack), kid=float(kid_mean), kid_std=float(kid_std), histogram_js=float(js),
+        diversity_samples=float(div_s), diversity_real=float(div_r), threshold=float(threshold),
+        n_training=len(t_imgs), neighbours=neighbours, flagged=flagged,
+    )
+    if report is not None:
+        result.report = str(contact_sheet(s_stack, r_stack, t_imgs, neighbours, flagged, report, seed=seed))
+    return result
+
+
+def contact_sheet(samples: np.ndarray, real: np.ndarray, training: list[np.ndarray], neighbours: list[Neighbour],
+                  flagged: list[int], path: str | Path, ncols: int = 8, seed: int = 0) -> Path:
+    """PNG: a row of samples, a row of real images, then flagged samples beside their training match."""
+    from medidiff.reports import save_grid
+
+    rng = np.random.default_rng(seed)
+    n = min(ncols, len(samples))
+    real_pick = np.sort(rng.choice(len(real), size=min(ncols, len(real)), replace=False))
+    images = [samples[i] for i in range(n)] + [None] * (ncols - n)
+    titles = [f"sample {i}" for i in range(n)] + [""] * (ncols - n)
+    images += [real[i] for i in real_pick] + [None] * (ncols - len(real_pick))
+    titles += [f"real {i}" for i in real_pick] + [""] * (ncols - len(real_pick))
+    size = samples.shape[1:]
+    for i in flagged[: ncols // 2 * 2]:
+        nb = neighbours[i]
+        ref = _fit(training[nb.training], size)
+        y, x = nb.position or (0, 0)
+        window = ref[y : y + size[0], x : x + size[1]]
+        images += [samples[i], window[:, ::-1] if nb.flipped else window]
+        titles += [f"FLAGGED sample {i}", f"training {nb.training} ncc={nb.score:.3f}"]
+    blank = np.zeros(size)
+    keep = [im if im is not None else blank for im in images]
+    return save_grid(keep, path, titles=titles, ncols=ncols, suptitle="samples (top), real (middle), flagged vs nearest training")

@@ -1,0 +1,133 @@
+"""The Detect anomalies widget: an image layer in; a heat-map overlay, a labels layer and a score out.
+
+Runs ``medidiff.tasks.anomaly.detect_anomalies_steps`` in a worker. The map (scan intensity
+units) is added as a semi-transparent ``inferno`` overlay and the mask ``map > threshold`` (inside
+the scored foreground) as a labels layer, both with the input layer's geometry. Changing the
+threshold after a run redraws the labels from the map without running the model again.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from qtpy.QtWidgets import QComboBox, QDoubleSpinBox, QSpinBox, QWidget
+
+from .common import LayerPicker, TaskWidget, add_scan_layer, input_scan, model_config
+
+__all__ = ["AnomalyWidget", "METHODS", "DIRECTIONS"]
+
+# mirrors medidiff.tasks.anomaly (not imported here: that pulls in torch)
+METHODS = ("ddpm", "simplex", "patched")
+DIRECTIONS = ("both", "bright", "dark")
+_CALIBRATED = "as calibrated"
+_AUTO = -1.0  # the threshold spin box's "auto" value (maps are >= 0, so no real threshold is negative)
+
+
+class AnomalyWidget(TaskWidget):
+    """Detect anomalies in the chosen image layer with a model trained on healthy scans."""
+
+    title = "Detect anomalies"
+    run_text = "Detect"
+
+    def __init__(self, napari_viewer: Any, parent: QWidget | None = None) -> None:
+        super().__init__(napari_viewer, parent)
+        self.layer_picker = LayerPicker(napari_viewer, "image", parent=self)
+        self.method = QComboBox(self)
+        self.method.addItem(_CALIBRATED)
+        self.method.addItems(METHODS)
+        self.method.setToolTip("ddpm: Gaussian noise; simplex: AnoDDPM simplex noise; patched: pDDPM, one "
+                               "noised patch at a time. 'as calibrated' uses the model's calibrated options")
+        self.direction = QComboBox(self)
+        self.direction.addItem(_CALIBRATED)
+        self.direction.addItems(DIRECTIONS)
+        self.direction.setToolTip("both: |scan - reconstruction|; bright/dark: only voxels brighter/darker")
+        self.threshold = QDoubleSpinBox(self)
+        self.threshold.setRange(_AUTO, 1e9)
+        self.threshold.setDecimals(3)
+        self.threshold.setSpecialValueText("auto (calibrated)")
+        self.threshold.setValue(_AUTO)
+        self.threshold.setToolTip("map value (scan intensity units) above which a voxel is anomalous; "
+                                  "auto uses the threshold calibrated on healthy scans")
+        self.seed = QSpinBox(self)
+        self.seed.setRange(0, 2**31 - 1)
+        self.batch_size = QSpinBox(self)
+        self.batch_size.setRange(1, 256)
+        self.batch_size.setValue(8)
+        self.form.addRow("Image", self.layer_picker)
+        self.form.addRow("Method", self.method)
+        self.form.addRow("Direction", self.direction)
+        self.form.addRow("Threshold", self.threshold)
+        self.form.addRow("Seed", self.seed)
+        self.form.addRow("Batch size", self.batch_size)
+        self._last: tuple[Any, Any, Any] | None = None  # (result, map layer, labels layer)
+        self.threshold.valueChanged.connect(self._threshold_changed)
+        self.model_picker.changed.connect(self._model_changed)
+        self._model_changed(self.model_picker.spec())
+
+    def _model_changed(self, spec: str) -> None:
+        cfg = model_config(spec)
+        if cfg is not None and "threshold" not in (cfg.get("anomaly") or {}):
+            self.controls.status.setText("this model has no calibrated threshold: set one "
+                                         "(or run `medidiff anomaly calibrate`)")
+        else:
+            self.controls.status.setText("")
+
+    def options(self) -> dict[str, Any]:
+        """The ``detect_anomalies_steps`` keyword arguments the controls describe."""
+        thr = self.threshold.value()
+        return {
+            "method": None if self.method.currentText() == _CALIBRATED else self.method.currentText(),
+            "direction": None if self.direction.currentText() == _CALIBRATED else self.direction.currentText(),
+            "threshold": "auto" if thr <= _AUTO else thr,
+            "seed": self.seed.value(),
+            "batch_size": self.batch_size.value(),
+            "device": self.device_picker.device(),
+        }
+
+    def make_job(self):
+        layer = self.chosen_layer(self.layer_picker)
+        scan = input_scan(layer)
+        options = self.options()
+        self._input, self._options = layer, {k: v for k, v in options.items() if k != "device"}
+        return self._job(self.model_picker.spec(), scan, options)
+
+    def _job(self, spec: str, scan: Any, options: dict[str, Any]):
+        # runs in the worker thread
+        from medidiff.tasks.anomaly import detect_anomalies_steps
+
+        model = self.load_model(spec, options["device"])
+        return (yield from detect_anomalies_steps(model, scan, **options))
+
+    def show_result(self, result: Any) -> None:
+        like = self._input
+        info = {"medidiff_anomaly": {"score": float(result.score), "threshold": float(result.threshold),
+                                     "options": dict(result.options or self._options)}}
+        top = float(np.max(result.map.array)) if result.map.array.size else 0.0
+        limits = (0.0, max(top, float(result.threshold), 1e-6))
+        heat = add_scan_layer(self.viewer, result.map, f"{like.name} anomaly map", "image", like=like, metadata=info,
+                              colormap="inferno", opacity=0.5, blending="additive", contrast_limits=limits)
+        labels = add_scan_layer(self.viewer, result.mask, f"{like.name} anomalies", "labels", like=like,
+                                metadata=info, opacity=0.6)
+        self._last = (result, heat, labels)
+        self._show_score(result.score, result.threshold, int(np.count_nonzero(labels.data)))
+
+    def _show_score(self, score: float, threshold: float, voxels: int) -> None:
+        verdict = "above" if score > threshold else "below"
+        self.result_label.setText(f"score {score:.4g} ({verdict} threshold {threshold:.4g}); "
+                                  f"{voxels} voxels flagged")
+
+    def _threshold_changed(self, value: float) -> None:
+        """Redraw the last run's labels for a new threshold (the map does not change)."""
+        if self._last is None or value <= _AUTO:
+            return
+        result, _, labels = self._last
+        if labels not in self.viewer.layers:
+            self._last = None
+            return
+        mask = result.map.array > value
+        if result.foreground is not None:
+            mask &= result.foreground.array > 0
+        labels.data = mask.astype(labels.data.dtype)
+        labels.metadata["medidiff_anomaly"] = {**labels.metadata.get("medidiff_anomaly", {}), "threshold": value}
+        self._show_score(result.score, value, int(np.count_nonzero(mask)))

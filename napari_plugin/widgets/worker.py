@@ -1,0 +1,244 @@
+"""Run a medidiff task generator off the Qt main thread, with progress, cancel and clear errors.
+
+``TaskRunner.start(job)`` hands a generator that yields ``medidiff.progress.Progress`` and
+returns a result to a napari ``GeneratorWorker`` (``napari.qt.threading.create_worker``):
+
+* each ``Progress`` the job yields is re-emitted as ``progress`` on the main thread;
+* ``cancel()`` calls ``worker.quit()``: the worker stops before asking the generator for its
+  next step, so at most the step already under way finishes. The job is then closed (its
+  ``finally`` blocks run, e.g. a task's own cleanup) and ``cancelled`` is emitted;
+* an exception becomes one readable message, shown with ``napari.utils.notifications.show_error``
+  (a ``MedidiffError``'s own message names the file and the problem) and emitted as ``failed``;
+* on success ``succeeded`` carries the job's return value;
+* whatever the outcome, ``medidiff.devices.release_memory()`` runs and ``finished`` is emitted last.
+
+``ModelCache`` keeps the last loaded model so repeated runs in one open widget do not reload it.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import threading
+from collections.abc import Generator
+from pathlib import Path
+from typing import Any
+
+from qtpy.QtCore import QObject, Signal
+
+__all__ = ["TaskRunner", "ModelCache", "TaskError", "error_message"]
+
+LOG = logging.getLogger(__name__)
+
+
+class TaskError(Exception):
+    """A ``RuntimeError`` raised by a task, re-raised under another type.
+
+    superqt's worker treats a ``RuntimeError`` from the generator as "the worker object was
+    deleted" and silently drops it; torch reports most failures (out of memory, bad shapes) as
+    ``RuntimeError``, so they are wrapped to reach ``errored``.
+    """
+
+
+def error_message(title: str, exc: BaseException) -> str:
+    """One line for the user: a ``MedidiffError``'s own message, otherwise the task, type and text."""
+    from medidiff.errors import MedidiffError
+
+    if isinstance(exc, MedidiffError):
+        return str(exc)
+    cause = exc.__cause__ if isinstance(exc, TaskError) and exc.__cause__ is not None else exc
+    text = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+    if isinstance(cause, (ValueError, TypeError)) and text:
+        return f"{title} failed: {text}"  # the tasks' own argument checks: the text says it all
+    return f"{title} failed: {type(cause).__name__}: {text}" if text else f"{title} failed: {type(cause).__name__}"
+
+
+class _Counter:
+    """Counts the job's yields from the worker thread, and where cancel was asked."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.yielded = 0
+        self.cancel_at: int | None = None
+
+
+def _drive(job: Generator[Any, None, Any], counter: _Counter) -> Generator[Any, None, Any]:
+    """The generator the worker iterates: forwards ``job``, counts yields, always cleans up."""
+    try:
+        while True:
+            try:
+                event = next(job)
+            except StopIteration as stop:
+                return stop.value
+            except RuntimeError as exc:
+                raise TaskError(str(exc)) from exc
+            with counter.lock:
+                counter.yielded += 1
+            yield event
+    finally:
+        job.close()  # a cancelled task's generator gets GeneratorExit at its current yield
+        try:
+            from medidiff.devices import release_memory
+
+            release_memory()
+        except Exception as exc:  # pragma: no cover - cleanup must never mask the real outcome
+            LOG.warning("release_memory failed: %s", exc)
+
+
+class TaskRunner(QObject):
+    """Runs one task job at a time in a napari thread worker (see the module docstring)."""
+
+    progress = Signal(object)  # medidiff.progress.Progress
+    succeeded = Signal(object)  # the job's return value
+    failed = Signal(str)  # the message shown to the user
+    cancelled = Signal()
+    finished = Signal()  # after succeeded / failed / cancelled
+
+    def __init__(self, title: str, parent: QObject | None = None, notify: bool = True) -> None:
+        super().__init__(parent)
+        self.title = title
+        self.notify = notify
+        self.worker: Any | None = None
+        self.job: Generator[Any, None, Any] | None = None
+        self._driver: Generator[Any, None, Any] | None = None
+        self._counter = _Counter()
+        self._outcome = ""
+
+    @property
+    def running(self) -> bool:
+        """Whether a job is under way (started and not yet finished)."""
+        return self.worker is not None
+
+    @property
+    def steps_after_cancel(self) -> int | None:
+        """Progress events the job yielded after ``cancel()`` was called (None if not cancelled)."""
+        with self._counter.lock:
+            if self._counter.cancel_at is None:
+                return None
+            return self._counter.yielded - self._counter.cancel_at
+
+    @property
+    def outcome(self) -> str:
+        """How the last job ended: ``""`` (running or never run), ``succeeded``, ``failed`` or ``cancelled``."""
+        return self._outcome
+
+    def start(self, job: Generator[Any, None, Any]) -> None:
+        """Run ``job`` (a generator yielding Progress and returning a result) in a worker thread."""
+        if self.running:
+            raise RuntimeError(f"{self.title} is already running")
+        if not inspect.isgenerator(job):
+            raise TypeError("job must be a generator")
+        from napari.qt.threading import create_worker
+
+        self.job = job
+        self._counter = _Counter()
+        self._outcome = ""
+        self._driver = _drive(job, self._counter)
+        worker = create_worker(_passthrough, self._driver, _start_thread=False, _ignore_errors=True)
+        worker.yielded.connect(self._on_yielded)
+        worker.returned.connect(self._on_returned)
+        worker.errored.connect(self._on_errored)
+        worker.aborted.connect(self._on_aborted)
+        worker.finished.connect(self._on_finished)
+        self.worker = worker
+        worker.start()
+
+    def cancel(self) -> None:
+        """Ask the running job to stop at its next step (no-op when idle)."""
+        if self.worker is None:
+            return
+        with self._counter.lock:
+            if self._counter.cancel_at is None:
+                self._counter.cancel_at = self._counter.yielded
+        self.worker.quit()
+
+    def _on_yielded(self, event: Any) -> None:
+        self.progress.emit(event)
+
+    def _on_returned(self, value: Any) -> None:
+        self._outcome = "succeeded"
+        self.succeeded.emit(value)
+
+    def _on_errored(self, exc: BaseException) -> None:
+        from medidiff.errors import MedidiffError
+
+        self._outcome = "failed"
+        message = error_message(self.title, exc)
+        if not isinstance(exc, MedidiffError):  # a bug or an environment problem: keep the traceback
+            LOG.error("%s failed", self.title, exc_info=(type(exc), exc, exc.__traceback__))
+        if self.notify:
+            from napari.utils.notifications import show_error
+
+            show_error(message)
+        self.failed.emit(message)
+
+    def _on_aborted(self) -> None:
+        self._outcome = "cancelled"
+
+    def _on_finished(self) -> None:
+        # the worker has left its loop; after a cancel the job is still suspended at a yield,
+        # so close it here (runs its finally blocks and release_memory) before reporting
+        if self._driver is not None:
+            self._driver.close()
+        self._driver = None
+        self.worker = None
+        if self._outcome in ("", "cancelled"):
+            # quit() that lands after the last step still discards the result: a cancel too
+            self._outcome = "cancelled"
+            self.cancelled.emit()
+        self.finished.emit()
+
+
+def _passthrough(gen: Generator[Any, None, Any]) -> Generator[Any, None, Any]:
+    """Generator function wrapper: ``create_worker`` needs a generator *function*."""
+    return (yield from gen)
+
+
+class ModelCache:
+    """The last model a widget loaded, kept while the widget is open (``clear()`` frees it).
+
+    ``get`` is called from the worker thread; the key is the resolved folder, the config's
+    modification time (a retrained model is reloaded) and the device.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._key: tuple[Any, ...] | None = None
+        self._model: Any | None = None
+
+    def get(self, spec: str, device: str) -> Any:
+        """The model for ``spec`` (a name or folder) on ``device``, loaded on first use."""
+        from medidiff.errors import ModelError
+        from medidiff.registry import find_model
+
+        if not spec.strip():
+            raise ModelError("no model chosen: pick a model name or a model folder (with config.json)")
+        folder = Path(find_model(spec.strip())).resolve()
+        config = folder / "config.json"
+        key = (str(folder), config.stat().st_mtime_ns if config.is_file() else None, device)
+        with self._lock:
+            if self._key == key and self._model is not None:
+                return self._model
+            self._model, self._key = None, None
+        from medidiff.devices import resolve_device
+        from medidiff.model import DiffusionModel
+
+        model = DiffusionModel.load(folder, device=resolve_device(device))
+        with self._lock:
+            self._model, self._key = model, key
+        return model
+
+    @property
+    def loaded(self) -> bool:
+        """Whether a model is held."""
+        return self._model is not None
+
+    def clear(self) -> None:
+        """Drop the model and give its memory back."""
+        with self._lock:
+            had = self._model is not None
+            self._model, self._key = None, None
+        if had:
+            from medidiff.devices import release_memory
+
+            release_memory()

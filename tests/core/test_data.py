@@ -1,0 +1,133 @@
+"""Training data from real MR scans: slicing, empty-slice test, crops, reproducible batches, masks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from medidiff.data import fit_to_size, prepare_training_data, scan_paths
+from medidiff.errors import MedidiffError, ScanError
+from medidiff.io import Scan, save_scan
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # the test machine's few cores are shared: one thread per process avoids OpenMP spin-wait contention
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_2d_slices_along_the_coarsest_axis(mr_volume):
+    # (24, 96, 128) at (2.2, 2, 2) mm: z is coarsest
+    td = prepare_training_data([mr_volume], image_size=32)
+    assert td.slice_axis == 0
+    assert len(td) == 24 and td.images[0].shape == (96, 128)
+    assert td.spacing == (2.0, 2.0)
+    np.testing.assert_allclose(td.images[5], td.normaliser.forward(mr_volume.array[5]))
+    # the same scan with x made the coarsest axis is sliced along x
+    arr = np.ascontiguousarray(mr_volume.array.transpose(1, 2, 0))  # (96, 128, 24)
+    turned = Scan(arr, (2.0, 2.0, 2.2), mr_volume.affine, "MR", {})
+    td2 = prepare_training_data([turned], image_size=32)
+    assert td2.slice_axis == 2 and len(td2) == 24 and td2.images[0].shape == (96, 128)
+    assert td2.spacing == (2.0, 2.0)
+
+
+def test_explicit_slice_axis(mr_volume):
+    td = prepare_training_data([mr_volume], image_size=32, slice_axis=1)
+    assert td.slice_axis == 1 and td.images[0].shape == (24, 128)
+    assert td.spacing == pytest.approx((2.2, 2.0))
+
+
+def test_empty_slices_are_skipped(mr_volume):
+    arr = mr_volume.array.copy()
+    arr[[0, 1, 23]] = arr.min()  # three slices of pure background
+    td = prepare_training_data([mr_volume.with_array(arr)], image_size=32)
+    assert len(td) == 21
+    kept = {round(float(img.mean()), 5) for img in td.images}
+    for z in (0, 1, 23):
+        assert round(float(td.normaliser.forward(arr[z]).mean()), 5) not in kept
+
+
+def test_fit_to_size_pads_and_crops_with_one_window():
+    rng = np.random.default_rng(0)
+    img = np.arange(20 * 40, dtype=np.float32).reshape(20, 40)
+    mask = (img % 7 == 0).astype(np.float32)
+    a, m = fit_to_size([img, mask], (32, 32), rng, [-1.0, 0.0])
+    assert a.shape == m.shape == (32, 32)
+    # rows 0..5 and 26..31 are padding (20 -> 32: 6 above, 6 below); the rest is a crop of img
+    assert (a[:6] == -1).all() and (a[26:] == -1).all() and (m[:6] == 0).all()
+    first = int(a[6, 0])
+    col = first % 40
+    np.testing.assert_array_equal(a[6:26], img[:, col : col + 32])
+    np.testing.assert_array_equal(m[6:26], mask[:, col : col + 32])
+    # without rng: centred
+    c, = fit_to_size([img], (16, 16), None, [0.0])
+    np.testing.assert_array_equal(c, img[2:18, 12:28])
+
+
+def test_batches_are_a_function_of_seed_and_step(mr_train_scan):
+    td = prepare_training_data([mr_train_scan], image_size=32)
+    a = td.batch(seed=1, step=7, batch_size=4)
+    b = td.batch(seed=1, step=7, batch_size=4)
+    c = td.batch(seed=1, step=8, batch_size=4)
+    d = td.batch(seed=2, step=7, batch_size=4)
+    np.testing.assert_array_equal(a["images"], b["images"])
+    assert a["images"].shape == (4, 1, 32, 32) and a["images"].dtype == np.float32
+    assert not np.array_equal(a["images"], c["images"])
+    assert not np.array_equal(a["images"], d["images"])
+
+
+def test_3d_patches(mr_volume):
+    td = prepare_training_data([mr_volume], spatial_dims=3, image_size=(16, 32, 32))
+    batch = td.batch(0, 0, 2)
+    assert batch["images"].shape == (2, 1, 16, 32, 32)
+    assert td.spacing == pytest.approx(mr_volume.spacing)
+    with pytest.raises(ScanError, match="3D training needs volumes"):
+        prepare_training_data([Scan(mr_volume.array[0], (2.0, 2.0), np.eye(4), "MR", {})], spatial_dims=3, image_size=16)
+
+
+def test_masks_follow_their_images_through_crop_and_augmentation(mr_train_scan):
+    """A mask made by thresholding the image still matches the thresholded image after every transform."""
+    td0 = prepare_training_data([mr_train_scan], image_size=32, augment=False)
+    level = float(np.percentile(np.concatenate([i.ravel() for i in td0.images]), 75))  # inside the brain
+    raw_level = float(td0.normaliser.inverse(np.float32(level)))
+    mask = mr_train_scan.with_array((mr_train_scan.array > raw_level).astype(np.float32))
+    td = prepare_training_data([mr_train_scan], image_size=32, masks=[mask], augment=True)
+    agree, shuffled = [], []
+    for step in range(6):
+        batch = td.batch(seed=0, step=step, batch_size=8)
+        for img, m in zip(batch["images"][:, 0], batch["masks"][:, 0]):
+            assert set(np.unique(m)) <= {0.0, 1.0}  # labels stay labels (nearest neighbour)
+            # intensity jitter is at most 5% scale and 0.05 shift: compare with a level in between
+            agree.append(((img > level) == (m > 0)).mean())
+        imgs, ms = batch["images"][:, 0], batch["masks"][::-1, 0]
+        shuffled += [((i > level) == (m > 0)).mean() for i, m in zip(imgs, ms)]
+    assert np.mean(agree) > 0.93 and min(agree) > 0.8
+    assert np.mean(shuffled) < np.mean(agree) - 0.2  # a mask from another crop would not agree
+
+
+def test_one_label_and_one_mask_per_scan(mr_train_scan, mr_volume):
+    with pytest.raises(MedidiffError, match="2 labels for 1 scans"):
+        prepare_training_data([mr_train_scan], labels=[0, 1])
+    with pytest.raises(MedidiffError, match="mask shape"):
+        prepare_training_data([mr_train_scan], masks=[mr_volume])
+    td = prepare_training_data([mr_train_scan, mr_train_scan], labels=[0, 1], image_size=32)
+    batch = td.batch(0, 0, 8)
+    assert batch["labels"].dtype == np.int64 and set(batch["labels"]) <= {0, 1}
+
+
+def test_scan_paths_lists_folders_in_name_order(tmp_path, mr_train_scan):
+    for name in ("b.nii.gz", "a.nii.gz"):
+        save_scan(mr_train_scan, tmp_path / "scans" / name)
+    (tmp_path / "scans" / "notes.txt").write_text("not a scan")
+    single = tmp_path / "c.nii.gz"
+    save_scan(mr_train_scan, single)
+    paths = scan_paths([tmp_path / "scans", single])
+    assert [p.name for p in paths] == ["a.nii.gz", "b.nii.gz", "c.nii.gz"]
+    with pytest.raises(ScanError, match="no such file"):
+        scan_paths([tmp_path / "missing"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ScanError, match="folder holds no scans"):
+        scan_paths([tmp_path / "empty"])

@@ -1,0 +1,157 @@
+"""``DiffusionModel``: presets, save/load round trip, and clear errors for every kind of bad checkpoint."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from medidiff.errors import MedidiffError, ModelError
+from medidiff.intensity import Normaliser
+from medidiff.model import FORMAT_VERSION, ConditioningError, DiffusionModel, _sha256
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # the test machine's few cores are shared: one thread per process avoids OpenMP spin-wait
+    # contention that makes these tiny networks 10-30x slower
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _state_equal(a: DiffusionModel, b: DiffusionModel) -> bool:
+    sa, sb = a.network.state_dict(), b.network.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+@pytest.mark.parametrize("preset, millions", [("tiny", 0.27), ("small", 1.8), ("base", 26.6)])
+def test_preset_parameter_counts_match_the_comment_in_model_py(preset, millions):
+    model = DiffusionModel.create(2, 64, preset=preset)
+    assert model.num_parameters() / 1e6 == pytest.approx(millions, rel=0.02)
+
+
+def test_create_is_seeded():
+    a = DiffusionModel.create(2, 32, seed=1)
+    b = DiffusionModel.create(2, 32, seed=1)
+    c = DiffusionModel.create(2, 32, seed=2)
+    assert _state_equal(a, b)
+    assert not _state_equal(a, c)
+
+
+def test_save_load_round_trips_bit_for_bit(tmp_path):
+    model = DiffusionModel.create(
+        2, (32, 48), preset="tiny", schedule="ddpm", prediction="v_prediction", num_classes=3,
+        class_names=["a", "b", "c"], mask_classes=2, normaliser=Normaliser(10.0, 700.0), spacing=(2.0, 2.5),
+        modality="MR", slice_axis=0, seed=5,
+    )
+    model.config.anomaly = {"threshold": 0.25}
+    folder = model.save(tmp_path / "m")
+    loaded = DiffusionModel.load(folder)
+    assert _state_equal(model, loaded)
+    assert loaded.config.to_dict() == model.config.to_dict()
+    assert loaded.normaliser == model.normaliser
+    assert loaded.path == folder
+    assert (folder / "MODEL_CARD.md").read_text().startswith("# medidiff model")
+
+
+def test_save_refuses_an_existing_folder_unless_overwrite(tmp_path):
+    model = DiffusionModel.create(2, 32)
+    model.save(tmp_path / "m")
+    with pytest.raises(MedidiffError):
+        model.save(tmp_path / "m")
+    model.save(tmp_path / "m", overwrite=True)
+    DiffusionModel.load(tmp_path / "m")
+
+
+# -- bad checkpoints ------------------------------------------------------------------------------
+@pytest.fixture
+def saved(tmp_path) -> Path:
+    return DiffusionModel.create(2, 32, seed=0).save(tmp_path / "model")
+
+
+def _rewrite_config(folder: Path, **changes) -> None:
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg.update(changes)
+    (folder / "config.json").write_text(json.dumps(cfg))
+
+
+def _load_error(folder: Path) -> str:
+    with pytest.raises(ModelError) as info:
+        DiffusionModel.load(folder)
+    return str(info.value)
+
+
+def test_not_a_folder(saved):
+    msg = _load_error(saved / "weights.safetensors")
+    assert "weights.safetensors" in msg and "not a folder" in msg
+
+
+def test_folder_without_config(saved):
+    (saved / "config.json").unlink()
+    msg = _load_error(saved)
+    assert str(saved) in msg and "no config.json" in msg
+
+
+def test_config_that_is_not_json(saved):
+    (saved / "config.json").write_text("{ not json")
+    assert "not valid JSON" in _load_error(saved)
+
+
+def test_corrupted_weights_fail_the_hash(saved):
+    w = saved / "weights.safetensors"
+    data = bytearray(w.read_bytes())
+    data[-10] ^= 0xFF  # one flipped bit pattern in a tensor
+    w.write_bytes(bytes(data))
+    msg = _load_error(saved)
+    assert "weights.safetensors" in msg and "sha256" in msg
+
+
+def test_truncated_weights_with_a_matching_hash(saved):
+    w = saved / "weights.safetensors"
+    w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
+    _rewrite_config(saved, weights_sha256=_sha256(w))
+    msg = _load_error(saved)
+    assert "weights.safetensors" in msg and "cannot read weights" in msg
+
+
+def test_future_format_version(saved):
+    _rewrite_config(saved, format_version=FORMAT_VERSION + 1)
+    msg = _load_error(saved)
+    assert "config.json" in msg and "upgrade medidiff" in msg
+
+
+def test_not_a_medidiff_config(saved):
+    _rewrite_config(saved, format="something-else")
+    assert "not a medidiff model config" in _load_error(saved)
+
+
+def test_weights_of_a_different_network(saved, tmp_path):
+    other = DiffusionModel.create(2, 32, preset="small").save(tmp_path / "other")
+    shutil.copy(other / "weights.safetensors", saved / "weights.safetensors")
+    _rewrite_config(saved, weights_sha256=_sha256(saved / "weights.safetensors"))
+    msg = _load_error(saved)
+    assert "weights do not fit the network" in msg
+
+
+def test_config_with_an_impossible_network(saved):
+    _rewrite_config(saved, image_size=[30, 30])  # not divisible by 4 for the tiny preset
+    assert "does not describe a valid model" in _load_error(saved)
+
+
+# -- conditioning checks ----------------------------------------------------------------------------
+def test_conditions_a_model_was_not_trained_with_are_refused():
+    model = DiffusionModel.create(2, 32)
+    with pytest.raises(ConditioningError, match="not trained with class labels"):
+        model.check_class_labels(torch.tensor([0]), 1)
+    with pytest.raises(ConditioningError, match="not trained with mask"):
+        model.condition_channels(torch.zeros(1, 1, 32, 32), 1, (32, 32), torch.device("cpu"))
+    cond = DiffusionModel.create(2, 32, num_classes=2)
+    with pytest.raises(ConditioningError, match="class labels must be in 0..1"):
+        cond.check_class_labels(torch.tensor([3]), 1)
+    # a ValueError too, for callers written against the older behaviour
+    assert issubclass(ConditioningError, ValueError) and issubclass(ConditioningError, MedidiffError)

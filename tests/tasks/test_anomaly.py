@@ -1,0 +1,172 @@
+"""Anomaly detection with the tiny MR model on real held-out slices with planted lesions."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from medidiff.errors import ModelError
+from medidiff.io import Scan
+from medidiff.lesions import foreground, plant_lesion, random_lesion
+from medidiff.metrics import auroc
+from medidiff.model import DiffusionModel
+from medidiff.simplex import fractal_noise
+from medidiff.tasks.anomaly import calibrate_threshold, detect_anomalies, detect_anomalies_steps
+
+SPACING = (2.0, 2.0)
+
+
+def _affine() -> np.ndarray:
+    aff = np.diag([-2.0, 2.0, 2.2, 1.0])
+    aff[:3, 3] = (10.0, -20.0, 5.0)
+    return aff
+
+
+def _scan(arr: np.ndarray) -> Scan:
+    return Scan(arr, SPACING, _affine(), "MR")
+
+
+@pytest.fixture(scope="module")
+def lesioned(mr_heldout_slices):
+    """A clear bright elliptic lesion in a real held-out slice, with its mask."""
+    les = plant_lesion(mr_heldout_slices[2], seed=1, kind="ellipse", radius=7, contrast=0.8)
+    return _scan(les.image), les.mask
+
+
+def _fg_auroc(result, mask) -> float:
+    fg = result.foreground.array > 0
+    return auroc(result.map.array[fg], mask[fg])
+
+
+# -- lesions and simplex noise -----------------------------------------------------------------------
+def test_lesions_are_reproducible_and_inside_tissue(mr_heldout_slices):
+    img = mr_heldout_slices[1]
+    a, b = random_lesion(img, seed=5), random_lesion(img, seed=5)
+    c = random_lesion(img, seed=6)
+    assert np.array_equal(a.image, b.image) and np.array_equal(a.mask, b.mask)
+    assert not np.array_equal(a.mask, c.mask)
+    assert a.mask.sum() > 10
+    assert not (a.mask & ~foreground(img)).any()
+    bright = plant_lesion(img, seed=2, contrast=0.5)
+    dark = plant_lesion(img, seed=2, contrast=-0.5)
+    assert np.array_equal(bright.mask, dark.mask)
+    assert bright.image[bright.mask].mean() > img[bright.mask].mean() > dark.image[dark.mask].mean()
+    outside = ~foreground(img)
+    assert np.array_equal(bright.image[outside], img[outside])  # nothing planted outside tissue
+
+
+def test_simplex_noise_is_seeded_smooth_and_unit_variance():
+    a, b, c = fractal_noise((64, 80), 3), fractal_noise((64, 80), 3), fractal_noise((64, 80), 4)
+    assert np.array_equal(a, b) and not np.allclose(a, c)
+    assert abs(float(a.mean())) < 1e-5 and abs(float(a.std()) - 1) < 1e-4
+    # smooth: neighbouring values are strongly correlated, unlike white noise
+    assert np.corrcoef(a[:, :-1].ravel(), a[:, 1:].ravel())[0, 1] > 0.7
+    v = fractal_noise((8, 24, 24), 1)
+    assert v.shape == (8, 24, 24) and abs(float(v.std()) - 1) < 1e-4
+
+
+# -- detection ---------------------------------------------------------------------------------------------
+def test_planted_lesion_scores_higher_inside(tiny_mr_model, lesioned):
+    scan, mask = lesioned
+    res = detect_anomalies(tiny_mr_model, scan, threshold=1e9, device="cpu")
+    assert _fg_auroc(res, mask) > 0.85
+    assert res.map.array[mask].mean() > 2 * res.map.array[~mask & (res.foreground.array > 0)].mean()
+
+
+@pytest.mark.parametrize("method,opts", [("ddpm", {"recon": "ddim", "ddim_steps": 2, "timesteps": (250,)}),
+                                         ("simplex", {}), ("patched", {"batch_size": 64})])
+def test_each_method_keeps_geometry(tiny_mr_model, lesioned, method, opts):
+    scan, mask = lesioned
+    res = detect_anomalies(tiny_mr_model, scan, method=method, threshold=30.0, device="cpu", **opts)
+    for out in (res.map, res.mask):
+        assert out.shape == scan.shape and out.spacing == scan.spacing
+        np.testing.assert_array_equal(out.affine, scan.affine)
+    amap, fg = res.map.array, res.foreground.array > 0
+    assert np.isfinite(amap).all() and (amap >= 0).all() and amap[fg].max() > 0
+    assert (amap[~fg] == 0).all()
+    np.testing.assert_array_equal(res.mask.array, ((amap > 30.0) & fg).astype(np.float32))
+    assert res.volume_mm3 == pytest.approx(res.mask.array.sum() * 4.0)
+    assert res.options["method"] == method
+    if method != "simplex":  # simplex noise is not what this Gaussian-trained model learned to remove
+        assert _fg_auroc(res, mask) > 0.8
+
+
+def test_direction_keeps_one_sign(tiny_mr_model, mr_heldout_slices):
+    les = plant_lesion(mr_heldout_slices[2], seed=1, radius=7, contrast=-0.7)
+    scan = _scan(les.image)
+    dark = detect_anomalies(tiny_mr_model, scan, direction="dark", threshold=1e9, device="cpu", timesteps=(300,))
+    bright = detect_anomalies(tiny_mr_model, scan, direction="bright", threshold=1e9, device="cpu", timesteps=(300,))
+    assert dark.map.array[les.mask].mean() > 3 * bright.map.array[les.mask].mean()
+
+
+def test_healthy_slices_score_lower_than_lesioned(tiny_mr_model, mr_heldout_slices):
+    for k, img in enumerate(mr_heldout_slices[1:4]):
+        les = plant_lesion(img, seed=10 + k, kind="blob", radius=8, contrast=0.8)
+        healthy = detect_anomalies(tiny_mr_model, _scan(img), threshold=1e9, device="cpu")
+        sick = detect_anomalies(tiny_mr_model, _scan(les.image), threshold=1e9, device="cpu")
+        assert sick.score > healthy.score
+
+
+def test_volume_slicewise_seeded_and_batch_invariant(tiny_mr_model, mr_heldout_slices):
+    vol = Scan(np.stack(mr_heldout_slices[:3]), (2.2, 2.0, 2.0), _affine(), "MR")
+    a = detect_anomalies(tiny_mr_model, vol, threshold=1e9, batch_size=3, seed=4, device="cpu", timesteps=(200,))
+    b = detect_anomalies(tiny_mr_model, vol, threshold=1e9, batch_size=1, seed=4, device="cpu", timesteps=(200,))
+    c = detect_anomalies(tiny_mr_model, vol, threshold=1e9, batch_size=3, seed=5, device="cpu", timesteps=(200,))
+    assert a.map.shape == vol.shape and a.map.spacing == vol.spacing
+    np.testing.assert_array_equal(a.map.affine, vol.affine)
+    np.testing.assert_allclose(a.map.array, b.map.array, atol=1e-3)
+    assert not np.allclose(a.map.array, c.map.array, atol=1e-3)
+
+
+def test_cancel_stops_within_one_step(tiny_mr_model, mr_heldout_slices):
+    vol = Scan(np.stack(mr_heldout_slices[:3]), (2.2, 2.0, 2.0), _affine(), "MR")
+    calls = [0]
+    hook = tiny_mr_model.network.register_forward_hook(lambda *a: calls.__setitem__(0, calls[0] + 1))
+    try:
+        gen = detect_anomalies_steps(tiny_mr_model, vol, threshold=1e9, batch_size=1, device="cpu")
+        first = next(gen)
+        at_first = calls[0]
+        gen.close()
+        assert first.step == 1 and first.total == 6  # 3 slices x 2 timesteps
+        assert calls[0] == at_first > 0
+        with pytest.raises(StopIteration):
+            next(gen)
+    finally:
+        hook.remove()
+
+
+# -- calibration -------------------------------------------------------------------------------------------
+def test_calibration_percentile_saved_and_used(tiny_mr_model, mr_heldout_slices, tmp_path):
+    from medidiff.sampling import sample_seed
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_mr_model.path, folder)
+    card_before = (folder / "MODEL_CARD.md").read_text()
+    model = DiffusionModel.load(folder)
+    healthy = [_scan(s) for s in mr_heldout_slices[3:5]]
+    with pytest.raises(ModelError, match="medidiff anomaly calibrate"):
+        detect_anomalies(model, healthy[0], device="cpu")
+
+    thr = calibrate_threshold(model, healthy, percentile=97.0, seed=2, device="cpu")
+    # the threshold is the 97th percentile of the healthy maps' tissue voxels
+    maps = [detect_anomalies(model, s, threshold=1e9, seed=sample_seed(2, k), device="cpu") for k, s in enumerate(healthy)]
+    values = np.concatenate([m.map.array[m.foreground.array > 0] for m in maps])
+    assert thr == pytest.approx(float(np.percentile(values, 97.0)), rel=1e-5)
+    frac = float((values > thr).mean())
+    assert 0.02 <= frac <= 0.04
+
+    # stored in the folder, which still loads (hash checked) and keeps its card
+    saved = json.loads((folder / "config.json").read_text())["anomaly"]
+    assert saved["threshold"] == pytest.approx(thr) and saved["percentile"] == 97.0
+    assert saved["method"] == "ddpm" and saved["n_voxels"] == values.size
+    again = DiffusionModel.load(folder)
+    card = (folder / "MODEL_CARD.md").read_text()
+    assert card.startswith(card_before.rstrip("\n")) and "## Anomaly calibration" in card
+
+    res = detect_anomalies(again, healthy[0], device="cpu")  # threshold="auto"
+    assert res.threshold == pytest.approx(thr)
+    with pytest.raises(ModelError, match="other options"):
+        detect_anomalies(again, healthy[0], method="patched", device="cpu")

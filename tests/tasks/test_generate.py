@@ -1,0 +1,303 @@
+"""Synthetic data sets: reproducible files, resume, DICOM privacy and geometry, conditions, memorisation, data card.
+
+Two more tiny models are trained here (module scope, cached like ``tiny_mr_model`` when
+MEDIDIFF_TEST_MODEL_CACHE is set) on the real MR training slices:
+
+* class-conditioned: label "upper" for slices z >= 8 of the training volume, "lower" below;
+  trained from 2D DICOM files that carry identifying patient/study tags, so the DICOM privacy
+  test has real identifiers to look for;
+* mask-conditioned: each slice with its Otsu-threshold mask (1 = brain), so images are
+  brighter inside the mask than outside in every training pair.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medidiff.errors import MedidiffError, OutputError
+from medidiff.io import Scan, affine_from_spacing, load_scan, save_scan
+from medidiff.model import DiffusionModel
+from medidiff.progress import run_to_end
+from medidiff.tasks.generate import generate, generate_dataset, generate_dataset_steps, generate_steps
+from medidiff.tasks.quality import evaluate_generated
+
+IDENTIFIERS = {
+    "PatientName": "Trainee^Tina", "PatientID": "TRAIN-4711", "PatientBirthDate": "19700101",
+    "StudyInstanceUID": "1.2.826.0.1.3680043.8.498.4711", "StudyID": "ST4711", "AccessionNumber": "ACC4711",
+    "ReferringPhysicianName": "Doctor^Who", "StudyDescription": "training study 4711",
+}
+
+
+def _cached_train(name: str, tmp_path_factory, **kwargs) -> DiffusionModel:
+    from medidiff.tasks.train import train
+
+    cache = os.environ.get("MEDIDIFF_TEST_MODEL_CACHE")
+    if cache and (Path(cache) / name / "model" / "config.json").is_file():
+        return DiffusionModel.load(Path(cache) / name / "model")
+    run = Path(cache) / name if cache else tmp_path_factory.mktemp(name)
+    train(out=run, dims=2, preset="tiny", image_size=32, steps=400, batch_size=16, lr=2e-3, seed=0,
+          device="cpu", checkpoint_every=0, overwrite=True, **kwargs)
+    return DiffusionModel.load(run / "model")
+
+
+def otsu_mask(image: np.ndarray) -> np.ndarray:
+    from skimage.filters import threshold_otsu
+
+    return (image > threshold_otsu(image)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def training_dicom_dir(mr_train_scan: Scan, tmp_path_factory) -> Path:
+    """The 16 training slices as 2D DICOM files carrying identifying tags."""
+    folder = tmp_path_factory.mktemp("train_dicom")
+    for z in range(mr_train_scan.shape[0]):
+        sl = Scan(mr_train_scan.array[z], mr_train_scan.spacing[1:], mr_train_scan.affine, "MR",
+                  {"dicom": dict(IDENTIFIERS)})
+        save_scan(sl, folder / f"slice_{z:02d}.dcm")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def class_model(training_dicom_dir: Path, tmp_path_factory) -> DiffusionModel:
+    files = sorted(training_dicom_dir.glob("*.dcm"))
+    labels = [int(k >= 8) for k in range(len(files))]
+    return _cached_train("gen_class", tmp_path_factory, data=files, labels=labels, class_names=["lower", "upper"])
+
+
+@pytest.fixture(scope="module")
+def mask_model(mr_train_scan: Scan, tmp_path_factory) -> DiffusionModel:
+    slices = [Scan(a, mr_train_scan.spacing[1:], mr_train_scan.affine, "MR") for a in mr_train_scan.array]
+    masks = [s.with_array(otsu_mask(s.array)) for s in slices]
+    return _cached_train("gen_mask", tmp_path_factory, data=slices, masks=masks, mask_classes=1)
+
+
+def manifest(folder: Path) -> list[dict[str, str]]:
+    with open(folder / "manifest.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+# -- in memory ------------------------------------------------------------------------------------------
+def test_generate_gives_scans_in_training_geometry(tiny_mr_model):
+    result = generate(tiny_mr_model, 3, seed=1, steps=4, device="cpu")
+    assert len(result.scans) == 3 and result.masks is None and len(set(result.seeds)) == 3
+    norm = tiny_mr_model.normaliser
+    for i, scan in enumerate(result.scans):
+        assert scan.shape == tuple(tiny_mr_model.config.image_size)
+        assert scan.spacing == (2.0, 2.0)
+        assert scan.orientation[:2] == tiny_mr_model.config.orientation[:2]  # LA of the training volume
+        assert scan.modality == "MR"
+        assert scan.meta["synthetic"] is True and scan.meta["seed"] == result.seeds[i]
+        # scan units: inside the normaliser's range, not network units
+        assert norm.low - 1 <= scan.array.min() and scan.array.max() <= norm.high + 1
+        assert scan.array.max() > 0.5 * norm.high
+    again = generate(tiny_mr_model, 3, seed=1, steps=4, device="cpu")
+    assert all(np.array_equal(a.array, b.array) for a, b in zip(result.scans, again.scans))
+    other = generate(tiny_mr_model, 1, seed=2, steps=4, device="cpu")
+    assert not np.array_equal(other.scans[0].array, result.scans[0].array)
+
+
+def test_start_continues_the_same_sequence(tiny_mr_model):
+    whole = generate(tiny_mr_model, 3, seed=5, steps=3, device="cpu", batch_size=2)
+    tail = generate(tiny_mr_model, 1, seed=5, steps=3, device="cpu", start=2)
+    assert tail.seeds == whole.seeds[2:]
+    assert np.array_equal(tail.scans[0].array, whole.scans[2].array)
+
+
+# -- data set folders -------------------------------------------------------------------------------------
+def test_same_files_and_sha256_across_batch_sizes(tiny_mr_model, tmp_path):
+    a = generate_dataset(tiny_mr_model, tmp_path / "a", 4, steps=4, batch_size=1, device="cpu")
+    b = generate_dataset(tiny_mr_model, tmp_path / "b", 4, steps=4, batch_size=3, device="cpu")
+    assert a.complete and b.complete and a.written == b.written == 4
+    assert manifest(tmp_path / "a") == manifest(tmp_path / "b")
+    for row in manifest(tmp_path / "a"):
+        assert (tmp_path / "a" / row["file"]).read_bytes() == (tmp_path / "b" / row["file"]).read_bytes()
+    rows = manifest(tmp_path / "a")
+    assert [r["file"] for r in rows] == [f"sample_{i:05d}.nii.gz" for i in range(4)]
+    assert {r["sampler"] for r in rows} == {"dpm++2m"} and {r["steps"] for r in rows} == {"4"}
+
+
+def test_resume_after_cancel_and_damage(tiny_mr_model, tmp_path):
+    ref = tmp_path / "ref"
+    generate_dataset(tiny_mr_model, ref, 5, steps=3, device="cpu")
+    out = tmp_path / "out"
+    gen = generate_dataset_steps(tiny_mr_model, out, 5, steps=3, device="cpu")
+    for event in gen:  # cancel once two samples are on disk, as the napari widget would
+        if len(list(out.glob("sample_*.nii.gz"))) >= 2:
+            break
+    gen.close()
+    assert not (out / "manifest.csv").exists()
+    assert len(list(out.glob("sample_*.nii.gz"))) == 2
+    # damage: one finished file deleted, one left by a crash as a stale temporary file
+    (out / "sample_00001.nii.gz").unlink()
+    stale = out / ".sample_00003.nii.gz.abc123.part.nii.gz"
+    stale.write_bytes(b"half a file")
+    result = generate_dataset(tiny_mr_model, out, 5, steps=3, device="cpu")
+    assert result.complete and result.skipped == 1 and result.written == 4
+    assert not stale.exists()
+    rows = manifest(out)
+    assert [int(r["index"]) for r in rows] == list(range(5))  # no gaps, no duplicates
+    assert rows == manifest(ref)
+    # a complete folder is left alone by a rerun
+    again = generate_dataset(tiny_mr_model, out, 5, steps=3, device="cpu")
+    assert again.written == 0 and again.skipped == 5
+
+
+def test_corrupted_file_is_regenerated(tiny_mr_model, tmp_path):
+    out = tmp_path / "out"
+    generate_dataset(tiny_mr_model, out, 2, steps=3, device="cpu")
+    good = (out / "sample_00000.nii.gz").read_bytes()
+    (out / "sample_00000.nii.gz").write_bytes(good[: len(good) // 2])  # truncated: sha256 no longer matches
+    result = generate_dataset(tiny_mr_model, out, 2, steps=3, device="cpu")
+    assert result.written == 1 and result.skipped == 1
+    assert (out / "sample_00000.nii.gz").read_bytes() == good
+
+
+def test_other_settings_or_foreign_folder_refused(tiny_mr_model, tmp_path):
+    out = tmp_path / "out"
+    generate_dataset(tiny_mr_model, out, 2, steps=3, device="cpu")
+    with pytest.raises(OutputError, match="other settings"):
+        generate_dataset(tiny_mr_model, out, 2, steps=4, device="cpu")
+    redone = generate_dataset(tiny_mr_model, out, 2, steps=4, device="cpu", overwrite=True)
+    assert redone.written == 2 and {r["steps"] for r in manifest(out)} == {"4"}
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(OutputError, match="other files"):
+        generate_dataset(tiny_mr_model, foreign, 2, steps=3, device="cpu")
+    assert (foreign / "notes.txt").read_text() == "mine"
+
+
+def test_shards_union_equals_one_process(tiny_mr_model, tmp_path):
+    one = generate_dataset(tiny_mr_model, tmp_path / "one", 5, steps=3, device="cpu")
+    r1 = generate_dataset(tiny_mr_model, tmp_path / "two", 5, steps=3, device="cpu", rank=1, world=2)
+    assert not r1.complete and r1.written == 2  # indices 1 and 3; rank 0 has not run yet
+    r0 = generate_dataset(tiny_mr_model, tmp_path / "two", 5, steps=3, device="cpu", rank=0, world=2)
+    assert r0.complete and r0.written == 3
+    assert manifest(tmp_path / "two") == manifest(tmp_path / "one")
+
+
+# -- DICOM --------------------------------------------------------------------------------------------------
+def test_dicom_output_is_marked_synthetic_and_has_no_source_identifiers(class_model, training_dicom_dir, tmp_path):
+    import pydicom
+
+    assert class_model.config.training["sources"], "the model should record where it was trained"
+    source = pydicom.dcmread(sorted(training_dicom_dir.glob("*.dcm"))[0])
+    identifying = {kw: str(source.get(kw)) for kw in IDENTIFIERS}
+    assert identifying == IDENTIFIERS  # the training files really carry them
+    out = tmp_path / "dcm"
+    result = generate_dataset(class_model, out, 2, format="dicom", steps=3, device="cpu")
+    assert result.complete
+    files = sorted(out.glob("sample_*.dcm"))
+    assert len(files) == 2
+    patients = set()
+    for f in files:
+        ds = pydicom.dcmread(f)
+        assert "SYNTHETIC" in str(ds.SeriesDescription).upper()
+        assert "DERIVED" in list(ds.ImageType)
+        values = [str(el.value) for el in ds.iterall() if el.VR not in ("OB", "OW", "UN")]
+        for kw, secret in identifying.items():
+            assert secret not in values, f"{f.name} carries the training {kw}"
+        patients.add(str(ds.PatientID))
+        back = load_scan(f)
+        assert back.spacing == pytest.approx((2.0, 2.0))
+        assert back.shape == tuple(class_model.config.image_size)
+    assert all(p.startswith("SYNTHETIC") for p in patients)
+
+
+# -- conditions ----------------------------------------------------------------------------------------------
+def test_class_labels_change_the_images(class_model):
+    lower = generate(class_model, 2, seed=3, steps=8, labels="lower", device="cpu")
+    upper = generate(class_model, 2, seed=3, steps=8, labels=1, device="cpu")
+    assert lower.labels == [0, 0] and upper.labels == [1, 1]
+    assert lower.seeds == upper.seeds
+    rng = class_model.normaliser.high - class_model.normaliser.low
+    for a, b in zip(lower.scans, upper.scans):
+        assert np.abs(a.array - b.array).mean() > 0.01 * rng
+    assert upper.scans[0].meta["class_name"] == "upper"
+    default = generate(class_model, 4, steps=2, device="cpu")
+    assert default.labels == [0, 1, 0, 1]  # no labels: classes in turn
+    with pytest.raises(MedidiffError, match="unknown class"):
+        generate(class_model, 1, steps=2, labels="middle", device="cpu")
+
+
+def test_labels_refused_by_unconditioned_model(tiny_mr_model):
+    with pytest.raises(MedidiffError, match="no class conditioning"):
+        generate(tiny_mr_model, 1, steps=2, labels=0, device="cpu")
+    with pytest.raises(MedidiffError, match="no mask conditioning"):
+        generate(tiny_mr_model, masks=[np.zeros((32, 32))], steps=2, device="cpu")
+
+
+def _edge_crop(mask: np.ndarray, size: int = 32) -> tuple[int, int]:
+    """A window where the brain mask covers between 35% and 65%: both sides are present."""
+    for y in range(0, mask.shape[0] - size + 1, 4):
+        for x in range(0, mask.shape[1] - size + 1, 4):
+            frac = mask[y : y + size, x : x + size].mean()
+            if 0.35 <= frac <= 0.65:
+                return y, x
+    raise AssertionError("no edge window found")
+
+
+def test_masks_are_honoured(mask_model, mr_heldout_slices, tmp_path):
+    heldout = mr_heldout_slices[0]
+    full = otsu_mask(heldout)
+    y, x = _edge_crop(full)
+    mask = full[y : y + 32, x : x + 32]
+    masks = [mask, mask[:, ::-1].copy(), mask[::-1].copy()]  # the real mask and two mirrored ones
+    result = generate(mask_model, masks=masks, seed=0, steps=10, device="cpu")
+    assert len(result.scans) == 3 and len(result.masks) == 3
+    for m, scan, given in zip(masks, result.scans, result.masks):
+        assert np.array_equal(given.array, m)
+        inside, outside = scan.array[m > 0].mean(), scan.array[m == 0].mean()
+        # the brain is much brighter than the background in every training pair
+        assert inside > outside + 0.2 * (mask_model.normaliser.high - mask_model.normaliser.low), (inside, outside)
+    # data set folder: the mask is written next to each sample and named in the manifest
+    mdir = tmp_path / "masks"
+    mdir.mkdir()
+    for k, m in enumerate(masks[:2]):
+        save_scan(Scan(m, (2.0, 2.0), affine_from_spacing((2.0, 2.0)), "MR"), mdir / f"m{k}.nii.gz")
+    out = generate_dataset(mask_model, tmp_path / "pairs", None, masks_dir=mdir, steps=3, device="cpu")
+    assert out.complete
+    rows = manifest(tmp_path / "pairs")
+    assert [r["condition"] for r in rows] == ["mask:m0.nii.gz", "mask:m1.nii.gz"]
+    for k, r in enumerate(rows):
+        back = load_scan(tmp_path / "pairs" / "masks" / r["file"])
+        assert np.array_equal(back.array, masks[k])
+    with pytest.raises(MedidiffError, match="outside this model's labels"):
+        generate(mask_model, masks=[mask * 3], steps=2, device="cpu")
+
+
+# -- memorisation and data card -----------------------------------------------------------------------------
+def test_memorisation_flags_a_planted_copy_only(tiny_mr_model, mr_train_scan, mr_heldout_slices):
+    genuine = generate(tiny_mr_model, 6, seed=0, steps=10, device="cpu").scans
+    planted = mr_train_scan.array[7][40:72, 50:82] * 1.1 + 3.0  # a training crop, rescaled
+    samples = [s.array for s in genuine] + [planted]
+    q = evaluate_generated(samples, list(mr_heldout_slices), [mr_train_scan], threshold=0.95)
+    assert q.flagged == [6]
+    assert q.neighbours[6].score > 0.999 and q.neighbours[6].training == 7 and q.neighbours[6].position == (40, 50)
+    assert max(nb.score for nb in q.neighbours[:6]) < 0.95
+    # fidelity and diversity are real numbers on sensible scales
+    assert np.isfinite(q.kid) and 0 <= q.histogram_js <= 1
+    assert 0 < q.diversity_samples < 1 and 0 < q.diversity_real < 1
+
+
+def test_data_card_has_counts_command_and_template_sections(class_model, mr_train_scan, mr_heldout_slices, tmp_path):
+    out = tmp_path / "cards"
+    result = generate_dataset(class_model, out, 4, steps=3, device="cpu", command="medidiff generate M --n 4 --out cards",
+                              real=list(mr_heldout_slices), training=[mr_train_scan])
+    card = (out / "DATA_CARD.md").read_text()
+    assert "| class:lower | 2 |" in card and "| class:upper | 2 |" in card
+    assert "medidiff generate M --n 4 --out cards" in card
+    assert str(class_model.path) in card and "slice_00.dcm" in card  # model and its training sources
+    template = Path(__file__).resolve().parents[2] / "data_cards" / "TEMPLATE.md"
+    headings = [line for line in template.read_text().splitlines() if line.startswith("## ")] if template.is_file() else [
+        "## Description", "## Provenance", "## How medidiff uses it", "## Limitations"]
+    for heading in headings:
+        assert heading in card
+    assert card.startswith("---\nname: ") and "licence:" in card and "used_by:" in card
+    assert "## Quality" in card and "KID" in card and result.quality is not None
+    assert (out / "quality.png").is_file()

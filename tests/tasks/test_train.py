@@ -1,0 +1,166 @@
+"""Training on real MR slices: loss falls, cancel + resume is exact, torchrun equals one process, CLI."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from medidiff.cli import main
+from medidiff.errors import OutputError
+from medidiff.io import save_scan
+from medidiff.model import DiffusionModel
+from medidiff.tasks.train import train, train_steps
+
+TINY = dict(image_size=32, batch_size=4, lr=2e-3, device="cpu", seed=3)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # the test machine's few cores are shared: one thread per process avoids OpenMP spin-wait contention
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def mr_file(mr_train_scan, tmp_path_factory) -> Path:
+    """The real MR training volume as a NIfTI file (what the command line trains on)."""
+    return save_scan(mr_train_scan, tmp_path_factory.mktemp("data") / "mr_train.nii.gz")
+
+
+def _weights(model: DiffusionModel) -> dict[str, torch.Tensor]:
+    return model.network.state_dict()
+
+
+def _assert_same_weights(a: DiffusionModel, b: DiffusionModel, atol: float = 0.0) -> None:
+    wa, wb = _weights(a), _weights(b)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        if atol == 0.0:
+            assert torch.equal(wa[k], wb[k]), k
+        else:
+            torch.testing.assert_close(wa[k], wb[k], atol=atol, rtol=0, msg=k)
+
+
+def test_loss_falls_on_real_data(mr_train_scan):
+    result = train([mr_train_scan], None, steps=100, **TINY)
+    losses = result.losses
+    assert len(losses) == 100 and result.run_dir is None
+    assert np.mean(losses[-20:]) < 0.6 * np.mean(losses[:20])
+    assert result.model.config.training["steps"] == 100
+    assert not result.model.network.training  # handed back ready for sampling
+
+
+def test_cancel_then_resume_equals_an_uninterrupted_run(mr_train_scan, tmp_path):
+    steps = 12
+    gen = train_steps([mr_train_scan], tmp_path / "a", steps=steps, checkpoint_every=0, **TINY)
+    for event in gen:
+        if event.step == 5:
+            break
+    gen.close()  # what napari's cancel and the CLI's Ctrl-C do
+    state = (tmp_path / "a" / "state" / "train.json").read_text()
+    assert '"step": 5' in state
+    DiffusionModel.load(tmp_path / "a" / "model")  # the checkpoint is a usable model already
+
+    resumed = train([mr_train_scan], tmp_path / "a", steps=steps, checkpoint_every=0, resume=True, **TINY)
+    straight = train([mr_train_scan], tmp_path / "b", steps=steps, checkpoint_every=0, **TINY)
+    assert resumed.losses == straight.losses
+    _assert_same_weights(resumed.model, straight.model)
+    _assert_same_weights(DiffusionModel.load(tmp_path / "a" / "model"), DiffusionModel.load(tmp_path / "b" / "model"))
+    with open(tmp_path / "a" / "log.csv") as f:
+        assert [int(r["step"]) for r in csv.DictReader(f)] == list(range(1, steps + 1))
+
+
+def test_resume_needs_the_same_batch_and_seed(mr_train_scan, tmp_path):
+    train([mr_train_scan], tmp_path / "r", steps=2, **TINY)
+    with pytest.raises(Exception, match="batch_size=4"):
+        train([mr_train_scan], tmp_path / "r", steps=4, resume=True, **{**TINY, "batch_size": 8})
+
+
+def test_an_existing_run_folder_is_not_replaced(mr_train_scan, tmp_path):
+    train([mr_train_scan], tmp_path / "r", steps=1, **TINY)
+    before = (tmp_path / "r" / "model" / "weights.safetensors").read_bytes()
+    with pytest.raises(OutputError, match="already exists"):
+        train([mr_train_scan], tmp_path / "r", steps=1, **TINY)
+    assert (tmp_path / "r" / "model" / "weights.safetensors").read_bytes() == before
+
+
+def _cli(capsys, *args) -> tuple[int, str, str]:
+    try:
+        main([str(a) for a in args])
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_trains_with_classes_from_a_csv(mr_train_scan, tmp_path, capsys):
+    data = tmp_path / "scans"
+    save_scan(mr_train_scan, data / "a.nii.gz")
+    save_scan(mr_train_scan.with_array(mr_train_scan.array[:, ::-1].copy()), data / "b.nii.gz")
+    table = tmp_path / "classes.csv"
+    table.write_text("file,class\na.nii.gz,upright\nb.nii.gz,flipped\n")
+    code, out, err = _cli(capsys, "train", data, "--out", tmp_path / "run", "--image-size", "32", "--steps", "3",
+                          "--batch-size", "2", "--device", "cpu", "--labels", table, "--no-augment")
+    assert code == 0, err
+    model = DiffusionModel.load(tmp_path / "run" / "model")
+    assert model.config.num_classes == 2 and model.config.class_names == ["flipped", "upright"]
+    assert "run/model" in out
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--image-size", "32,32,16"], "has 3 values but --dims is 2"),
+        (["--image-size", "30"], "divisible by 4"),
+        (["--schedule", "rflow", "--prediction", "epsilon"], "does not fit --schedule rflow"),
+        (["--labels", "a", "--labels", "b"], "got 2 values for 1 scans"),
+    ],
+)
+def test_cli_bad_options_give_one_line_and_exit_2(mr_file, tmp_path, capsys, args, message):
+    code, out, err = _cli(capsys, "train", mr_file, "--out", tmp_path / "run", "--steps", "1", "--device", "cpu", *args)
+    assert code == 2
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+
+
+def test_cli_refuses_a_run_folder_inside_the_data(mr_file, capsys):
+    code, _, err = _cli(capsys, "train", mr_file.parent, "--out", mr_file.parent / "run", "--steps", "1")
+    assert code == 2 and "holds the training scan" in err
+
+
+def test_torchrun_two_processes_equal_one_process(mr_file, tmp_path):
+    """2 CPU processes (gloo), global batch 4 = 2 x 2, end with the weights of 1 process at batch 4.
+
+    Not bit for bit: DDP sums the two half-batch gradients in another order than one process
+    sums the whole batch, so float32 rounding differs (measured ~4e-7 after 10 steps).
+    """
+    run = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "medidiff", "train", str(mr_file), "--out", str(run), "--steps", "10", "--batch-size", "4",
+           "--image-size", "32", "--lr", "2e-3", "--seed", "3", "--device", "cpu", "--checkpoint-every", "4"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ddp = DiffusionModel.load(run / "model")
+    single = train([mr_file], None, steps=10, checkpoint_every=4, **TINY).model
+    _assert_same_weights(ddp, single, atol=1e-5)
+    assert ddp.config.training["processes"] == 2
+    # only rank 0 wrote: one log row per step (two writers would double them), no stray files
+    with open(run / "log.csv") as f:
+        assert [int(r["step"]) for r in csv.DictReader(f)] == list(range(1, 11))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp"]
+    assert sorted(p.name for p in run.iterdir()) == ["log.csv", "model", "samples", "state"]
+    # the model card records the command as typed
+    card = (run / "model" / "MODEL_CARD.md").read_text()
+    assert "medidiff train" in card and "--batch-size 4" in card
+    assert proc.stdout.count("model:") == 1  # rank 0 reports, rank 1 is quiet
