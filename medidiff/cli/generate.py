@@ -48,7 +48,7 @@ def generate(
     Example:  medidiff generate mr2d --n 100 --out synth/
     """
     from medidiff.errors import MedidiffError
-    from medidiff.tasks.generate import default_command, generate_dataset
+    from medidiff.tasks.generate import generate_dataset
 
     if masks is not None:
         existing_path(masks)
@@ -57,12 +57,27 @@ def generate(
     for p in (real, training):
         if p is not None:
             existing_path(p)
+    # the command as typed (rebuilt from the values, so it is right in-process and under torchrun too)
+    command = ["medidiff", "generate", model, "--n" if n is not None else "", str(n) if n is not None else "", "--out", str(out)]
+    for flag, value, default in (("--format", format, "nifti"), ("--seed", seed, 0), ("--sampler", sampler, None),
+                                 ("--steps", steps, 20), ("--guidance", guidance, 1.0), ("--masks", masks, None),
+                                 ("--batch-size", batch_size, 8), ("--device", device, "auto"), ("--real", real, None),
+                                 ("--training", training, None), ("--threshold", threshold, 0.95)):
+        if value != default:
+            command += [flag, str(value)]
+    for value in label or []:
+        command += ["--label", value]
+    if overwrite:
+        command.append("--overwrite")
+    import shlex
+
+    line = " ".join(shlex.quote(str(a)) for a in command if a != "")
     labels = None
     if label:
         labels = label[0] if len(label) == 1 else list(label)
     result = generate_dataset(
         model, out, n, format=format, seed=seed, sampler=sampler, steps=steps, guidance=guidance, labels=labels,
-        masks_dir=masks, batch_size=batch_size, device=device, overwrite=overwrite, command=default_command(),
+        masks_dir=masks, batch_size=batch_size, device=device, overwrite=overwrite, command=line,
         real=real, training=training, threshold=threshold, show_progress=True,
     )
     done = f"wrote {result.written} samples, kept {result.skipped} finished ones in {result.out_dir}"

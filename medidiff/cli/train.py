@@ -73,7 +73,8 @@ def read_labels(values: list[str], scans: list[Path]) -> tuple[list[int], list[s
     """Class index per scan and the sorted class names, from a CSV file or one value per scan.
 
     The CSV has two columns, scan file and class name (a header row is allowed); a scan is
-    matched by its path as written, its resolved path, or its file name.
+    matched by its path as written, its path relative to the working folder or to the CSV's
+    folder, or its file name.
     """
     if len(values) == 1 and values[0].lower().endswith(".csv"):
         table = Path(values[0])
@@ -86,7 +87,8 @@ def read_labels(values: list[str], scans: list[Path]) -> tuple[list[int], list[s
                     continue
                 key, name = row[0].strip(), row[1].strip()
                 by_key[key] = name
-                by_key[str(Path(key).resolve())] = name
+                by_key[str(Path(key).resolve())] = name  # relative to the working folder ...
+                by_key[str((table.parent / key).resolve())] = name  # ... or to the CSV's folder
                 by_key.setdefault(Path(key).name, name)
         names = []
         for scan in scans:

@@ -52,8 +52,15 @@ def test_generate_cli_writes_a_data_set(tiny_mr_model, capsys, tmp_path):
 
 
 def test_torchrun_two_processes_match_one(tiny_mr_model, tmp_path):
+    import torch
+
     one = tmp_path / "one"
-    generate_dataset(tiny_mr_model, one, 5, steps=3, device="cpu", batch_size=2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # torchrun gives each process 1 thread: the files must not depend on that
+    try:
+        generate_dataset(tiny_mr_model, one, 5, steps=3, device="cpu", batch_size=2)
+    finally:
+        torch.set_num_threads(threads)
     two = tmp_path / "two"
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "medidiff",

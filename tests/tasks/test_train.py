@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -51,11 +54,11 @@ def _assert_same_weights(a: DiffusionModel, b: DiffusionModel, atol: float = 0.0
 
 
 def test_loss_falls_on_real_data(mr_train_scan):
-    result = train([mr_train_scan], None, steps=100, **TINY)
+    result = train([mr_train_scan], None, steps=60, **TINY)
     losses = result.losses
-    assert len(losses) == 100 and result.run_dir is None
+    assert len(losses) == 60 and result.run_dir is None
     assert np.mean(losses[-20:]) < 0.6 * np.mean(losses[:20])
-    assert result.model.config.training["steps"] == 100
+    assert result.model.config.training["steps"] == 60
     assert not result.model.network.training  # handed back ready for sampling
 
 
@@ -134,8 +137,10 @@ def test_cli_bad_options_give_one_line_and_exit_2(mr_file, tmp_path, capsys, arg
 
 
 def test_cli_refuses_a_run_folder_inside_the_data(mr_file, capsys):
-    code, _, err = _cli(capsys, "train", mr_file.parent, "--out", mr_file.parent / "run", "--steps", "1")
+    before = sorted(mr_file.parent.iterdir())
+    code, _, err = _cli(capsys, "train", mr_file, "--out", mr_file.parent, "--steps", "1", "--overwrite")
     assert code == 2 and "holds the training scan" in err
+    assert sorted(mr_file.parent.iterdir()) == before
 
 
 def test_torchrun_two_processes_equal_one_process(mr_file, tmp_path):
@@ -164,3 +169,28 @@ def test_torchrun_two_processes_equal_one_process(mr_file, tmp_path):
     card = (run / "model" / "MODEL_CARD.md").read_text()
     assert "medidiff train" in card and "--batch-size 4" in card
     assert proc.stdout.count("model:") == 1  # rank 0 reports, rank 1 is quiet
+
+
+def test_cli_ctrl_c_writes_a_checkpoint_and_says_how_to_resume(mr_file, tmp_path):
+    run = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "medidiff", "train", str(mr_file), "--out", str(run), "--steps", "100000",
+           "--batch-size", "2", "--image-size", "32", "--device", "cpu", "--checkpoint-every", "0"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        log = run / "log.csv"
+        deadline = time.monotonic() + 240
+        while not (log.is_file() and len(log.read_text().splitlines()) > 3):  # header + a few steps
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-2000:]
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err[-2000:]
+    step = json.loads((run / "state" / "train.json").read_text())["step"]
+    assert step >= 3
+    assert f"interrupted after step {step}" in out
+    assert "resume with:" in out and "--resume" in out
+    DiffusionModel.load(run / "model")
