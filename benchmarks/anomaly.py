@@ -116,7 +116,7 @@ def train_autoencoder(train: Scan, normaliser, steps: int, seed: int, image_size
             rec = net(xp)[0, 0, : x.shape[2], : x.shape[3]].numpy()
         return post(np.abs(x[0, 0].numpy() - rec) * normaliser.half_range, scan.array)
 
-    return run, best[1], float(loss)
+    return run, best[1], float(loss.detach())
 
 
 # -- evaluation -------------------------------------------------------------------------------------------
@@ -152,9 +152,11 @@ def main() -> None:
     ap.add_argument("--lesions", type=int, default=3, help="lesioned copies of each test slice")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/anomaly"))
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     ap.add_argument("--model", type=Path, default=None, help="reuse a trained model folder instead of training")
     args = ap.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    # one thread: on a shared CPU, torch's default thread pool oversubscribes and runs ~20x slower
+    torch.set_num_threads(args.threads)
     vols = load_volumes()
     train, calib, test = make_sets(vols, args.lesions, args.seed)
     print(f"train {train.shape[0]} slices, calibration {len(calib)} healthy slices, test {len(test)} slices "

@@ -13,6 +13,10 @@ Geometry mapping (exact, so napari's world coordinates are RAS millimetres):
   ``A`` exactly. When the direction cosines are the identity (a plain RAS scan) the
   affine is left out and the origin goes into ``translate`` instead, so tools that only
   read ``scale``/``translate`` still place it right.
+* Display: napari draws the last two world axes with the vertical one pointing down and the
+  horizontal one pointing right, so an axial slice (A, R) shows anterior at the bottom.
+  ``use_radiological_view(viewer)`` turns the 2D camera to the radiological convention
+  (anterior up, patient's right on the screen's left); the coordinates do not change.
 * A 2D scan's affine maps ``(x, y, 0)``. When the image lies in an axial plane (its x and
   y steps have no S component) its napari world is ``(A, R)`` with the same exact split;
   any other plane (a sagittal or coronal single slice) cannot be drawn in a 2D RAS world,
@@ -20,11 +24,12 @@ Geometry mapping (exact, so napari's world coordinates are RAS millimetres):
 
 ``layer_to_scan`` composes the layer's whole data-to-world transform (scale, translate,
 rotate, shear, affine). When that still equals what ``scan_to_layer_data`` made from the
-layer's ``metadata["medidiff_scan"]``, the stored affine and spacing are returned bit for
+layer's ``metadata["medidiff_scan"]`` (or that minus its ``affine``, which napari's "Split
+Stack" drops while keeping the metadata), the stored affine and spacing are returned bit for
 bit; otherwise (the layer was moved, or it came from elsewhere, such as a labels layer
 drawn in the viewer) the geometry is rebuilt from the transform itself.
 
-napari is imported lazily (only ``napari.utils.transforms`` when a layer is converted);
+napari is imported lazily (``napari.utils`` only, when a layer is converted or built);
 this module never imports torch or a Qt binding.
 """
 
@@ -38,7 +43,14 @@ import numpy as np
 from medidiff.errors import InvalidScanError
 from medidiff.io.scan import Scan
 
-__all__ = ["METADATA_KEY", "scan_to_layer_data", "layer_to_scan", "napari_world_matrix", "is_label_like"]
+__all__ = [
+    "METADATA_KEY",
+    "scan_to_layer_data",
+    "layer_to_scan",
+    "napari_world_matrix",
+    "is_label_like",
+    "use_radiological_view",
+]
 
 METADATA_KEY = "medidiff_scan"
 _AXIS_LABELS = {3: ("z", "y", "x"), 2: ("y", "x")}
@@ -117,6 +129,15 @@ def _units(scan: Scan) -> tuple[str, ...] | None:
     except Exception:  # pint or napari missing, or a unit pint cannot parse: leave napari's default
         return None
     return (unit,) * scan.ndim
+
+
+def use_radiological_view(viewer: Any) -> None:
+    """Show axial slices as radiologists do: anterior up, patient's right on the screen's left.
+
+    Only the 2D camera turns (``viewer.camera.orientation2d = ("up", "left")``); world
+    coordinates stay RAS mm and no layer changes.
+    """
+    viewer.camera.orientation2d = ("up", "left")
 
 
 # ----------------------------------------------------------------------------- Scan -> layer
@@ -232,17 +253,27 @@ def layer_to_scan(
     *,
     layer_type: str | None = None,
     modality: str | None = None,
+    scale: Any = None,
+    translate: Any = None,
+    affine: Any = None,
+    metadata: Mapping[str, Any] | None = None,
 ) -> Scan:
     """The ``Scan`` of a napari layer: exact when the layer came from ``scan_to_layer_data``.
 
     ``layer`` is a napari ``Layer``, a layer data tuple ``(data, meta, layer_type)``, or the
     data array with ``meta`` (the layer state dict napari gives a writer: ``scale``,
     ``translate``, ``rotate``, ``shear``, ``affine``, ``metadata``, ``units``, ``name``).
+    ``scale``, ``translate``, ``affine`` and ``metadata`` override the layer's own (for a bare
+    array: ``layer_to_scan(arr, scale=spacing)``). Without medidiff metadata the geometry is
+    the layer's transform: spacing from ``scale`` (column norms), affine from all of it.
     Labels (``layer_type="labels"``, or taken from the layer) keep integer values.
     """
     data, state, kind = _layer_state(layer)
     if meta:
         state.update(meta)
+    for key, value in (("scale", scale), ("translate", translate), ("affine", affine), ("metadata", metadata)):
+        if value is not None:
+            state[key] = value
     kind = layer_type or kind
     name = state.get("name") or "layer"
     if state.get("multiscale") or (isinstance(data, (list, tuple)) and data and hasattr(data[0], "shape")):
@@ -271,20 +302,16 @@ def layer_to_scan(
     if stored_affine is not None:
         expected = napari_world_matrix(stored_affine, ndim, stored_spacing)
         tol = 1e-9 * max(1.0, float(np.abs(expected).max()))
-        if np.allclose(world, expected, rtol=0, atol=tol):
-            affine, spacing = stored_affine, stored_spacing
+        if np.allclose(world, expected, rtol=0, atol=tol) or np.allclose(world, _stripped(expected, stored_spacing), rtol=0, atol=tol):
+            scan_affine, spacing = stored_affine, stored_spacing
         elif ndim == 2 and not _is_axial_2d(stored_affine):
-            # a non-axial 2D scan is drawn in-plane; rescale its stored affine to the layer's scale
-            factors = np.diag(world)[:2] / np.diag(expected)[:2]
-            affine = stored_affine.copy()
-            affine[:3, 0] *= factors[1]
-            affine[:3, 1] *= factors[0]
-            spacing = tuple(float(s) for s in np.abs(np.diag(world)[:2]))
+            scan_affine = _in_plane_affine(world, stored_affine)
+            spacing = _spacing_of(world)
         else:
-            affine = _scan_affine_from_world(world, ndim, stored_affine)
+            scan_affine = _scan_affine_from_world(world, ndim, stored_affine)
             spacing = _spacing_of(world)
     else:
-        affine = _scan_affine_from_world(world, ndim)
+        scan_affine = _scan_affine_from_world(world, ndim)
         spacing = _spacing_of(world)
 
     scan_meta: dict[str, Any] = dict(stored.get("meta") or {}) if isinstance(stored, Mapping) else {}
@@ -294,7 +321,36 @@ def layer_to_scan(
     scan_modality = modality or (stored.get("modality") if isinstance(stored, Mapping) else None) or "OT"
     if kind == "labels":
         array = np.rint(array.astype(np.float64))
-    return Scan(array=array.astype(np.float32), spacing=spacing, affine=affine, modality=scan_modality, meta=scan_meta)
+    return Scan(array=array.astype(np.float32), spacing=spacing, affine=scan_affine, modality=scan_modality, meta=scan_meta)
+
+
+def _stripped(world: np.ndarray, spacing: tuple[float, ...]) -> np.ndarray:
+    """The matrix of a layer from ``scan_to_layer_data`` after napari dropped its ``affine``.
+
+    napari's "Split Stack" (and other tools that rebuild a layer from scale/translate) keep
+    the metadata but not the affine; the stored geometry is then still the scan's.
+    """
+    parts = _split_scale(world, spacing)
+    ndim = world.shape[0] - 1
+    out = np.eye(ndim + 1)
+    out[:ndim, :ndim] = np.diag(parts["scale"])
+    out[:ndim, ndim] = parts["translate"]
+    return out
+
+
+def _in_plane_affine(world: np.ndarray, stored: np.ndarray) -> np.ndarray:
+    """A non-axial 2D scan's affine after the layer moved in its own plane.
+
+    Such a layer's world is millimetres along the image's own (y, x) directions from its
+    first pixel; map that back to RAS with the stored plane's unit vectors.
+    """
+    e_x = stored[:3, 0] / (np.linalg.norm(stored[:3, 0]) or 1.0)
+    e_y = stored[:3, 1] / (np.linalg.norm(stored[:3, 1]) or 1.0)
+    out = stored.copy()
+    out[:3, 0] = e_x * world[1, 1] + e_y * world[0, 1]
+    out[:3, 1] = e_x * world[1, 0] + e_y * world[0, 0]
+    out[:3, 3] = stored[:3, 3] + e_x * world[1, 2] + e_y * world[0, 2]
+    return out
 
 
 def _spacing_of(world: np.ndarray) -> tuple[float, ...]:

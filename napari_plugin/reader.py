@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from medidiff.errors import MedidiffError
+from medidiff.errors import InvalidScanError, MedidiffError
 
 from .layers import is_label_like, scan_to_layer_data
 
@@ -158,7 +158,16 @@ def _read_one(path: str) -> list[LayerDataTuple]:
             for exc in failed:
                 _notify(f"medidiff skipped a series: {exc}", error=False)
             return out
-    scan = load_scan(path)
+    try:
+        scan = load_scan(path)
+    except InvalidScanError as exc:
+        # a 4D NIfTI, or a TIFF with a time/channel axis: open the first volume and say so
+        if "volume=N" not in str(exc):
+            raise
+        scan = load_scan(path, volume=0)
+        _notify(f"{exc}. medidiff opened volume 0 only; to work on another, extract it with "
+                f"`medidiff convert {Path(path).name} OUT.nii.gz --volume N` and open that.", error=False)
+        return [_layer(scan, f"{layer_name(path)} [volume 0]")]
     return [_layer(scan, layer_name(path))]
 
 

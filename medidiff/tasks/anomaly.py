@@ -341,7 +341,8 @@ def _postprocess(m: np.ndarray, fg: np.ndarray, opts: AnomalyOptions) -> np.ndar
     return np.where(fg, m, 0.0).astype(np.float32)
 
 
-def _restore_fg(plan: _Plan, model: DiffusionModel) -> np.ndarray:
+def _restore_fg(plan: _Plan) -> np.ndarray:
+    """The plan's foreground back in the scan's axis order."""
     if plan.squeeze:
         return plan.fg[0]
     if plan.axis is not None:
@@ -427,7 +428,7 @@ def detect_anomalies_steps(
         amap = yield from _map_steps(model, plan, opts, seed, batch_size)
     finally:
         release_memory(model.device)
-    fg = _restore_fg(plan, model)
+    fg = _restore_fg(plan)
     score = scan_score(amap, fg)
     mask = (amap > thr) & fg
     volume = float(mask.sum() * np.prod(scan.spacing))
@@ -482,7 +483,7 @@ def calibrate_threshold_steps(
         for k, (s, plan) in enumerate(zip(scans, plans)):
             amap = yield from _map_steps(model, plan, opts, sample_seed(seed, k), batch_size, step, total, f"scan {k + 1}/{len(scans)} ")
             step += plan.calls
-            fg = _restore_fg(plan, model)
+            fg = _restore_fg(plan)
             values.append(amap[fg])
     finally:
         release_memory(model.device)
@@ -523,7 +524,6 @@ def _save_calibration(model: DiffusionModel) -> None:
         head = card.split("## Anomaly calibration")[0].rstrip("\n")
         card = head + "\n\n" + section
     else:
-        card = None  # the default card, then the section
         from medidiff.model import default_model_card
 
         card = default_model_card(model).rstrip("\n") + "\n\n" + section

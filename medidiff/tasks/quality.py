@@ -272,6 +272,7 @@ def contact_sheet(samples: np.ndarray, real: np.ndarray, training: list[np.ndarr
     from medidiff.reports import save_grid
 
     rng = np.random.default_rng(seed)
+    ncols = max(2, min(ncols, max(len(samples), len(real))))  # no empty columns for small sets
     n = min(ncols, len(samples))
     real_pick = np.sort(rng.choice(len(real), size=min(ncols, len(real)), replace=False))
     images = [samples[i] for i in range(n)] + [None] * (ncols - n)

@@ -99,6 +99,12 @@ def bad_nifti(data_dir) -> Path:
 
 
 @pytest.fixture(scope="session")
+def example4d() -> Path:
+    """nibabel's real 4D EPI (two volumes of 128 x 96 x 24)."""
+    return NIBABEL_DATA / "example4d.nii.gz"
+
+
+@pytest.fixture(scope="session")
 def anatomical_affine() -> np.ndarray:
     """The affine of nibabel's anatomical.nii, the source of the plugin's sample MRI."""
     return nibabel.load(NIBABEL_DATA / "anatomical.nii").affine

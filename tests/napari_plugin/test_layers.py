@@ -130,3 +130,43 @@ def test_unusable_layers_give_a_clear_error():
         layer_to_scan(Image(np.zeros((2, 3, 4, 5)), name="movie"))
     with pytest.raises(MedidiffError, match=r"'photo' is an RGB image"):
         layer_to_scan(Image(np.zeros((8, 9, 3), dtype=np.uint8), rgb=True, name="photo"))
+
+
+def test_bare_array_with_scale_and_non_axial_2d_moved_in_plane():
+    scan = layer_to_scan(np.ones((3, 4, 5)), scale=(2.0, 1.0, 0.5), translate=(6.0, 7.0, 8.0))
+    np.testing.assert_array_equal(scan.affine, affine_from_spacing((2.0, 1.0, 0.5), origin=(8.0, 7.0, 6.0)))
+    # a sagittal single slice (x -> A, y -> S) moved 1.2 mm along its own y axis
+    affine = np.array([[0, 0, 1, 5], [0.5, 0, 0, 6], [0, 0.6, 0, 7], [0, 0, 0, 1.0]])
+    layer = make_layer(Scan(np.ones((6, 7)), (0.6, 0.5), affine))
+    layer.translate = (1.2, 0.0)
+    moved = layer_to_scan(layer)
+    np.testing.assert_allclose(moved.affine[:3, 3], [5.0, 6.0, 8.2])
+    np.testing.assert_allclose(moved.affine[:3, :3], affine[:3, :3])
+
+
+def test_split_stack_keeps_the_scan_geometry(oblique_scan):
+    """napari's Split Stack drops the affine but keeps the metadata; the stored geometry wins."""
+    from napari.layers.utils.stack_utils import stack_to_images
+
+    data, kwargs, _ = scan_to_layer_data(oblique_scan, "obl")
+    affine = np.eye(5)
+    affine[1:, 1:] = kwargs["affine"]
+    stack = Image(np.stack([data, data + 1]), scale=(1.0, *kwargs["scale"]), translate=(0.0, *kwargs["translate"]),
+                  affine=affine, metadata=kwargs["metadata"])
+    second = stack_to_images(stack, axis=0)[1]
+    back = layer_to_scan(second)
+    np.testing.assert_array_equal(back.affine, oblique_scan.affine)
+    np.testing.assert_array_equal(back.array, oblique_scan.array + 1)
+
+
+def test_radiological_view_turns_only_the_camera(oblique_scan):
+    from napari.components import ViewerModel
+
+    from napari_medidiff.layers import use_radiological_view
+
+    viewer = ViewerModel()
+    layer = viewer.add_layer(make_layer(oblique_scan))
+    before = layer.data_to_world((1, 2, 3))
+    use_radiological_view(viewer)
+    assert tuple(str(o.value) for o in viewer.camera.orientation2d) == ("up", "left")
+    np.testing.assert_array_equal(layer.data_to_world((1, 2, 3)), before)

@@ -86,6 +86,26 @@ def test_bad_file_gives_one_clear_notification(bad_nifti, notifications):
     assert "cannot be read as nifti" in messages[0]
 
 
+def test_4d_nifti_opens_its_first_volume_with_a_warning(example4d, notifications):
+    [(data, kwargs, kind)] = npe2.read([str(example4d)], stack=False, plugin_name="medidiff")
+    assert data.shape == (24, 96, 128) and kwargs["name"] == "example4d [volume 0]"
+    [message] = notifications.messages()
+    assert "is 4D with 2 volumes" in message and "opened volume 0" in message
+    assert {n.severity.name for n in notifications} == {"WARNING"}
+
+
+def test_writer_never_overwrites_the_file_it_came_from(oblique_nifti, tmp_path):
+    from medidiff.errors import OutputError
+
+    copy = tmp_path / "mine.nii.gz"
+    copy.write_bytes(oblique_nifti.read_bytes())
+    [layer_data] = npe2.read([str(copy)], stack=False, plugin_name="medidiff")
+    before = copy.read_bytes()
+    with pytest.raises(OutputError, match=r"mine\.nii\.gz: this is \(or holds\) an input"):
+        npe2.write(str(copy), [layer_data], plugin_name="medidiff")
+    assert copy.read_bytes() == before
+
+
 def test_npe2_write_nifti_from_layer_data(oblique_nifti, tmp_path):
     [layer_data] = npe2.read([str(oblique_nifti)], stack=False, plugin_name="medidiff")
     out = tmp_path / "copy.nii.gz"

@@ -224,3 +224,33 @@ def test_3d_model_refuses_2d_image(noisy):
     model3d = DiffusionModel.create(3, (16, 16, 16), preset="tiny", seed=0)
     with pytest.raises(InvalidScanError, match="2D"):
         denoise(model3d, _scan(noisy), device="cpu")
+
+
+def test_3d_model_takes_the_whole_volume(mr_volume):
+    from medidiff.model import DiffusionModel
+
+    # untrained: this checks the layout (one network pass over the volume, geometry kept), not quality
+    model3d = DiffusionModel.create(3, (16, 16, 16), preset="tiny", seed=0)
+    volume = _scan(mr_volume.array[18:24, 32:64, 40:72])
+    events = []
+    gen = denoise_steps(model3d, volume, noise="gaussian", sigma=30.0, device="cpu")
+    while True:
+        try:
+            events.append(next(gen))
+        except StopIteration as stop:
+            result = stop.value
+            break
+    assert len(events) == 1 and events[0].total == 1
+    assert result.scan.shape == volume.shape and np.isfinite(result.scan.array).all()
+    assert not np.allclose(result.scan.array, volume.array)
+
+
+def test_rflow_model_uses_euler_and_refuses_posterior(noisy):
+    from medidiff.errors import ModelError
+    from medidiff.model import DiffusionModel
+
+    model = DiffusionModel.create(2, (32, 32), preset="tiny", schedule="rflow", seed=0)  # untrained: layout only
+    result = denoise(model, _scan(noisy), method="ddim", noise="gaussian", steps=2, device="cpu")
+    assert result.scan.shape == noisy.shape and 0 < result.timestep < model.schedule.T
+    with pytest.raises(ModelError, match="posterior"):
+        denoise(model, _scan(noisy), method="posterior", noise="gaussian", device="cpu")

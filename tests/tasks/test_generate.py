@@ -103,7 +103,9 @@ def test_generate_gives_scans_in_training_geometry(tiny_mr_model):
 
 def test_start_continues_the_same_sequence(tiny_mr_model):
     whole = generate(tiny_mr_model, 3, seed=5, steps=3, device="cpu", batch_size=2)
-    tail = generate(tiny_mr_model, 1, seed=5, steps=3, device="cpu", start=2)
+    events = []
+    tail = run_to_end(generate_steps(tiny_mr_model, 1, seed=5, steps=3, device="cpu", start=2), callback=events.append)
+    assert events[-1].step == events[-1].total == 3 and events[-1].preview is not None
     assert tail.seeds == whole.seeds[2:]
     assert np.array_equal(tail.scans[0].array, whole.scans[2].array)
 
@@ -119,6 +121,22 @@ def test_same_files_and_sha256_across_batch_sizes(tiny_mr_model, tmp_path):
     rows = manifest(tmp_path / "a")
     assert [r["file"] for r in rows] == [f"sample_{i:05d}.nii.gz" for i in range(4)]
     assert {r["sampler"] for r in rows} == {"dpm++2m"} and {r["steps"] for r in rows} == {"4"}
+
+
+def test_formats_share_pixel_hashes_and_read_back(tiny_mr_model, tmp_path):
+    hashes = {}
+    for fmt, suffix in (("nifti", ".nii.gz"), ("tiff", ".tif"), ("png", ".png")):
+        generate_dataset(tiny_mr_model, tmp_path / fmt, 2, format=fmt, steps=3, device="cpu")
+        rows = manifest(tmp_path / fmt)
+        assert [r["file"] for r in rows] == [f"sample_{i:05d}{suffix}" for i in range(2)]
+        hashes[fmt] = [r["pixel_sha256"] for r in rows]
+        back = load_scan(tmp_path / fmt / rows[0]["file"])
+        assert back.shape == (32, 32)
+        first = load_scan(tmp_path / "nifti" / "sample_00000.nii.gz").array
+        # NIfTI and TIFF are exact; PNG keeps 16-bit codes of the image's own range
+        tol = 0 if fmt != "png" else (first.max() - first.min()) / 65535
+        assert np.abs(back.array - first).max() <= tol + 1e-3
+    assert hashes["nifti"] == hashes["tiff"] == hashes["png"]
 
 
 def test_resume_after_cancel_and_damage(tiny_mr_model, tmp_path):

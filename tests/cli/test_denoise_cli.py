@@ -1,0 +1,98 @@
+"""``medidiff denoise``: NIfTI in/out, report PNG, folders, one-line errors, inputs never overwritten."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel
+import numpy as np
+import pytest
+
+from medidiff import noise as noise_lib
+from medidiff.cli import main
+from medidiff.io import Scan, load_scan, save_scan
+from medidiff.metrics import psnr
+
+
+def call(capsys, *args) -> tuple[int, str, str]:
+    """Run the CLI in-process, as the ``medidiff`` script does."""
+    try:
+        main([str(a) for a in args])
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def clean_slices(mr_volume) -> np.ndarray:
+    return mr_volume.array[19:21]  # two held-out slices
+
+
+@pytest.fixture
+def noisy_nifti(tmp_path, mr_volume, clean_slices) -> Path:
+    span = float(clean_slices.max() - clean_slices.min())
+    noisy = noise_lib.add_gaussian(clean_slices, 0.1 * span, np.random.default_rng(0))
+    scan = Scan(noisy, mr_volume.spacing, mr_volume.affine, "MR")
+    return save_scan(scan, tmp_path / "noisy.nii.gz")
+
+
+def test_nifti_in_out_with_report(capsys, tmp_path, tiny_mr_model, noisy_nifti, clean_slices):
+    out, report, unc = tmp_path / "clean.nii.gz", tmp_path / "report.png", tmp_path / "unc.nii.gz"
+    code, stdout, err = call(capsys, "denoise", tiny_mr_model.path, noisy_nifti, out, "--noise", "gaussian",
+                             "--report", report, "--uncertainty", unc, "--samples", "2", "--steps", "2",
+                             "--device", "cpu")
+    assert code == 0, err
+    assert "noise model gaussian" in stdout and "sigma" in stdout and "timestep" in stdout
+    denoised, noisy = load_scan(out), load_scan(noisy_nifti)
+    assert denoised.shape == noisy.shape and denoised.spacing == pytest.approx(noisy.spacing)
+    np.testing.assert_allclose(denoised.affine, noisy.affine, atol=1e-5)
+    span = float(clean_slices.max() - clean_slices.min())
+    assert psnr(clean_slices, denoised.array, span) > psnr(clean_slices, noisy.array, span) + 5
+    assert load_scan(unc).array.max() > 0
+    assert report.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_missing_input_exits_2_with_one_line(tmp_path, tiny_mr_model):
+    result = subprocess.run([sys.executable, "-m", "medidiff", "denoise", str(tiny_mr_model.path),
+                             str(tmp_path / "missing.nii.gz"), str(tmp_path / "out.nii.gz")],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "missing.nii.gz: no such file or folder" in lines[0]
+
+
+def test_refuses_to_overwrite_input_or_existing_output(capsys, tmp_path, tiny_mr_model, noisy_nifti):
+    before = noisy_nifti.read_bytes()
+    code, _, err = call(capsys, "denoise", tiny_mr_model.path, noisy_nifti, noisy_nifti, "--overwrite", "--device", "cpu")
+    assert code == 2 and "input" in err and len(err.strip().splitlines()) == 1
+    assert noisy_nifti.read_bytes() == before
+    existing = tmp_path / "exists.nii.gz"
+    existing.write_bytes(b"keep")
+    code, _, err = call(capsys, "denoise", tiny_mr_model.path, noisy_nifti, existing, "--device", "cpu")
+    assert code == 2 and "already exists" in err
+    assert existing.read_bytes() == b"keep"
+
+
+def test_folder_in_folder_out(capsys, tmp_path, tiny_mr_model, mr_volume):
+    src = tmp_path / "in"
+    src.mkdir()
+    for z in (19, 21):
+        s = Scan(mr_volume.array[z] + 0.0, mr_volume.spacing[1:], mr_volume.affine, "MR")
+        save_scan(s, src / f"slice{z}.nii.gz")
+    dst = tmp_path / "out"
+    code, stdout, err = call(capsys, "denoise", tiny_mr_model.path, src, dst, "--noise", "gaussian",
+                             "--report", tmp_path / "reports", "--device", "cpu")
+    assert code == 0, err
+    assert sorted(p.name for p in dst.iterdir()) == ["slice19.nii.gz", "slice21.nii.gz"]
+    assert sorted(p.name for p in (tmp_path / "reports").iterdir()) == ["slice19.png", "slice21.png"]
+    assert load_scan(dst / "slice19.nii.gz").shape == (96, 128)
+    assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no temporary left behind
+
+
+def test_help_has_example():
+    result = subprocess.run([sys.executable, "-m", "medidiff", "denoise", "--help"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and "Example:" in result.stdout
