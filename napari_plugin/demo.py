@@ -13,7 +13,10 @@ def open_demo_viewer(run: bool = True):
     import napari
 
     viewer = napari.Viewer(title="medidiff demo")
+    from napari_medidiff.layers import use_radiological_view
+
     viewer.open_sample("medidiff", "brain_mri")
+    use_radiological_view(viewer)
     for name in WIDGETS:
         viewer.window.add_plugin_dock_widget("medidiff", name, tabify=True)
     if run:

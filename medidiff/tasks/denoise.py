@@ -45,9 +45,8 @@ metadata (plus ``meta["description"]`` naming the method, used as DICOM SeriesDe
 from __future__ import annotations
 
 import logging
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch

@@ -242,7 +242,9 @@ def test_3d_model_takes_the_whole_volume(mr_volume):
             break
     assert len(events) == 1 and events[0].total == 1
     assert result.scan.shape == volume.shape and np.isfinite(result.scan.array).all()
-    assert not np.allclose(result.scan.array, volume.array)
+    # MONAI zero-initialises the output layer, so an untrained epsilon model predicts eps = 0 and
+    # returns its input: this checks the scan units -> network -> scan units round trip
+    np.testing.assert_allclose(result.scan.array, volume.array, rtol=1e-4, atol=1e-2)
 
 
 def test_rflow_model_uses_euler_and_refuses_posterior(noisy):
