@@ -1,6 +1,6 @@
 """Denoising benchmark: medidiff (tweedie / ddim / posterior) vs non-local means vs BM3D.
 
-    python benchmarks/denoise.py --steps 800 --out /tmp/bench_denoise
+    OMP_NUM_THREADS=1 python benchmarks/denoise.py --steps 600 --threads 1 --out /tmp/bench_denoise
 
 One command, one markdown table (printed and written to OUT/denoise_table.md). Everything is
 real data that ships with installed packages (see data_cards/benchmark-denoise.md), split so
@@ -155,7 +155,7 @@ COLUMNS = ("noisy", "tweedie", "ddim", "posterior", "NLM", "BM3D")
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--steps", type=int, default=800, help="training steps per model (CPU)")
+    ap.add_argument("--steps", type=int, default=600, help="training steps per model (CPU)")
     ap.add_argument("--out", type=Path, default=Path("bench_denoise"), help="folder for models and the table")
     ap.add_argument("--mr-model"), ap.add_argument("--ct-model"), ap.add_argument("--cell-model")
     ap.add_argument("--levels", type=float, nargs="+", default=list(LEVELS))

@@ -263,9 +263,6 @@ def _map_steps(
     spatial = tuple(plan.stack.shape[1:])
     gens = {i: torch.Generator().manual_seed(sample_seed(seed, i)) for i in plan.items}
 
-    def progress(msg: str, preview: np.ndarray | None = None) -> Progress:
-        return Progress(step=step, total=total, message=f"{label}{msg}", preview=preview)
-
     if opts.method == "patched":
         for i in plan.items:
             x = torch.from_numpy(norm.forward(plan.stack[i]))
@@ -285,9 +282,8 @@ def _map_steps(
                         crop[rel] = noisy[pat]
                         crops.append(crop)
                     x_t = torch.stack(crops)[:, None].to(device)
-                    counter = [0]
-                    recon = yield from _relay(_reconstruct(model, x_t, t, opts), lambda: progress(f"patched t={t:.0f}"), counter)
-                    step += counter[0]
+                    recon, n = yield from _relay(_reconstruct(model, x_t, t, opts), step, total, f"{label}patched t={t:.0f}")
+                    step += n
                     recon = recon[:, 0].float().cpu().numpy()
                     for j, k in enumerate(chunk):
                         ctx, pat = plan.context[k], plan.patches[k]
@@ -297,7 +293,7 @@ def _map_steps(
                         cnt[pat] += 1
             m = (acc / np.maximum(cnt, 1) / len(ts)) * half
             out[i] = _postprocess(m, plan.fg[i], opts)
-            yield progress("patched", preview=out[i] if out[i].ndim == 2 else None)
+            yield Progress(step=step, total=total, message=f"{label}patched", preview=out[i] if out[i].ndim == 2 else None)
     else:
         for b0 in range(0, len(plan.items), batch_size):
             batch = plan.items[b0 : b0 + batch_size]
@@ -307,9 +303,8 @@ def _map_steps(
                 a, s = model.schedule.alpha_sigma(t)
                 eps = torch.stack([_draw(opts.method, gens[i], spatial) for i in batch])[:, None]
                 x_t = (a * x + s * eps).to(device)
-                counter = [0]
-                recon = yield from _relay(_reconstruct(model, x_t, t, opts), lambda: progress(f"{opts.method} t={t:.0f}"), counter)
-                step += counter[0]
+                recon, n = yield from _relay(_reconstruct(model, x_t, t, opts), step, total, f"{label}{opts.method} t={t:.0f}")
+                step += n
                 acc += _residual(x[:, 0].numpy(), recon[:, 0].float().cpu().numpy(), opts.direction)
             for j, i in enumerate(batch):
                 out[i] = _postprocess(acc[j] / len(ts) * half, plan.fg[i], opts)
@@ -322,17 +317,17 @@ def _map_steps(
     return out[0] if model.config.spatial_dims == 3 else out
 
 
-def _relay(inner: Generator[None, None, torch.Tensor], make: Any, counter: list[int]) -> Generator[Progress, None, torch.Tensor]:
-    """Run ``inner``, turning each of its network calls into a Progress (counted in ``counter``)."""
-    counter[0] = 0
+def _relay(inner: Generator[None, None, torch.Tensor], step: int, total: int, message: str
+           ) -> Generator[Progress, None, tuple[torch.Tensor, int]]:
+    """Run ``inner``, yielding a Progress per network call; returns its result and the call count."""
+    n = 0
     while True:
         try:
             next(inner)
         except StopIteration as stop:
-            return stop.value
-        counter[0] += 1
-        event = make()
-        yield Progress(step=event.step + counter[0], total=event.total, message=event.message)
+            return stop.value, n
+        n += 1
+        yield Progress(step=step + n, total=total, message=message)
 
 
 def _postprocess(m: np.ndarray, fg: np.ndarray, opts: AnomalyOptions) -> np.ndarray:
