@@ -112,7 +112,7 @@ def import_model(src: str | Path, name: str | None = None, *, image_size: tuple[
     from medidiff.intensity import Normaliser
     from medidiff.model import DiffusionModel
 
-    src = Path(src)
+    src = find_model(src)
     if not src.is_dir():
         raise ModelError(f"{src}: not a folder (expected a medidiff model folder or a MONAI bundle)")
     dest = user_model_dir() / (name or src.name)

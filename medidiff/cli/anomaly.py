@@ -89,7 +89,7 @@ def _threshold(text: str) -> str | float:
 
 @anomaly_app.command()
 def detect(
-    model: Path = typer.Argument(..., help="A medidiff model folder trained on healthy scans."),
+    model: Path = typer.Argument(..., help="A model trained on healthy scans: a folder, a built-in name (mr2d) or a user model name."),
     input: Path = typer.Argument(..., metavar="IN", help="The scan to examine (NIfTI, DICOM, TIFF, PNG)."),
     out_map: Path = typer.Argument(..., metavar="OUT_MAP", help="Where to write the anomaly map (scan units, the input's geometry)."),
     mask: Path = typer.Option(None, "--mask", help="Also write the binary mask map > threshold here."),
@@ -118,7 +118,9 @@ def detect(
     from medidiff.progress import run_to_end
     from medidiff.tasks.anomaly import detect_anomalies_steps, sidecar_path, write_sidecar
 
-    existing_path(model)
+    from medidiff.registry import find_model, resolve_model
+
+    model = find_model(model)  # a folder, a built-in name or a user model name
     existing_path(input)
     thr = _threshold(threshold)
     ts = _timesteps(timesteps)
@@ -126,7 +128,7 @@ def detect(
     outputs = [out_map, sidecar_path(out_map)] + [p for p in (mask, report) if p is not None]
     for out in outputs:  # refuse before the work, not after
         check_output_path(out, overwrite=overwrite, inputs=inputs)
-    m = DiffusionModel.load(model)
+    m = resolve_model(model)
     scan = load_scan(input)
     result = run_to_end(
         detect_anomalies_steps(m, scan, method=_v(method), timesteps=ts, recon=_v(recon), direction=_v(direction),
@@ -189,7 +191,13 @@ def calibrate(
     from medidiff.progress import run_to_end
     from medidiff.tasks.anomaly import calibrate_threshold_steps
 
-    existing_path(model)
+    from medidiff.errors import ModelError
+    from medidiff.registry import BUILTIN_DIR, find_model
+
+    model = find_model(model)
+    if BUILTIN_DIR.resolve() in Path(model).resolve().parents:
+        raise ModelError(f"{model}: a built-in model is read-only; copy it first with "
+                         f"`medidiff models import {Path(model).name} --name my-{Path(model).name}` and calibrate the copy")
     existing_path(healthy)
     if not 0 < percentile < 100:
         raise typer.BadParameter(f"must be between 0 and 100 (exclusive), got {percentile}", param_hint="--percentile")
