@@ -39,6 +39,21 @@ def _report(path: Path, scan, result) -> None:
               suptitle=f"sigma {_describe(result.sigma, '')} (scan units), t = {t}")
 
 
+def _default_model(path: Path) -> str:
+    """The built-in model that fits the scan's modality, or a clear error asking for one."""
+    from medidiff.errors import ModelError
+    from medidiff.io import load_scan
+    from medidiff.registry import default_model_for
+
+    modality = load_scan(path).modality
+    name = default_model_for(modality)
+    if name is None:
+        raise ModelError(f"{path}: no built-in model fits modality {modality!r}; name a model: "
+                         "medidiff denoise MODEL IN OUT (see `medidiff models`)")
+    typer.echo(f"using built-in model {name} for modality {modality}")
+    return name
+
+
 def _inputs(src: Path) -> tuple[list[Path], bool]:
     """The scans to denoise and whether ``src`` is a folder of scans (not one DICOM series)."""
     from medidiff.data import _is_dicom_folder, scan_paths
@@ -50,9 +65,11 @@ def _inputs(src: Path) -> tuple[list[Path], bool]:
 
 @app.command()
 def denoise(
-    model: str = typer.Argument(..., metavar="MODEL", help="Model folder or name (see `medidiff models`)."),
+    model: str = typer.Argument(..., metavar="[MODEL]", help="Model folder or name (see `medidiff models`). "
+                                "Leave it out to use the built-in model for the scan's modality (e.g. mr2d for MR)."),
     src: Path = typer.Argument(..., metavar="IN", help="Noisy scan (NIfTI, DICOM file/series, TIFF, PNG) or a folder of scans."),
-    dst: Path = typer.Argument(..., metavar="OUT", help="Output scan (format from the extension), or a folder when IN is a folder."),
+    dst: Path = typer.Argument(None, metavar="OUT", help="Output scan (format from the extension), or a folder when IN is a folder.",
+                               show_default=False),
     noise: str = typer.Option("auto", "--noise", help="auto (from the modality), gaussian, rician or poisson-gaussian."),
     sigma: float = typer.Option(None, "--sigma", min=0.0, help="Noise std in scan units (default: estimated)."),
     strength: float = typer.Option(1.0, "--strength", min=0.0, help="Scale the noise level: > 1 smooths more, < 1 less."),
@@ -69,7 +86,13 @@ def denoise(
 ) -> None:
     """Denoise scans with a diffusion model as the prior (noise estimated, noise model from the modality).
 
-    Example:  medidiff denoise mr2d noisy.nii.gz clean.nii.gz --report report.png
+    Examples:
+
+      medidiff denoise mr2d noisy.nii.gz clean.nii.gz --report report.png
+
+      medidiff denoise noisy_mr.nii.gz clean.nii.gz        (built-in model chosen from the modality)
+
+      medidiff denoise my-model scans/ denoised/ --method posterior --uncertainty sd/
     """
     from medidiff.devices import resolve_device
     from medidiff.io import load_scan, save_scan
@@ -86,8 +109,12 @@ def denoise(
         raise typer.BadParameter("must be > 0", param_hint="--strength")
     if uncertainty is not None:
         method = "posterior"
+    if dst is None:  # two arguments: IN OUT, model chosen from the scan's modality
+        model, src, dst = None, Path(model), src
     existing_path(src)
     paths, folder = _inputs(src)
+    if model is None:
+        model = _default_model(paths[0])
     # refuse bad outputs before any compute
     for out in (dst, uncertainty, report):
         if out is not None:
