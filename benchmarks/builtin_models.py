@@ -29,8 +29,9 @@ BUILTIN = ROOT / "medidiff" / "builtin"
 # The measurement the model card records and the test repeats: (noise model, level) per model.
 EVALUATION = {
     "mr2d": {"sample": "mr_heldout.nii.gz", "noise": "rician", "levels": (0.05, 0.10)},
-    "micro2d": {"sample": "cell_heldout.png", "noise": "poisson-gaussian", "levels": (0.05, 0.10)},
+    "micro2d": {"sample": "cell_heldout.tif", "noise": "poisson-gaussian", "levels": (0.05, 0.10)},
 }
+MODALITY = {"mr2d": "MR", "micro2d": "microscopy"}
 DATA = {
     "mr2d": ("nibabel-test-data.md", "nibabel's tests/data/example4d.nii.gz, volume 0, slices z < 16 (EPI brain MRI, 2 x 2 x 2.2 mm)",
              "MIT (nibabel)", "MR (2D slices, brain EPI-like contrast)"),
@@ -114,6 +115,9 @@ def main(runs: Path, data: Path) -> None:
     for name in ("mr2d", "micro2d"):
         run = runs / name
         model = DiffusionModel.load(run / "model")
+        # NIfTI and PNG do not record the modality; the built-in models must know theirs so that
+        # `medidiff denoise IN OUT` can pick them and `--noise auto` picks the right noise model
+        model.config.modality = MODALITY[name]
         dest = BUILTIN / name
         if dest.exists():
             shutil.rmtree(dest)

@@ -29,15 +29,23 @@ def main(out: Path) -> None:
     src = Path(os.path.dirname(nib.__file__)) / "tests" / "data" / "example4d.nii.gz"
     img = nib.load(src)
     vol = np.asarray(img.dataobj)[..., 0]  # nibabel order (x, y, z)
+    from medidiff.io import Scan, save_scan
+
     for name, zs, folder in (("mr_train.nii.gz", slice(0, 16), out), ("mr_heldout.nii.gz", slice(18, 24), SAMPLES)):
         part = vol[:, :, zs].astype(np.int16)
         affine = img.affine.copy()
         affine[:3, 3] = (img.affine @ np.array([0, 0, zs.start, 1.0]))[:3]
-        nib.save(nib.Nifti1Image(part, affine), folder / name)
+        spacing = tuple(float(z) for z in reversed(img.header.get_zooms()[:3]))
+        # medidiff's NIfTI writer records the modality (MR) so the built-in model is picked for it
+        save_scan(Scan(part.T.astype(np.float32), spacing, affine, "MR"), folder / name, overwrite=True)
     cell = skimage.data.cell()
     half = cell.shape[1] // 2
     skimage.io.imsave(out / "cell_train.png", cell[:, :half], check_contrast=False)
-    skimage.io.imsave(SAMPLES / "cell_heldout.png", cell[:, half:], check_contrast=False)
+    from medidiff.io import affine_from_spacing
+
+    # microscopy sample as TIFF so it carries its modality (PNG cannot)
+    right = cell[:, half:].astype(np.float32)
+    save_scan(Scan(right, (1.0, 1.0), affine_from_spacing((1.0, 1.0)), "microscopy"), SAMPLES / "cell_heldout.tif", overwrite=True)
     print(f"wrote {out}/mr_train.nii.gz, {out}/cell_train.png and samples in {SAMPLES}")
 
 

@@ -24,7 +24,7 @@ from medidiff.registry import BUILTIN_DIR
 
 SAMPLES = BUILTIN_DIR / "samples"
 MR_SAMPLE = SAMPLES / "mr_heldout.nii.gz"
-CELL_SAMPLE = SAMPLES / "cell_heldout.png"
+CELL_SAMPLE = SAMPLES / "cell_heldout.tif"
 
 
 @dataclass
