@@ -86,9 +86,9 @@ def denoise(
 ) -> None:
     """Denoise scans with a diffusion model as the prior (noise estimated, noise model from the modality).
 
-    Examples:
+    Example:  medidiff denoise mr2d noisy.nii.gz clean.nii.gz --report report.png
 
-      medidiff denoise mr2d noisy.nii.gz clean.nii.gz --report report.png
+    More examples:
 
       medidiff denoise noisy_mr.nii.gz clean.nii.gz        (built-in model chosen from the modality)
 

@@ -17,14 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from medidiff.io import Scan, load_scan, save_scan
+from medidiff.io import Scan, save_scan
 from medidiff.io.atomic import atomic_dir
 from medidiff.progress import Progress, run_to_end
-from medidiff.registry import BUILTIN_DIR
-
-SAMPLES = BUILTIN_DIR / "samples"
-MR_SAMPLE = SAMPLES / "mr_heldout.nii.gz"
-CELL_SAMPLE = SAMPLES / "cell_heldout.tif"
+from medidiff.demo_samples import microscopy_sample, mr_sample
 
 
 @dataclass
@@ -68,7 +64,7 @@ def demo_steps(out: str | Path, *, quick: bool = False, device: str = "auto", se
     cell_model = resolve_model("micro2d", device="cpu")
     with atomic_dir(out, overwrite=overwrite) as tmp:
         # 1. MR denoising: a held-out real scan with Rician noise (5% of its range)
-        clean = load_scan(MR_SAMPLE)
+        clean = mr_sample()
         if quick:
             clean = Scan(clean.array[2:4], clean.spacing, clean.affine, clean.modality, clean.meta)
         noisy_arr = add_noise(clean.array, "rician", 0.05, np.random.default_rng(seed)).astype(np.float32)
@@ -93,7 +89,7 @@ def demo_steps(out: str | Path, *, quick: bool = False, device: str = "auto", se
                          "medidiff denoise mr2d mr_noisy.nii.gz mr_denoised.nii.gz --report mr_report.png"))
 
         # 2. microscopy denoising: held-out half of a real microscopy image, Poisson-Gaussian noise
-        cell = load_scan(CELL_SAMPLE)
+        cell = microscopy_sample()
         if quick:
             cell = cell.with_array(cell.array) if cell.shape[0] <= 128 else Scan(cell.array[:128, :128], cell.spacing, cell.affine, cell.modality, cell.meta)
         noisy_cell = cell.with_array(add_noise(cell.array, "poisson-gaussian", 0.1, np.random.default_rng(seed + 1)).astype(np.float32),
@@ -121,7 +117,7 @@ def demo_steps(out: str | Path, *, quick: bool = False, device: str = "auto", se
                          f"medidiff generate mr2d --n {n} --out synthetic/ --seed {seed}"))
 
         # 4. anomaly detection: a planted lesion in a held-out slice vs the same slice healthy
-        full = load_scan(MR_SAMPLE)
+        full = mr_sample()
         healthy = Scan(full.array[3], full.spacing[1:], full.affine, full.modality, {})
         lesion = plant_lesion(healthy.array, seed, kind="blob", radius=7.0, contrast=0.6)
         sick = healthy.with_array(lesion.image)
