@@ -436,7 +436,6 @@ def estimate_poisson_gaussian(image: np.ndarray, max_slices: int = 64) -> tuple[
     # local energy of the horizontal/vertical details and the local mean, per slice
     energies = [ndi.uniform_filter((lh * lh + hl * hl) / 2.0, _WINDOW, mode="reflect") for lh, hl in zip(lhs, hls)]
     local_mus = [ndi.uniform_filter(mu, _WINDOW, mode="reflect") for mu in mus]
-    mu_all = np.concatenate([m.ravel() for m in mus])
     hh_all = np.concatenate([h.ravel() for h in hhs])
     energy_all = np.concatenate([e.ravel() for e in energies])
     local_all = np.concatenate([m.ravel() for m in local_mus])

@@ -114,7 +114,6 @@ def detect(
     """
     from medidiff.io import load_scan
     from medidiff.io.atomic import check_output_path
-    from medidiff.model import DiffusionModel
     from medidiff.progress import run_to_end
     from medidiff.tasks.anomaly import detect_anomalies_steps, sidecar_path, write_sidecar
 

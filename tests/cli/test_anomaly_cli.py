@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from medidiff.cli import main
+from cli_runner import call
 from medidiff.io import Scan, load_scan, save_scan
 from medidiff.lesions import plant_lesion
 
@@ -24,17 +24,6 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
-
-
-def call(capsys, *args) -> tuple[int, str, str]:
-    """Run the CLI in-process, as the ``medidiff`` script does."""
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def _save(arr, path) -> None:

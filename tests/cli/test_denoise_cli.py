@@ -10,20 +10,9 @@ import numpy as np
 import pytest
 
 from medidiff import noise as noise_lib
-from medidiff.cli import main
+from cli_runner import call
 from medidiff.io import Scan, load_scan, save_scan
 from medidiff.metrics import psnr
-
-
-def call(capsys, *args) -> tuple[int, str, str]:
-    """Run the CLI in-process, as the ``medidiff`` script does."""
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture(scope="module")

@@ -10,19 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from medidiff.cli import main
+from cli_runner import call
 from medidiff.tasks.generate import generate_dataset
-
-
-def call(capsys, *args) -> tuple[int, str, str]:
-    """Run the CLI in-process, as the ``medidiff`` script does."""
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def rows(folder: Path) -> list[dict[str, str]]:

@@ -13,7 +13,7 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
-from medidiff.cli import main
+from cli_runner import call
 from medidiff.io import load_scan
 
 ANATOMICAL = Path(os.path.dirname(nibabel.__file__)) / "tests" / "data" / "anatomical.nii"
@@ -22,17 +22,6 @@ EXAMPLE4D = Path(os.path.dirname(nibabel.__file__)) / "tests" / "data" / "exampl
 
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "medidiff", *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=120)
-
-
-def call(capsys, *args) -> tuple[int, str, str]:
-    """Run the CLI in-process, as the ``medidiff`` script does."""
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_info_nifti_subprocess():

@@ -4,19 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from medidiff.data import fit_to_size, prepare_training_data, scan_paths
 from medidiff.errors import MedidiffError, ScanError
 from medidiff.io import Scan, save_scan
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # the test machine's few cores are shared: one thread per process avoids OpenMP spin-wait contention
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_2d_slices_along_the_coarsest_axis(mr_volume):

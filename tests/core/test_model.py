@@ -14,16 +14,6 @@ from medidiff.intensity import Normaliser
 from medidiff.model import FORMAT_VERSION, ConditioningError, DiffusionModel, _sha256
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # the test machine's few cores are shared: one thread per process avoids OpenMP spin-wait
-    # contention that makes these tiny networks 10-30x slower
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _state_equal(a: DiffusionModel, b: DiffusionModel) -> bool:
     sa, sb = a.network.state_dict(), b.network.state_dict()
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)

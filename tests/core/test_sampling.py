@@ -20,16 +20,6 @@ from medidiff.tasks.train import train
 BATCH_ATOL = 1e-4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # the test machine's few cores are shared: one thread per process avoids OpenMP spin-wait
-    # contention that makes these tiny networks 10-30x slower
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _fresh(model: DiffusionModel) -> DiffusionModel:
     """A private copy of a saved model, so tests may wrap its network."""
     return DiffusionModel.load(model.path)

@@ -191,7 +191,7 @@ def test_other_settings_or_foreign_folder_refused(tiny_mr_model, tmp_path):
 
 
 def test_shards_union_equals_one_process(tiny_mr_model, tmp_path):
-    one = generate_dataset(tiny_mr_model, tmp_path / "one", 5, steps=3, device="cpu")
+    generate_dataset(tiny_mr_model, tmp_path / "one", 5, steps=3, device="cpu")
     r1 = generate_dataset(tiny_mr_model, tmp_path / "two", 5, steps=3, device="cpu", rank=1, world=2)
     assert not r1.complete and r1.written == 2  # indices 1 and 3; rank 0 has not run yet
     r0 = generate_dataset(tiny_mr_model, tmp_path / "two", 5, steps=3, device="cpu", rank=0, world=2)

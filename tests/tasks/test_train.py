@@ -15,22 +15,13 @@ import numpy as np
 import pytest
 import torch
 
-from medidiff.cli import main
+from cli_runner import call
 from medidiff.errors import OutputError
 from medidiff.io import save_scan
 from medidiff.model import DiffusionModel
 from medidiff.tasks.train import train, train_steps
 
 TINY = dict(image_size=32, batch_size=4, lr=2e-3, device="cpu", seed=3)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # the test machine's few cores are shared: one thread per process avoids OpenMP spin-wait contention
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
@@ -96,23 +87,13 @@ def test_an_existing_run_folder_is_not_replaced(mr_train_scan, tmp_path):
     assert (tmp_path / "r" / "model" / "weights.safetensors").read_bytes() == before
 
 
-def _cli(capsys, *args) -> tuple[int, str, str]:
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def test_cli_trains_with_classes_from_a_csv(mr_train_scan, tmp_path, capsys):
     data = tmp_path / "scans"
     save_scan(mr_train_scan, data / "a.nii.gz")
     save_scan(mr_train_scan.with_array(mr_train_scan.array[:, ::-1].copy()), data / "b.nii.gz")
     table = tmp_path / "classes.csv"
     table.write_text("file,class\na.nii.gz,upright\nb.nii.gz,flipped\n")
-    code, out, err = _cli(capsys, "train", data, "--out", tmp_path / "run", "--image-size", "32", "--steps", "3",
+    code, out, err = call(capsys, "train", data, "--out", tmp_path / "run", "--image-size", "32", "--steps", "3",
                           "--batch-size", "2", "--device", "cpu", "--labels", table, "--no-augment")
     assert code == 0, err
     model = DiffusionModel.load(tmp_path / "run" / "model")
@@ -130,7 +111,7 @@ def test_cli_trains_with_classes_from_a_csv(mr_train_scan, tmp_path, capsys):
     ],
 )
 def test_cli_bad_options_give_one_line_and_exit_2(mr_file, tmp_path, capsys, args, message):
-    code, out, err = _cli(capsys, "train", mr_file, "--out", tmp_path / "run", "--steps", "1", "--device", "cpu", *args)
+    code, out, err = call(capsys, "train", mr_file, "--out", tmp_path / "run", "--steps", "1", "--device", "cpu", *args)
     assert code == 2
     assert message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()
@@ -138,7 +119,7 @@ def test_cli_bad_options_give_one_line_and_exit_2(mr_file, tmp_path, capsys, arg
 
 def test_cli_refuses_a_run_folder_inside_the_data(mr_file, capsys):
     before = sorted(mr_file.parent.iterdir())
-    code, _, err = _cli(capsys, "train", mr_file, "--out", mr_file.parent, "--steps", "1", "--overwrite")
+    code, _, err = call(capsys, "train", mr_file, "--out", mr_file.parent, "--steps", "1", "--overwrite")
     assert code == 2 and "holds the training scan" in err
     assert sorted(mr_file.parent.iterdir()) == before
 
