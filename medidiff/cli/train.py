@@ -149,6 +149,8 @@ def train(
     masks: list[Path] = typer.Option(None, "--masks", help="Mask conditioning: label-map files or a folder, one per scan in DATA order."),
     slice_axis: int = typer.Option(None, "--slice-axis", min=0, max=2, help="2D from volumes: array axis to slice (default: coarsest spacing)."),
     ct_window: str = typer.Option(None, "--ct-window", help="CT only: soft-tissue, brain, lung, bone or wide (default)."),
+    modality: str = typer.Option(None, "--modality", help="Record this modality (MR, CT, microscopy, ...) when the files do not "
+                                 "(NIfTI, PNG); it picks the noise model and the built-in default."),
     no_augment: bool = typer.Option(False, "--no-augment", help="Turn off flips, small affine and intensity jitter."),
     checkpoint_every: int = typer.Option(500, "--checkpoint-every", min=0, help="Write RUN/model and RUN/state every N steps (0: only at the end)."),
     sample_every: int = typer.Option(0, "--sample-every", min=0, help="Save a grid of samples to RUN/samples every N steps (0: never)."),
@@ -181,7 +183,7 @@ def train(
     gen = train_steps(
         files, out, dims=dims, preset=preset, image_size=size, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
         device=device, schedule=schedule, prediction=prediction, labels=label_ids, class_names=class_names,
-        masks=mask_files, slice_axis=slice_axis, ct_window=ct_window, augment=not no_augment,
+        masks=mask_files, slice_axis=slice_axis, ct_window=ct_window, augment=not no_augment, modality=modality,
         checkpoint_every=checkpoint_every, sample_every=sample_every, resume=resume, overwrite=overwrite,
         command=command_line(),
     )

@@ -101,6 +101,7 @@ def train_steps(
     mask_classes: int | None = None,
     slice_axis: int | None = None,
     ct_window: str | None = None,
+    modality: str | None = None,
     augment: bool = True,
     checkpoint_every: int = 500,
     sample_every: int = 0,
@@ -131,6 +132,8 @@ def train_steps(
         data, spatial_dims=dims, image_size=image_size, slice_axis=slice_axis, ct_window=ct_window,
         labels=labels, masks=masks, augment=augment,
     )
+    if modality:  # the files may not record it (NIfTI, PNG)
+        td.modality = modality
     n_classes = (max(td.labels) + 1 if td.labels else 0) if labels is not None else 0
     if class_names:
         n_classes = max(n_classes, len(class_names))

@@ -175,3 +175,10 @@ def test_cli_ctrl_c_writes_a_checkpoint_and_says_how_to_resume(mr_file, tmp_path
     assert f"interrupted after step {step}" in out
     assert "resume with:" in out and "--resume" in out
     DiffusionModel.load(run / "model")
+
+
+def test_cli_records_a_given_modality(mr_file, tmp_path, capsys):
+    code, out, err = call(capsys, "train", mr_file, "--out", tmp_path / "run", "--steps", "2", "--batch-size", "2",
+                          "--image-size", "16", "--modality", "microscopy", "--device", "cpu")
+    assert code == 0, err
+    assert DiffusionModel.load(tmp_path / "run" / "model").config.modality == "microscopy"
