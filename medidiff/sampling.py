@@ -71,15 +71,37 @@ def _pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tupl
     return torch.nn.functional.pad(x, pad, mode="replicate"), tuple(slice(0, s) for s in spatial)
 
 
+def window_batch_size(model: DiffusionModel, device: torch.device, free_bytes: int | None = None,
+                      cpu_default: int = 8, most: int = 64) -> int:
+    """Sliding-window batch that fits in half the free GPU memory (``cpu_default`` off the GPU).
+
+    The estimate is deliberately rough: activations of one window are taken as the widest
+    feature map times the number of stored activations (about 12 per resolution level in
+    MONAI's U-Net at inference, with bf16 halving nothing we count on).
+    """
+    if free_bytes is None:
+        if device.type != "cuda":
+            return cpu_default
+        free_bytes, _ = torch.cuda.mem_get_info(device)
+    net = model.config.network
+    voxels = int(np.prod(model.config.image_size))
+    per_window = voxels * max(net["channels"]) * 4 * 12 * len(net["channels"])
+    return int(max(1, min(most, (free_bytes // 2) // max(per_window, 1))))
+
+
 def network_output(
     model: DiffusionModel,
     net_in: torch.Tensor,
     t: float,
     class_labels: torch.Tensor | None = None,
-    sw_batch_size: int = 8,
+    sw_batch_size: int | None = None,
     overlap: float = 0.25,
 ) -> torch.Tensor:
-    """Raw network output for a batch at time ``t``, any spatial size, no seams."""
+    """Raw network output for a batch at time ``t``, any spatial size, no seams.
+
+    ``sw_batch_size`` (windows per network call) defaults to what fits in free GPU memory
+    (:func:`window_batch_size`); 8 on the CPU.
+    """
     from monai.inferers import sliding_window_inference
 
     net = model.network
@@ -108,7 +130,8 @@ def network_output(
             lab = None if class_labels is None else class_labels[b : b + 1]
             outs.append(
                 sliding_window_inference(
-                    net_in[b : b + 1], roi_size=roi, sw_batch_size=sw_batch_size,
+                    net_in[b : b + 1], roi_size=roi,
+                    sw_batch_size=sw_batch_size or window_batch_size(model, device),
                     predictor=lambda w, lab=lab: run(w, lab), overlap=overlap, mode="gaussian",
                     padding_mode="replicate",
                 )
@@ -123,7 +146,7 @@ def predict(
     class_labels: torch.Tensor | None = None,
     masks: torch.Tensor | None = None,
     guidance: float = 1.0,
-    sw_batch_size: int = 8,
+    sw_batch_size: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Predicted clean image and noise ``(x0, eps)`` at ``(x_t, t)``, with classifier-free guidance."""
     b = x_t.shape[0]

@@ -210,3 +210,15 @@ def test_sliding_window_has_no_seams(tiny_mr_model):
     naive = _seam_ratio((x0_const - clean_t)[0, 0].numpy(), 32, 0.25)
     assert ours < 5.0
     assert naive > 2 * ours
+
+
+def test_window_batch_grows_with_free_memory_and_is_fixed_on_cpu():
+    from medidiff.model import DiffusionModel
+    from medidiff.sampling import window_batch_size
+
+    m = DiffusionModel.create(2, 32, preset="tiny")
+    assert window_batch_size(m, torch.device("cpu")) == 8
+    small = window_batch_size(m, torch.device("cuda"), free_bytes=64 * 2**20)
+    large = window_batch_size(m, torch.device("cuda"), free_bytes=8 * 2**30)
+    assert 1 <= small < large <= 64
+    assert window_batch_size(m, torch.device("cuda"), free_bytes=0) == 1
