@@ -188,6 +188,7 @@ def prepare_training_data(
     min_foreground: float = 0.05,
     target_spacing: Sequence[float] | None = None,
     augment: bool = True,
+    modality: str | None = None,
 ) -> TrainingData:
     """Load, optionally resample, normalise and slice (2D) or keep whole (3D) the training scans.
 
@@ -203,7 +204,8 @@ def prepare_training_data(
         scans = [resample(s, target_spacing) for s in scans]
         if mask_scans is not None:
             mask_scans = [resample(m, target_spacing, order=0) for m in mask_scans]
-    modality = scans[0].modality
+    # the files may not record the modality (NIfTI, PNG): a given one wins, and picks the normaliser
+    modality = modality or scans[0].modality
     if normaliser is None:
         normaliser = Normaliser.for_modality([s.array for s in scans], modality, ct_window)
     size = (image_size,) * spatial_dims if isinstance(image_size, int) else tuple(image_size)

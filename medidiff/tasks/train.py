@@ -130,10 +130,8 @@ def train_steps(
 
     td = data if isinstance(data, TrainingData) else prepare_training_data(
         data, spatial_dims=dims, image_size=image_size, slice_axis=slice_axis, ct_window=ct_window,
-        labels=labels, masks=masks, augment=augment,
+        labels=labels, masks=masks, augment=augment, modality=modality,
     )
-    if modality:  # the files may not record it (NIfTI, PNG)
-        td.modality = modality
     n_classes = (max(td.labels) + 1 if td.labels else 0) if labels is not None else 0
     if class_names:
         n_classes = max(n_classes, len(class_names))

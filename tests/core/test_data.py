@@ -122,3 +122,12 @@ def test_scan_paths_lists_folders_in_name_order(tmp_path, mr_train_scan):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ScanError, match="folder holds no scans"):
         scan_paths([tmp_path / "empty"])
+
+
+def test_given_modality_ct_picks_the_ct_window(mr_train_scan):
+    """A NIfTI does not say it is CT; --modality CT must still give the CT window normaliser."""
+    from medidiff.io import Scan
+
+    ct_like = Scan(mr_train_scan.array - 1000.0, mr_train_scan.spacing, mr_train_scan.affine, "OT")
+    td = prepare_training_data([ct_like], image_size=32, modality="CT")
+    assert td.modality == "CT" and td.normaliser.kind == "ct-window"
