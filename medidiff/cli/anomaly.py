@@ -60,7 +60,7 @@ class Direction(str, Enum):
 
 
 METHOD = typer.Option(None, "--method", help="ddpm (Gaussian noise), simplex (AnoDDPM) or patched (pDDPM). Default: the calibrated one, else ddpm.")
-TIMESTEPS = typer.Option(None, "--timesteps", help="Comma-separated noise times, e.g. 150,300 (default: 15% and 30% of the schedule).")
+TIMESTEPS = typer.Option(None, "--timesteps", help="Comma-separated noise times, e.g. 150,300 (default: 30% and 45% of the schedule, 3 noise draws each; repeat a time for more draws).")
 RECON = typer.Option(None, "--recon", help="tweedie (one network call per time) or ddim (a few DDIM steps).")
 DIRECTION = typer.Option(None, "--direction", help="both (|x - recon|), bright or dark (only lesions brighter/darker than expected).")
 

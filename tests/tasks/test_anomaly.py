@@ -120,6 +120,22 @@ def test_healthy_slices_score_lower_than_lesioned(tiny_mr_model, mr_heldout_slic
         assert sick.score > healthy.score
 
 
+def test_repeated_times_are_fresh_draws_that_steady_the_map(tiny_mr_model, lesioned):
+    from medidiff.tasks.anomaly import resolve_options
+
+    assert resolve_options(tiny_mr_model, use_calibrated=False).timesteps == (300.0,) * 3 + (450.0,) * 3
+    scan, _ = lesioned
+
+    def spread(ts) -> float:
+        # how much the map moves with the noise seed: averaging independent draws must shrink it
+        a, b = (detect_anomalies(tiny_mr_model, scan, threshold=1e9, seed=s, device="cpu", timesteps=ts) for s in (1, 2))
+        fg = a.foreground.array > 0
+        return float(np.abs(a.map.array - b.map.array)[fg].mean())
+
+    one, three = spread((300,)), spread((300, 300, 300))
+    assert three < 0.8 * one
+
+
 def test_volume_slicewise_seeded_and_batch_invariant(tiny_mr_model, mr_heldout_slices):
     vol = Scan(np.stack(mr_heldout_slices[:3]), (2.2, 2.0, 2.0), _affine(), "MR")
     a = detect_anomalies(tiny_mr_model, vol, threshold=1e9, batch_size=3, seed=4, device="cpu", timesteps=(200,))
@@ -140,7 +156,7 @@ def test_cancel_stops_within_one_step(tiny_mr_model, mr_heldout_slices):
         first = next(gen)
         at_first = calls[0]
         gen.close()
-        assert first.step == 1 and first.total == 6  # 3 slices x 2 timesteps
+        assert first.step == 1 and first.total == 18  # 3 slices x 6 default draws (2 times x 3)
         assert calls[0] == at_first > 0
         with pytest.raises(StopIteration):
             next(gen)
