@@ -46,8 +46,8 @@ def scan_paths(paths: Sequence[str | Path]) -> list[Path]:
         path = Path(item)
         if not path.exists():
             raise ScanError(path, "no such file or folder")
-        if path.is_dir() and not _is_dicom_folder(path):
-            children = sorted(p for p in path.iterdir() if p.name.lower().endswith(SCAN_SUFFIXES) or (p.is_dir() and _is_dicom_folder(p)))
+        if path.is_dir() and not is_dicom_series_folder(path):
+            children = sorted(p for p in path.iterdir() if p.name.lower().endswith(SCAN_SUFFIXES) or (p.is_dir() and is_dicom_series_folder(p)))
             if not children:
                 raise ScanError(path, f"folder holds no scans (looked for {', '.join(SCAN_SUFFIXES)} files and DICOM series folders)")
             out.extend(children)
@@ -56,18 +56,14 @@ def scan_paths(paths: Sequence[str | Path]) -> list[Path]:
     return out
 
 
-def _is_dicom_folder(path: Path) -> bool:
+def is_dicom_series_folder(path: Path) -> bool:
+    """A folder whose files are DICOM (by suffix or preamble): one series, not a folder of scans."""
+    from medidiff.io.dicom import has_dicom_preamble
+
     files = [p for p in path.iterdir() if p.is_file()]
     if not files:
         return False
-    if any(p.suffix.lower() == ".dcm" for p in files):
-        return True
-    try:
-        with open(files[0], "rb") as f:
-            head = f.read(132)
-        return head[128:132] == b"DICM"
-    except OSError:
-        return False
+    return any(p.suffix.lower() == ".dcm" for p in files) or has_dicom_preamble(files[0])
 
 
 def default_slice_axis(scan: Scan) -> int:

@@ -47,7 +47,7 @@ def _is_dicom_folder(path: str, max_files: int = 500, max_depth: int = 3) -> boo
     folder (zarr stores, image stacks, ...), so the plugin only claims folders that hold at
     least one DICOM file among the first ``max_files`` files, ``max_depth`` levels deep.
     """
-    from medidiff.io.dicom import DICOM_SUFFIXES
+    from medidiff.io.dicom import DICOM_SUFFIXES, has_dicom_preamble
 
     if path.rstrip("/\\").lower().endswith((".zarr", ".n5", ".ome.zarr")):
         return False
@@ -60,21 +60,12 @@ def _is_dicom_folder(path: str, max_files: int = 500, max_depth: int = 3) -> boo
         for name in sorted(files):
             if name.startswith("."):
                 continue
-            if name.lower().endswith(DICOM_SUFFIXES) or _has_dicom_preamble(os.path.join(folder, name)):
+            if name.lower().endswith(DICOM_SUFFIXES) or has_dicom_preamble(os.path.join(folder, name)):
                 return True
             seen += 1
             if seen >= max_files:
                 return False
     return False
-
-
-def _has_dicom_preamble(path: str) -> bool:
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(132)
-    except OSError:
-        return False
-    return len(head) == 132 and head[128:132] == b"DICM"
 
 
 def _supported(path: str) -> bool:

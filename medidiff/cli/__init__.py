@@ -38,13 +38,11 @@ def _root(
 
 
 def _register() -> None:
+    from medidiff.cli.common import import_commands
+
     # each command module adds itself to ``app`` on import; keep this list in CLI order
-    for name in ("info", "convert", "train", "generate", "denoise", "anomaly", "evaluate", "models", "demo"):
-        try:
-            __import__(f"medidiff.cli.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"medidiff.cli.{name}":
-                raise
+    import_commands("medidiff.cli", ("info", "convert", "train", "generate", "denoise", "anomaly",
+                                     "evaluate", "models", "demo"))
 
 
 _register()

@@ -18,3 +18,13 @@ def existing_path(path: Path) -> Path:
     if not path.exists():
         raise ScanError(path, "no such file or folder")
     return path
+
+
+def import_commands(package: str, names: tuple[str, ...]) -> None:
+    """Import each command module ``package.NAME`` (it registers itself); a missing one is skipped."""
+    for name in names:
+        try:
+            __import__(f"{package}.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{package}.{name}":
+                raise

@@ -56,9 +56,9 @@ def _default_model(path: Path) -> str:
 
 def _inputs(src: Path) -> tuple[list[Path], bool]:
     """The scans to denoise and whether ``src`` is a folder of scans (not one DICOM series)."""
-    from medidiff.data import _is_dicom_folder, scan_paths
+    from medidiff.data import is_dicom_series_folder, scan_paths
 
-    if src.is_dir() and not _is_dicom_folder(src):
+    if src.is_dir() and not is_dicom_series_folder(src):
         return scan_paths([src]), True
     return [src], False
 

@@ -18,12 +18,9 @@ app.add_typer(evaluate_app, name="evaluate")
 
 
 def _register() -> None:
-    for name in ("evaluate_generated", "evaluate_anomaly"):
-        try:
-            __import__(f"medidiff.cli.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"medidiff.cli.{name}":
-                raise
+    from medidiff.cli.common import import_commands
+
+    import_commands("medidiff.cli", ("evaluate_generated", "evaluate_anomaly"))
 
 
 _register()

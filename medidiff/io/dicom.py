@@ -101,7 +101,8 @@ def _dcmread(path: Path, *, header_only: bool, force: bool = False):
     return pydicom.dcmread(str(path), stop_before_pixels=header_only, force=force)
 
 
-def _has_preamble(path: Path) -> bool:
+def has_dicom_preamble(path: str | Path) -> bool:
+    """True when the file has the 128-byte preamble and "DICM" magic of a DICOM Part 10 file."""
     try:
         with open(path, "rb") as fh:
             head = fh.read(132)
@@ -219,7 +220,7 @@ def _scan_folder(folder: Path) -> tuple[dict[str, list], int]:
         looked_at += 1
         if file.name.upper() == "DICOMDIR":
             continue
-        preamble = _has_preamble(file)
+        preamble = has_dicom_preamble(file)
         if not preamble and file.suffix.lower() not in DICOM_SUFFIXES:
             continue  # not DICOM (README, .json, images, ...)
         try:
@@ -543,7 +544,7 @@ def read_dicom(path: Path, series: str | int | None = None, volume: int | None =
     first_ds = None
     for file, indices in by_file.items():
         try:
-            ds = _dcmread(file, header_only=False, force=not _has_preamble(file))
+            ds = _dcmread(file, header_only=False, force=not has_dicom_preamble(file))
         except Exception as exc:
             raise InvalidScanError(file, f"cannot be read; the file may be truncated or corrupt ({one_line(exc)})") from exc
         if first_ds is None or file == images[0].file:

@@ -8,22 +8,12 @@ import shutil
 
 import numpy as np
 import pytest
-import torch
 
 from cli_runner import call
 from medidiff.io import Scan, load_scan, save_scan
 from medidiff.lesions import plant_lesion
 
 AFFINE = np.diag([-2.0, 2.0, 2.2, 1.0])
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    # on a shared CPU torch's default thread pool oversubscribes and runs many times slower
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _save(arr, path) -> None:

@@ -7,7 +7,6 @@ import shutil
 
 import numpy as np
 import pytest
-import torch
 
 from medidiff.errors import ModelError
 from medidiff.io import Scan
@@ -29,15 +28,6 @@ def _affine() -> np.ndarray:
 def _scan(arr: np.ndarray) -> Scan:
     return Scan(arr, SPACING, _affine(), "MR")
 
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    # on a shared CPU torch's default thread pool oversubscribes and runs many times slower
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 @pytest.fixture(scope="module")
 def lesioned(mr_heldout_slices):
