@@ -3,7 +3,7 @@
 Healthy training data: real EPI brain slices z < 16 of volume 0 of nibabel's example4d.nii.gz
 (the same slices the test fixture trains on). Calibration: healthy slices z = 16, 17 of both
 volumes (never trained on, never tested). Test: slices z >= 18 of both volumes, each once healthy
-and ``--lesions`` times with a synthetic lesion from ``medidiff.lesions.random_lesion`` (ellipses
+and ``--lesions`` times with a synthetic lesion from ``medidiff.core.lesions.random_lesion`` (ellipses
 and blobs, radius 3-10 voxels, contrast 30-80% of median tissue, 30% of them dark, texture 0-30%);
 see data_cards/benchmark-anomaly.md.
 
@@ -30,8 +30,8 @@ import torch
 from scipy import ndimage as ndi
 
 from medidiff.io import Scan
-from medidiff.lesions import foreground, random_lesion
-from medidiff.metrics import auprc, auroc, best_dice, dice
+from medidiff.core.lesions import foreground, random_lesion
+from medidiff.core.metrics import auprc, auroc, best_dice, dice
 from medidiff.tasks.anomaly import SCORE_PERCENTILE, calibrate_threshold, detect_anomalies
 
 DATA = Path(nibabel.__file__).parent / "tests" / "data" / "example4d.nii.gz"
@@ -90,7 +90,7 @@ def train_autoencoder(train: Scan, normaliser, steps: int, seed: int, image_size
     """
     from monai.networks.nets import AutoEncoder
 
-    from medidiff.data import prepare_training_data
+    from medidiff.core.data import prepare_training_data
 
     td = prepare_training_data(train, spatial_dims=2, image_size=image_size, normaliser=normaliser)
     torch.manual_seed(seed)
@@ -173,7 +173,7 @@ def main() -> None:
           f"({sum(t[2].any() for t in test)} with a lesion)", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
 
-    from medidiff.model import DiffusionModel
+    from medidiff.core.model import DiffusionModel
     from medidiff.tasks.train import train as train_model
 
     t0 = time.perf_counter()

@@ -44,8 +44,8 @@ DATA = {
 def measure(name: str, model, seed: int = 0) -> list[dict]:
     """PSNR of the noisy and the denoised held-out sample at each noise level."""
     from medidiff.io import load_scan
-    from medidiff.metrics import psnr
-    from medidiff.noise import add_noise
+    from medidiff.core.metrics import psnr
+    from medidiff.core.noise import add_noise
     from medidiff.tasks.denoise import denoise
 
     spec = EVALUATION[name]
@@ -109,7 +109,7 @@ def card(name: str, model, run: Path, rows: list[dict], calibration: dict | None
 
 def main(runs: Path, data: Path) -> None:
     from medidiff.io import load_scan
-    from medidiff.model import DiffusionModel
+    from medidiff.core.model import DiffusionModel
     from medidiff.tasks.anomaly import calibrate_threshold
 
     for name in ("mr2d", "micro2d"):

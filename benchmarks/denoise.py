@@ -14,7 +14,7 @@ that no test pixel was trained on:
        tested on the right half.
 
 A tiny 2D DDPM is trained per modality (``--steps``, CPU), unless ``--mr-model`` etc. give
-model folders. Noise (``medidiff.noise.add_noise``, levels relative to the test image's range):
+model folders. Noise (``medidiff.core.noise.add_noise``, levels relative to the test image's range):
 Gaussian on all three, Rician on MR, Poisson-Gaussian on microscopy. Baselines get the noisy
 image and estimate sigma with ``skimage.restoration.estimate_sigma`` (Gaussian assumption);
 medidiff estimates its own noise with the matching noise model. BM3D needs ``pip install bm3d``
@@ -31,10 +31,10 @@ from pathlib import Path
 
 import numpy as np
 
-from medidiff import noise as noise_lib
+from medidiff.core import noise as noise_lib
 from medidiff.io import Scan, load_scan
 from medidiff.io.scan import affine_from_spacing
-from medidiff.metrics import psnr, ssim
+from medidiff.core.metrics import psnr, ssim
 
 LEVELS = (0.05, 0.10, 0.20)
 
@@ -77,7 +77,7 @@ MODALITY = {"MR": "MR", "CT": "CT", "microscopy": "SM"}
 
 
 def get_model(name: str, train: Scan, path: str | None, steps: int, out: Path):
-    from medidiff.model import DiffusionModel
+    from medidiff.core.model import DiffusionModel
     from medidiff.tasks.train import train as train_model
 
     if path:

@@ -13,8 +13,8 @@ Prints one markdown table per part (paste them with the command into benchmarks/
     (ancestral) is listed too: it is stochastic, so its distance to the ODE solution measures a
     different path, not an error. Samples use ``clip_x0=1`` (``generate_batch``'s default); the
     distance without clipping (to unclipped DDIM-1000) is listed too, since clipping makes the
-    ODE's vector field non-smooth and hides the solver order. KID (``medidiff.metrics.kid`` on
-    ``medidiff.metrics.image_features``) of ``--n-kid`` samples against ``--n-kid`` real 32x32
+    ODE's vector field non-smooth and hides the solver order. KID (``medidiff.core.metrics.kid`` on
+    ``medidiff.core.metrics.image_features``) of ``--n-kid`` samples against ``--n-kid`` real 32x32
     crops of held-out slices (z >= 18, never trained on), with real training crops vs those
     held-out crops as the floor. 1000-step runs are too slow on a CPU for KID at 64 samples.
 (b) Speed. DDIM with the same network, the same steps and the same batch: medidiff's
@@ -33,12 +33,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medidiff.data import prepare_training_data
+from medidiff.core.data import prepare_training_data
 from medidiff.io import Scan
-from medidiff.metrics import image_features, kid, psnr
-from medidiff.model import DiffusionModel
-from medidiff.progress import run_to_end
-from medidiff.sampling import generate_batch, sample_seed
+from medidiff.core.metrics import image_features, kid, psnr
+from medidiff.core.model import DiffusionModel
+from medidiff.core.progress import run_to_end
+from medidiff.core.sampling import generate_batch, sample_seed
 
 STEPS = (5, 10, 20, 50)
 

@@ -79,7 +79,7 @@ def train_segmenter(images: list[np.ndarray], masks: list[np.ndarray], scale: tu
 
 def test_dice(net: torch.nn.Module, images: list[np.ndarray], masks: list[np.ndarray], scale: tuple[float, float],
               device: str = "cpu") -> float:
-    from medidiff.metrics import dice
+    from medidiff.core.metrics import dice
 
     lo, hi = scale
     with torch.inference_mode():
@@ -109,7 +109,7 @@ def main() -> None:
 
     t0 = time.perf_counter()
     if args.model is not None:
-        from medidiff.model import DiffusionModel
+        from medidiff.core.model import DiffusionModel
 
         model = DiffusionModel.load(args.model, device=args.device)
         if not model.config.mask_classes:
@@ -144,7 +144,7 @@ def main() -> None:
         dices[name] = test_dice(net, te_img, te_msk, scale, device=args.device)
     q = evaluate_generated(syn_img, tr_img + te_img, [train_scan], report=args.out / "contact_sheet.png")
     # a reference for the memorisation numbers: how alike are two *different* real training slices?
-    from medidiff.metrics import nearest_neighbours
+    from medidiff.core.metrics import nearest_neighbours
 
     _, real_nn = nearest_neighbours(np.stack(te_img), np.stack(tr_img))
 

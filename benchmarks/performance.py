@@ -31,7 +31,7 @@ def _scan(shape):
     import numpy as np
     from skimage.transform import resize
 
-    from medidiff.demo_samples import mr_sample
+    from medidiff.builtin.sample_scans import mr_sample
     from medidiff.io import Scan
 
     src = mr_sample()
@@ -48,8 +48,8 @@ def run_case(case: str, method: str, device: str) -> dict:
     import numpy as np
     import torch
 
-    from medidiff.devices import resolve_device
-    from medidiff.registry import resolve_model
+    from medidiff.core.devices import resolve_device
+    from medidiff.model_store.registry import resolve_model
     from medidiff.tasks.denoise import denoise
 
     dev = resolve_device(device)
@@ -65,7 +65,7 @@ def run_case(case: str, method: str, device: str) -> dict:
         from monai.inferers import DiffusionInferer
         from monai.networks.schedulers import DDIMScheduler
 
-        from medidiff.noise import estimate_sigma
+        from medidiff.core.noise import estimate_sigma
 
         sched = DDIMScheduler(num_train_timesteps=1000, schedule="linear_beta", clip_sample=False)
         sched.set_timesteps(50)

@@ -6,7 +6,7 @@ The top-level package stays light (no torch import) so that the napari reader an
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from medidiff.version import __version__
 
 from medidiff.errors import MedidiffError
 from medidiff.io import Scan, load_scan, save_scan

@@ -63,7 +63,7 @@ def tiny_mr_model(mr_train_scan: Scan, tmp_path_factory: pytest.TempPathFactory)
 
     Returns the loaded ``DiffusionModel`` (its ``.path`` is the model folder).
     """
-    from medidiff.model import DiffusionModel
+    from medidiff.core.model import DiffusionModel
     from medidiff.tasks.train import train
 
     # developers may set MEDIDIFF_TEST_MODEL_CACHE to a folder to train once and reuse the

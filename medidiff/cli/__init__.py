@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from medidiff import __version__
+from medidiff.version import __version__
 from medidiff.errors import MedidiffError
 
 app = typer.Typer(

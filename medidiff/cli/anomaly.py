@@ -114,10 +114,10 @@ def detect(
     """
     from medidiff.io import load_scan
     from medidiff.io.atomic import check_output_path
-    from medidiff.progress import run_to_end
+    from medidiff.core.progress import run_to_end
     from medidiff.tasks.anomaly import detect_anomalies_steps, sidecar_path, write_sidecar
 
-    from medidiff.registry import find_model, resolve_model
+    from medidiff.model_store.registry import find_model, resolve_model
 
     model = find_model(model)  # a folder, a built-in name or a user model name
     existing_path(input)
@@ -150,7 +150,7 @@ def detect(
 def _report(image, result, path: Path, overwrite: bool) -> None:
     import numpy as np
 
-    from medidiff.reports import save_grid
+    from medidiff.reporting.figures import save_grid
 
     amap, msk = result.map.array, result.mask.array
     if amap.ndim == 3:
@@ -185,13 +185,13 @@ def calibrate(
 
     Example:  medidiff anomaly calibrate my-model healthy/ --percentile 99
     """
-    from medidiff.data import expand_inputs
-    from medidiff.model import DiffusionModel
-    from medidiff.progress import run_to_end
+    from medidiff.core.data import expand_inputs
+    from medidiff.core.model import DiffusionModel
+    from medidiff.core.progress import run_to_end
     from medidiff.tasks.anomaly import calibrate_threshold_steps
 
     from medidiff.errors import ModelError
-    from medidiff.registry import BUILTIN_DIR, find_model
+    from medidiff.model_store.registry import BUILTIN_DIR, find_model
 
     model = find_model(model)
     if BUILTIN_DIR.resolve() in Path(model).resolve().parents:

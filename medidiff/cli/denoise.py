@@ -24,7 +24,7 @@ def _middle(array: np.ndarray) -> np.ndarray:
 
 
 def _report(path: Path, scan, result) -> None:
-    from medidiff.reports import save_grid
+    from medidiff.reporting.figures import save_grid
 
     noisy, clean = _middle(scan.array), _middle(result.scan.array)
     images = [noisy, clean, noisy - clean]
@@ -43,7 +43,7 @@ def _default_model(path: Path) -> str:
     """The built-in model that fits the scan's modality, or a clear error asking for one."""
     from medidiff.errors import ModelError
     from medidiff.io import load_scan
-    from medidiff.registry import default_model_for
+    from medidiff.model_store.registry import default_model_for
 
     modality = load_scan(path).modality
     name = default_model_for(modality)
@@ -56,7 +56,7 @@ def _default_model(path: Path) -> str:
 
 def _inputs(src: Path) -> tuple[list[Path], bool]:
     """The scans to denoise and whether ``src`` is a folder of scans (not one DICOM series)."""
-    from medidiff.data import is_dicom_series_folder, scan_paths
+    from medidiff.core.data import is_dicom_series_folder, scan_paths
 
     if src.is_dir() and not is_dicom_series_folder(src):
         return scan_paths([src]), True
@@ -94,11 +94,11 @@ def denoise(
 
       medidiff denoise my-model scans/ denoised/ --method posterior --uncertainty sd/
     """
-    from medidiff.devices import resolve_device
+    from medidiff.core.devices import resolve_device
     from medidiff.io import load_scan, save_scan
     from medidiff.io.atomic import atomic_dir, check_output_path
-    from medidiff.progress import run_to_end
-    from medidiff.registry import resolve_model
+    from medidiff.core.progress import run_to_end
+    from medidiff.model_store.registry import resolve_model
     from medidiff.tasks.denoise import METHODS, NOISE_CHOICES, denoise_steps
 
     if method not in METHODS:

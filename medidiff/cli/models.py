@@ -24,7 +24,7 @@ def _list(ctx: typer.Context) -> None:
     """List built-in models and those in your model folder ($MEDIDIFF_MODELS)."""
     if ctx.invoked_subcommand is not None:
         return
-    from medidiff.registry import list_models, user_model_dir
+    from medidiff.model_store.registry import list_models, user_model_dir
 
     entries = list_models()
     if not entries:
@@ -41,7 +41,7 @@ def show(name: str = typer.Argument(..., help="A model name or folder.")) -> Non
 
     Example:  medidiff models show mr2d
     """
-    from medidiff.registry import find_model, resolve_model
+    from medidiff.model_store.registry import find_model, resolve_model
 
     model = resolve_model(name)
     folder = find_model(name)
@@ -64,7 +64,7 @@ def import_(
 
     Example:  medidiff models import runs/brain/model --name brain
     """
-    from medidiff.registry import import_model
+    from medidiff.model_store.registry import import_model
 
     size = tuple(int(s) for s in image_size.split(",")) if image_size else None
     dest = import_model(src, name, image_size=size, low=low, high=high, modality=modality, overwrite=overwrite)

@@ -109,8 +109,8 @@ def read_labels(values: list[str], scans: list[Path]) -> tuple[list[int], list[s
 
 def _check_model_options(dims: int, preset: str, schedule: str, prediction: str | None, size: int | tuple[int, ...]) -> None:
     # the model classes raise ValueError (they are library code); here a bad option is the user's input
-    from medidiff.model import PRESETS
-    from medidiff.schedule import KINDS, PREDICTIONS
+    from medidiff.core.model import PRESETS
+    from medidiff.core.schedule import KINDS, PREDICTIONS
 
     if dims not in (2, 3):
         raise MedidiffError(f"--dims {dims}: choose 2 or 3")
@@ -161,9 +161,9 @@ def train(
 
     Example:  medidiff train scans/ --out runs/brain --image-size 64 --steps 5000
     """
-    from medidiff.data import scan_paths
+    from medidiff.core.data import scan_paths
     from medidiff.errors import OutputError
-    from medidiff.progress import run_to_end
+    from medidiff.core.progress import run_to_end
     from medidiff.tasks.train import train_steps
 
     size = parse_image_size(image_size, dims)

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from medidiff import __version__
+from medidiff.version import __version__
 from medidiff.errors import InvalidScanError, MissingCodecError, SeriesSelectionError, UnsupportedFormatError
 from medidiff.io._util import json_value, one_line, rgb_to_gray, warn
 from medidiff.io.scan import Scan

@@ -39,18 +39,19 @@ import numpy as np
 import torch
 from scipy import ndimage as ndi
 
-from medidiff.devices import release_memory, resolve_device
+from medidiff.choices import AnomalyMethod, Direction, Reconstruction
+from medidiff.core.devices import release_memory, resolve_device
 from medidiff.errors import InvalidScanError, ModelError
 from medidiff.io import Scan
-from medidiff.lesions import foreground as otsu_foreground
-from medidiff.model import DiffusionModel
-from medidiff.progress import Progress, run_to_end
-from medidiff.sampling import predict, sample, sample_seed
-from medidiff.simplex import fractal_noise
+from medidiff.core.lesions import foreground as otsu_foreground
+from medidiff.core.model import DiffusionModel
+from medidiff.core.progress import Progress, run_to_end
+from medidiff.core.sampling import predict, sample, sample_seed
+from medidiff.core.simplex import fractal_noise
 
-METHODS = ("ddpm", "simplex", "patched")
-RECONS = ("tweedie", "ddim")
-DIRECTIONS = ("both", "bright", "dark")
+METHODS = AnomalyMethod.values()
+RECONS = Reconstruction.values()
+DIRECTIONS = Direction.values()
 SCORE_PERCENTILE = 99.0
 # default noise levels as fractions of the schedule length (300 and 450 of a 1000-step DDPM), each
 # drawn DEFAULT_DRAWS times with fresh noise. Higher t hides a lesion under more noise, so the model
@@ -469,7 +470,7 @@ def calibrate_threshold_steps(
     atomically (the model card gains an "Anomaly calibration" section). ``detect_opts`` are the
     options of :func:`detect_anomalies_steps` (defaults, not a previous calibration, fill the rest).
     """
-    from medidiff.data import expand_inputs
+    from medidiff.core.data import expand_inputs
 
     if not 0 < percentile < 100:
         raise ValueError(f"percentile must be in (0, 100), got {percentile}")
@@ -526,7 +527,7 @@ def _save_calibration(model: DiffusionModel) -> None:
         head = card.split("## Anomaly calibration")[0].rstrip("\n")
         card = head + "\n\n" + section
     else:
-        from medidiff.model import default_model_card
+        from medidiff.core.model import default_model_card
 
         card = default_model_card(model).rstrip("\n") + "\n\n" + section
     model.save(path, overwrite=True, model_card=card)

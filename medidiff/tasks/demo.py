@@ -19,8 +19,8 @@ import numpy as np
 
 from medidiff.io import Scan, save_scan
 from medidiff.io.atomic import atomic_dir
-from medidiff.progress import Progress, run_to_end
-from medidiff.demo_samples import microscopy_sample, mr_sample
+from medidiff.core.progress import Progress, run_to_end
+from medidiff.builtin.sample_scans import microscopy_sample, mr_sample
 
 
 @dataclass
@@ -47,11 +47,11 @@ def _forward(gen: Generator[Progress, None, object], offset: int, total: int, la
 def demo_steps(out: str | Path, *, quick: bool = False, device: str = "auto", seed: int = 0,
                overwrite: bool = False) -> Generator[Progress, None, DemoResult]:
     """Run the quickstart into ``out`` (a new folder, written atomically)."""
-    from medidiff.metrics import auroc, psnr
-    from medidiff.noise import add_noise
-    from medidiff.reports import save_grid
-    from medidiff.registry import resolve_model
-    from medidiff.lesions import plant_lesion
+    from medidiff.core.metrics import auroc, psnr
+    from medidiff.core.noise import add_noise
+    from medidiff.reporting.figures import save_grid
+    from medidiff.model_store.registry import resolve_model
+    from medidiff.core.lesions import plant_lesion
     from medidiff.tasks.anomaly import detect_anomalies_steps
     from medidiff.tasks.denoise import denoise_steps
     from medidiff.tasks.generate import generate_steps

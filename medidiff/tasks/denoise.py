@@ -13,7 +13,7 @@ network can take it from there:
                each with its own seed; the result is their mean, the uncertainty their per-voxel
                std (scan units). DDPM-schedule models only.
 
-Noise models (``noise=``; ``"auto"`` picks from the modality, see ``medidiff.noise``):
+Noise models (``noise=``; ``"auto"`` picks from the modality, see ``medidiff.core.noise``):
 
 ``gaussian``          denoised as it is.
 ``rician``            (MR magnitude) denoise first, then remove the Rician bias. A Gaussian
@@ -51,15 +51,16 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from medidiff import noise as noise_lib
+from medidiff.choices import DenoiseMethod, NoiseChoice
+from medidiff.core import noise as noise_lib
 from medidiff.errors import InvalidScanError, ModelError
 from medidiff.io import Scan
-from medidiff.progress import Progress, run_to_end
+from medidiff.core.progress import Progress, run_to_end
 
 log = logging.getLogger(__name__)
 
-METHODS = ("tweedie", "ddim", "posterior")
-NOISE_CHOICES = ("auto", *noise_lib.NOISE_MODELS)
+METHODS = DenoiseMethod.values()
+NOISE_CHOICES = NoiseChoice.values()
 
 __all__ = ["METHODS", "NOISE_CHOICES", "DenoiseResult", "denoise_steps", "denoise"]
 
@@ -232,7 +233,7 @@ def _drain(gen: Generator[Progress, None, torch.Tensor]) -> torch.Tensor:
 
 
 def _sample_generators(seed: int, k: int, idx: list[int]) -> list[torch.Generator]:
-    from medidiff.sampling import sample_generators, sample_seed
+    from medidiff.core.sampling import sample_generators, sample_seed
 
     # sample k of item j gets its own stream: the same whatever batch_size is
     base = sample_seed(seed, k)
@@ -267,9 +268,9 @@ def denoise_steps(
     batch_size: slices per network call. ``seed``: seeds ``posterior`` (same seed, same result).
     device:     ``"auto"``, ``"cpu"``, ``"cuda"``, ...
     """
-    from medidiff.devices import release_memory, resolve_device
-    from medidiff.registry import resolve_model
-    from medidiff.sampling import predict, sample
+    from medidiff.core.devices import release_memory, resolve_device
+    from medidiff.model_store.registry import resolve_model
+    from medidiff.core.sampling import predict, sample
 
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")

@@ -10,7 +10,7 @@ missed). Pooling this way keeps the empty background from inflating AUROC, as pa
 score within a brain mask do; a map from another tool with no zero background is scored on
 every voxel.
 
-Metrics (from ``medidiff.metrics``), pooled over all scans:
+Metrics (from ``medidiff.core.metrics``), pooled over all scans:
   * voxel AUROC and AUPRC (average precision);
   * best Dice: the best Dice of ``map >= t`` over thresholds ``t`` (one t for all scans; an
     upper bound, the threshold is chosen on the test set itself);
@@ -34,7 +34,7 @@ import numpy as np
 from medidiff.errors import InvalidScanError, MedidiffError, ScanError
 from medidiff.io import load_scan
 from medidiff.io.atomic import atomic_file
-from medidiff.metrics import auprc, auroc, best_dice, dice
+from medidiff.core.metrics import auprc, auroc, best_dice, dice
 from medidiff.tasks.anomaly import SCORE_PERCENTILE, read_sidecar, scan_stem
 
 ROW_FIELDS = ("name", "lesion_voxels", "score", "auroc", "auprc", "best_dice", "dice", "predicted_voxels", "false_positive_voxels")
@@ -70,7 +70,7 @@ class AnomalyEvaluation:
 
     def save_report(self, path: str | Path, overwrite: bool = False, n: int = 3) -> Path:
         """PNG of the ``n`` best and ``n`` worst lesioned scans (map with truth outline, predicted mask)."""
-        from medidiff.reports import save_grid
+        from medidiff.reporting.figures import save_grid
 
         key = "dice" if self.summary["threshold"] is not None else "best_dice"
         lesioned = [r for r in self.rows if r["lesion_voxels"] > 0]
@@ -106,7 +106,7 @@ def _fmt(v: Any) -> Any:
 
 
 def _index(folder: Path, role: str) -> dict[str, Path]:
-    from medidiff.data import scan_paths
+    from medidiff.core.data import scan_paths
 
     if not folder.is_dir():
         raise ScanError(folder, f"the {role} folder does not exist or is not a folder")

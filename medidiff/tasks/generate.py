@@ -53,8 +53,8 @@ import torch
 
 from medidiff.errors import MedidiffError, OutputError, ScanError
 from medidiff.io import Scan, affine_from_spacing
-from medidiff.model import DiffusionModel
-from medidiff.progress import Progress, run_to_end
+from medidiff.core.model import DiffusionModel
+from medidiff.core.progress import Progress, run_to_end
 
 FORMAT_SUFFIX = {"nifti": ".nii.gz", "dicom": ".dcm", "tiff": ".tif", "png": ".png"}
 MANIFEST_FIELDS = ["file", "index", "seed", "condition", "sampler", "steps", "guidance", "sha256", "pixel_sha256"]
@@ -217,7 +217,7 @@ def _sample_jobs(
     deterministic: bool,
 ) -> Generator[Progress, None, None]:
     """Sample ``jobs`` in batches, hand each finished sample to ``sink``; one Progress per network step."""
-    from medidiff.sampling import check_sampler, generate_batch
+    from medidiff.core.sampling import check_sampler, generate_batch
 
     try:
         sampler = check_sampler(model, sampler)
@@ -288,7 +288,7 @@ def _sample_jobs(
 
 def _make_jobs(model: DiffusionModel, indices: Sequence[int], n: int, seed: int, labels: Any,
                masks: Sequence[Scan | np.ndarray] | None) -> list[_Job]:
-    from medidiff.sampling import sample_seed
+    from medidiff.core.sampling import sample_seed
 
     if masks is not None and not model.config.mask_classes:
         raise MedidiffError(f"{model.path or 'model'}: this model has no mask conditioning; do not pass masks")
@@ -335,8 +335,8 @@ def generate_steps(
     units with the model's training spacing and orientation (a mask Scan's own geometry when
     given), ``meta["synthetic"] = True`` and the seed and label.
     """
-    from medidiff.devices import resolve_device
-    from medidiff.registry import resolve_model
+    from medidiff.core.devices import resolve_device
+    from medidiff.model_store.registry import resolve_model
 
     model = resolve_model(model, device=resolve_device(device))
     if n is None:
@@ -350,7 +350,7 @@ def generate_steps(
     indices = list(range(int(start), int(start) + int(n)))
     jobs = _make_jobs(model, [i - int(start) for i in indices], int(n), seed, labels, masks)
     # seeds follow the global index; masks and per-sample labels follow the local one
-    from medidiff.sampling import sample_seed
+    from medidiff.core.sampling import sample_seed
 
     for job, j in zip(jobs, indices):
         job.seed = sample_seed(seed, j)
@@ -497,8 +497,8 @@ def generate_dataset_steps(
     refused unless ``overwrite``. ``real`` (and ``training``) add a quality and memorisation
     report (:func:`medidiff.tasks.quality.evaluate_generated`) to the data card.
     """
-    from medidiff.devices import resolve_device
-    from medidiff.registry import resolve_model
+    from medidiff.core.devices import resolve_device
+    from medidiff.model_store.registry import resolve_model
 
     fmt = str(format).lower()
     fmt = {"nii": "nifti", "dcm": "dicom", "tif": "tiff"}.get(fmt, fmt)
@@ -515,7 +515,7 @@ def generate_dataset_steps(
     model = resolve_model(model, device=dev)
     masks: list[Scan] | None = None
     if masks_dir is not None:
-        from medidiff.data import expand_inputs
+        from medidiff.core.data import expand_inputs
 
         masks = expand_inputs(masks_dir if not isinstance(masks_dir, (str, Path)) else [masks_dir])
     if n is None:
@@ -604,7 +604,7 @@ def generate_dataset_steps(
 
 
 def _sampler_name(model: DiffusionModel, sampler: str | None) -> str:
-    from medidiff.sampling import check_sampler
+    from medidiff.core.sampling import check_sampler
 
     try:
         return check_sampler(model, sampler)
@@ -731,7 +731,7 @@ def write_data_card(out_dir: Path, rows: Sequence[dict[str, str]], *, model: Dif
     from importlib.resources import files
     from string import Template
 
-    from medidiff import __version__
+    from medidiff.version import __version__
     from medidiff.io.atomic import atomic_file
 
     cfg = model.config

@@ -1,6 +1,6 @@
 """Quality and memorisation report of a generated image set: ``evaluate_generated``.
 
-* fidelity: KID (:func:`medidiff.metrics.kid` on :func:`medidiff.metrics.image_features`, both sets
+* fidelity: KID (:func:`medidiff.core.metrics.kid` on :func:`medidiff.core.metrics.image_features`, both sets
   mapped to [0, 1] by the real images' 0.5-99.5 percentiles, so absolute intensity counts) and the
   Jensen-Shannon distance of the pooled intensity histograms (:func:`metrics.histogram_distance`);
 * diversity: mean pairwise MS-SSIM among the samples and among the real images (lower = more
@@ -15,7 +15,7 @@ sample size (a grid, no overlap), which matches the random crops a 2D model is t
 images larger than the samples are searched at *every* shift (``skimage.feature.match_template``,
 NCC per position) and also left-right flipped (training augments with flips), so a memorised
 random crop is found wherever it came from; training images of the samples' size go through
-:func:`medidiff.metrics.nearest_neighbours`.
+:func:`medidiff.core.metrics.nearest_neighbours`.
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ class QualityReport:
 # -- loading ----------------------------------------------------------------------------------------
 def _load_items(items: ImageSet, what: str) -> list[tuple[str, Scan | np.ndarray]]:
     """(name, Scan or array) for each image of a set: a folder (its manifest.csv if any), files, Scans, arrays."""
-    from medidiff.data import scan_paths
+    from medidiff.core.data import scan_paths
     from medidiff.io import load_scan
 
     if isinstance(items, (str, Path)):
@@ -133,7 +133,7 @@ def _load_items(items: ImageSet, what: str) -> list[tuple[str, Scan | np.ndarray
 
 def _slices(item: Scan | np.ndarray) -> list[np.ndarray]:
     """2D images of a scan: itself, or its non-constant slices along the coarsest-spacing axis."""
-    from medidiff.data import default_slice_axis
+    from medidiff.core.data import default_slice_axis
 
     arr = np.asarray(item.array if isinstance(item, Scan) else item, dtype=np.float64)
     while arr.ndim > 2 and arr.shape[0] == 1:
@@ -179,7 +179,7 @@ def nearest_training(samples: np.ndarray, training: list[np.ndarray]) -> list[Ne
     """For each (H, W) sample, the best-matching training image by NCC over every shift (and a flip)."""
     from skimage.feature import match_template
 
-    from medidiff.metrics import nearest_neighbours
+    from medidiff.core.metrics import nearest_neighbours
 
     size = samples.shape[1:]
     same = [k for k, t in enumerate(training) if t.shape == size]
@@ -224,7 +224,7 @@ def evaluate_generated(
     Scans or arrays. ``report`` writes a PNG contact sheet: samples, real images, and each flagged
     sample beside its nearest training image. ``seed`` fixes the KID subsets and MS-SSIM pairs.
     """
-    from medidiff import metrics
+    from medidiff.core import metrics
 
     if not 0 < threshold <= 1:
         raise MedidiffError(f"threshold must be in (0, 1], got {threshold}")
@@ -269,7 +269,7 @@ def evaluate_generated(
 def contact_sheet(samples: np.ndarray, real: np.ndarray, training: list[np.ndarray], neighbours: list[Neighbour],
                   flagged: list[int], path: str | Path, ncols: int = 8, seed: int = 0) -> Path:
     """PNG: a row of samples, a row of real images, then flagged samples beside their training match."""
-    from medidiff.reports import save_grid
+    from medidiff.reporting.figures import save_grid
 
     rng = np.random.default_rng(seed)
     ncols = max(2, min(ncols, max(len(samples), len(real))))  # no empty columns for small sets

@@ -29,12 +29,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medidiff.data import TrainingData, prepare_training_data
-from medidiff.devices import autocast_dtype, resolve_device
+from medidiff.core.data import TrainingData, prepare_training_data
+from medidiff.core.devices import autocast_dtype, resolve_device
 from medidiff.errors import MedidiffError, OutputError
 from medidiff.io import Scan
-from medidiff.model import DiffusionModel, default_model_card
-from medidiff.progress import Progress, run_to_end
+from medidiff.core.model import DiffusionModel, default_model_card
+from medidiff.core.progress import Progress, run_to_end
 
 
 @dataclass
@@ -322,8 +322,8 @@ def _load_state(state_dir: Path, net, ema, opt, cfg: TrainConfig, dev) -> tuple[
 
 def _sample_grid(model: DiffusionModel, ema, path: Path, seed: int, n: int = 4) -> None:
     """Save a PNG grid of ``n`` EMA samples (middle slice for 3D)."""
-    from medidiff.sampling import generate_batch
-    from medidiff.reports import save_grid
+    from medidiff.core.sampling import generate_batch
+    from medidiff.reporting.figures import save_grid
 
     live = {k: v.clone() for k, v in model.network.state_dict().items()}
     model.network.load_state_dict(ema.state_dict())

@@ -13,13 +13,15 @@ from typing import Any
 import numpy as np
 from qtpy.QtWidgets import QComboBox, QDoubleSpinBox, QSpinBox, QWidget
 
+from medidiff.choices import AnomalyMethod, Direction
+
 from .common import LayerPicker, TaskWidget, add_scan_layer, input_scan, model_config
 
 __all__ = ["AnomalyWidget", "METHODS", "DIRECTIONS"]
 
 # mirrors medidiff.tasks.anomaly (not imported here: that pulls in torch)
-METHODS = ("ddpm", "simplex", "patched")
-DIRECTIONS = ("both", "bright", "dark")
+METHODS = AnomalyMethod.values()
+DIRECTIONS = Direction.values()
 _CALIBRATED = "as calibrated"
 _AUTO = -1.0  # the threshold spin box's "auto" value (maps are >= 0, so no real threshold is negative)
 

@@ -140,7 +140,7 @@ def model_config(spec: str) -> dict[str, Any] | None:
     if not spec.strip():
         return None
     try:
-        from medidiff.registry import find_model
+        from medidiff.model_store.registry import find_model
 
         folder = find_model(spec.strip())
         raw = json.loads((Path(folder) / "config.json").read_text())
@@ -190,7 +190,7 @@ class ModelPicker(QWidget):
 
     def _fill(self) -> None:
         try:
-            from medidiff.registry import list_models
+            from medidiff.model_store.registry import list_models
 
             entries = list_models()
         except Exception as exc:  # a broken user model folder must not stop the widget from opening
@@ -253,8 +253,8 @@ class DevicePicker(QComboBox):
         self.setToolTip("auto = CUDA, then Apple MPS, then CPU")
 
     def refresh(self) -> None:
-        """Replace the items with ``medidiff.devices.available_devices()`` (imports torch)."""
-        from medidiff.devices import available_devices
+        """Replace the items with ``medidiff.core.devices.available_devices()`` (imports torch)."""
+        from medidiff.core.devices import available_devices
 
         current = self.device()
         self.blockSignals(True)
@@ -372,7 +372,7 @@ class RunControls(QWidget):
         self.status.setText(message)
 
     def show_progress(self, event: Any) -> None:
-        """Move the bar to a ``medidiff.progress.Progress`` event."""
+        """Move the bar to a ``medidiff.core.progress.Progress`` event."""
         total = max(int(event.total), 1)
         self.progress_bar.setRange(0, total)
         self.progress_bar.setValue(min(int(event.step), total))

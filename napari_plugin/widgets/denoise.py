@@ -11,13 +11,15 @@ from typing import Any
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QComboBox, QDoubleSpinBox, QSpinBox, QWidget
 
+from medidiff.choices import DenoiseMethod, NoiseChoice
+
 from .common import LayerPicker, TaskWidget, add_scan_layer, input_scan
 
 __all__ = ["DenoiseWidget", "METHODS", "NOISE_CHOICES"]
 
 # mirrors medidiff.tasks.denoise (not imported here: that pulls in torch)
-METHODS = ("tweedie", "ddim", "posterior")
-NOISE_CHOICES = ("auto", "gaussian", "rician", "poisson-gaussian")
+METHODS = DenoiseMethod.values()
+NOISE_CHOICES = NoiseChoice.values()
 _METHOD_TIPS = {
     "tweedie": "one network call: the posterior mean (best PSNR for its cost)",
     "ddim": "a few deterministic steps: sharper, slightly lower PSNR",

@@ -11,12 +11,14 @@ from typing import Any
 
 from qtpy.QtWidgets import QComboBox, QDoubleSpinBox, QSpinBox, QWidget
 
+from medidiff.choices import SAMPLERS_FOR
+
 from .common import LayerPicker, TaskWidget, add_stacked_layer, input_scan, model_config, model_label
 
 __all__ = ["GenerateWidget", "SAMPLERS"]
 
-# mirrors medidiff.sampling.SAMPLERS (not imported here: that pulls in torch)
-SAMPLERS = {"ddpm": ("ddpm", "ddim", "dpm++2m"), "rflow": ("euler",)}
+# mirrors medidiff.core.sampling.SAMPLERS (not imported here: that pulls in torch)
+SAMPLERS = SAMPLERS_FOR
 _DEFAULT = "default"
 _CYCLE = "(each class in turn)"
 

@@ -1,6 +1,6 @@
 """Run a medidiff task generator off the Qt main thread, with progress, cancel and clear errors.
 
-``TaskRunner.start(job)`` hands a generator that yields ``medidiff.progress.Progress`` and
+``TaskRunner.start(job)`` hands a generator that yields ``medidiff.core.progress.Progress`` and
 returns a result to a napari ``GeneratorWorker`` (``napari.qt.threading.create_worker``):
 
 * each ``Progress`` the job yields is re-emitted as ``progress`` on the main thread;
@@ -10,7 +10,7 @@ returns a result to a napari ``GeneratorWorker`` (``napari.qt.threading.create_w
 * an exception becomes one readable message, shown with ``napari.utils.notifications.show_error``
   (a ``MedidiffError``'s own message names the file and the problem) and emitted as ``failed``;
 * on success ``succeeded`` carries the job's return value;
-* whatever the outcome, ``medidiff.devices.release_memory()`` runs and ``finished`` is emitted last.
+* whatever the outcome, ``medidiff.core.devices.release_memory()`` runs and ``finished`` is emitted last.
 
 ``ModelCache`` keeps the last loaded model so repeated runs in one open widget do not reload it.
 """
@@ -78,7 +78,7 @@ def _drive(job: Generator[Any, None, Any], counter: _Counter) -> Generator[Any, 
     finally:
         job.close()  # a cancelled task's generator gets GeneratorExit at its current yield
         try:
-            from medidiff.devices import release_memory
+            from medidiff.core.devices import release_memory
 
             release_memory()
         except Exception as exc:  # pragma: no cover - cleanup must never mask the real outcome
@@ -88,7 +88,7 @@ def _drive(job: Generator[Any, None, Any], counter: _Counter) -> Generator[Any, 
 class TaskRunner(QObject):
     """Runs one task job at a time in a napari thread worker (see the module docstring)."""
 
-    progress = Signal(object)  # medidiff.progress.Progress
+    progress = Signal(object)  # medidiff.core.progress.Progress
     succeeded = Signal(object)  # the job's return value
     failed = Signal(str)  # the message shown to the user
     cancelled = Signal()
@@ -209,7 +209,7 @@ class ModelCache:
     def get(self, spec: str, device: str) -> Any:
         """The model for ``spec`` (a name or folder) on ``device``, loaded on first use."""
         from medidiff.errors import ModelError
-        from medidiff.registry import find_model
+        from medidiff.model_store.registry import find_model
 
         if not spec.strip():
             raise ModelError("no model chosen: pick a model name or a model folder (with config.json)")
@@ -220,8 +220,8 @@ class ModelCache:
             if self._key == key and self._model is not None:
                 return self._model
             self._model, self._key = None, None
-        from medidiff.devices import resolve_device
-        from medidiff.model import DiffusionModel
+        from medidiff.core.devices import resolve_device
+        from medidiff.core.model import DiffusionModel
 
         model = DiffusionModel.load(folder, device=resolve_device(device))
         with self._lock:
@@ -239,6 +239,6 @@ class ModelCache:
             had = self._model is not None
             self._model, self._key = None, None
         if had:
-            from medidiff.devices import release_memory
+            from medidiff.core.devices import release_memory
 
             release_memory()

@@ -11,7 +11,7 @@ import pytest
 
 from cli_runner import call
 from medidiff.io import Scan, load_scan, save_scan
-from medidiff.lesions import plant_lesion
+from medidiff.core.lesions import plant_lesion
 
 AFFINE = np.diag([-2.0, 2.0, 2.2, 1.0])
 

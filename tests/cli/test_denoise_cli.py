@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medidiff import noise as noise_lib
+from medidiff.core import noise as noise_lib
 from cli_runner import call
 from medidiff.io import Scan, load_scan, save_scan
-from medidiff.metrics import psnr
+from medidiff.core.metrics import psnr
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medidiff.data import fit_to_size, prepare_training_data, scan_paths
+from medidiff.core.data import fit_to_size, prepare_training_data, scan_paths
 from medidiff.errors import MedidiffError, ScanError
 from medidiff.io import Scan, save_scan
 

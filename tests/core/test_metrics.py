@@ -9,7 +9,7 @@ import pytest
 from skimage import data
 from skimage.metrics import structural_similarity
 
-from medidiff import metrics
+from medidiff.core import metrics
 
 CAMERA = data.camera().astype(np.float64)
 MOON = data.moon().astype(np.float64)

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from medidiff.errors import MedidiffError, ModelError
-from medidiff.intensity import Normaliser
-from medidiff.model import FORMAT_VERSION, ConditioningError, DiffusionModel, _sha256
+from medidiff.core.intensity import Normaliser
+from medidiff.core.model import FORMAT_VERSION, ConditioningError, DiffusionModel, _sha256
 
 
 def _state_equal(a: DiffusionModel, b: DiffusionModel) -> bool:

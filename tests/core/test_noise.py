@@ -10,7 +10,7 @@ import pytest
 from scipy import ndimage as ndi
 from skimage import data
 
-from medidiff import noise
+from medidiff.core import noise
 
 EXAMPLE4D = os.path.join(os.path.dirname(nibabel.__file__), "tests", "data", "example4d.nii.gz")
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from medidiff.errors import ModelError
-from medidiff.model import DiffusionModel
-from medidiff.registry import find_model, import_model, list_models, resolve_model
+from medidiff.core.model import DiffusionModel
+from medidiff.model_store.registry import find_model, import_model, list_models, resolve_model
 
 
 @pytest.fixture

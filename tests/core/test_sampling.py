@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from medidiff.model import ConditioningError, DiffusionModel
-from medidiff.progress import run_to_end
-from medidiff.sampling import generate_batch, invert, predict, sample, sample_seed
+from medidiff.core.model import ConditioningError, DiffusionModel
+from medidiff.core.progress import run_to_end
+from medidiff.core.sampling import generate_batch, invert, predict, sample, sample_seed
 from medidiff.tasks.train import train
 
 # Batched CPU convolutions round differently from single-image ones (the kernels pick other
@@ -213,8 +213,8 @@ def test_sliding_window_has_no_seams(tiny_mr_model):
 
 
 def test_window_batch_grows_with_free_memory_and_is_fixed_on_cpu():
-    from medidiff.model import DiffusionModel
-    from medidiff.sampling import window_batch_size
+    from medidiff.core.model import DiffusionModel
+    from medidiff.core.sampling import window_batch_size
 
     m = DiffusionModel.create(2, 32, preset="tiny")
     assert window_batch_size(m, torch.device("cpu")) == 8

@@ -302,7 +302,7 @@ def test_no_input_layer_is_a_notification(make_napari_viewer, qtbot, tiny_mr_mod
 
 def test_runtime_error_in_a_task_reaches_the_user(qtbot):
     """superqt drops RuntimeErrors from generators; the runner must still report them (torch raises those)."""
-    from medidiff.progress import Progress
+    from medidiff.core.progress import Progress
     from napari_medidiff.widgets.worker import TaskRunner
 
     def job():

@@ -10,10 +10,10 @@ import pytest
 
 from medidiff.errors import ModelError
 from medidiff.io import Scan
-from medidiff.lesions import foreground, plant_lesion, random_lesion
-from medidiff.metrics import auroc
-from medidiff.model import DiffusionModel
-from medidiff.simplex import fractal_noise
+from medidiff.core.lesions import foreground, plant_lesion, random_lesion
+from medidiff.core.metrics import auroc
+from medidiff.core.model import DiffusionModel
+from medidiff.core.simplex import fractal_noise
 from medidiff.tasks.anomaly import calibrate_threshold, detect_anomalies, detect_anomalies_steps
 
 SPACING = (2.0, 2.0)
@@ -156,7 +156,7 @@ def test_cancel_stops_within_one_step(tiny_mr_model, mr_heldout_slices):
 
 # -- calibration -------------------------------------------------------------------------------------------
 def test_calibration_percentile_saved_and_used(tiny_mr_model, mr_heldout_slices, tmp_path):
-    from medidiff.sampling import sample_seed
+    from medidiff.core.sampling import sample_seed
 
     folder = tmp_path / "model"
     shutil.copytree(tiny_mr_model.path, folder)
@@ -190,7 +190,7 @@ def test_calibration_percentile_saved_and_used(tiny_mr_model, mr_heldout_slices,
 
 def test_3d_model_scores_the_whole_volume(mr_volume):
     from medidiff.errors import InvalidScanError
-    from medidiff.intensity import Normaliser
+    from medidiff.core.intensity import Normaliser
 
     # an untrained 3D model: this checks the 3D path (shapes, geometry, one call per time), not quality
     model = DiffusionModel.create(3, (16, 16, 16), preset="tiny", normaliser=Normaliser(0.0, 800.0), seed=0)

@@ -10,8 +10,8 @@ import sys
 import numpy as np
 import pytest
 
-from medidiff.model import DiffusionModel
-from medidiff.registry import BUILTIN_DIR, default_model_for, list_models, resolve_model
+from medidiff.core.model import DiffusionModel
+from medidiff.model_store.registry import BUILTIN_DIR, default_model_for, list_models, resolve_model
 
 BUILTINS = ("mr2d", "micro2d")
 
@@ -66,10 +66,10 @@ def test_builtin_model_denoises_heldout_sample_as_its_card_says(name):
 
 def test_denoise_without_model_picks_builtin_for_modality(tmp_path):
     """`medidiff denoise IN OUT` on an MR scan uses mr2d and really denoises."""
-    from medidiff.demo_samples import mr_sample
+    from medidiff.builtin.sample_scans import mr_sample
     from medidiff.io import load_scan, save_scan
-    from medidiff.metrics import psnr
-    from medidiff.noise import add_noise
+    from medidiff.core.metrics import psnr
+    from medidiff.core.noise import add_noise
 
     clean = mr_sample()
     noisy = clean.with_array(add_noise(clean.array, "rician", 0.08, np.random.default_rng(1)).astype(np.float32),

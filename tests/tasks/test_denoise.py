@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from medidiff import noise as noise_lib
+from medidiff.core import noise as noise_lib
 from medidiff.errors import InvalidScanError
 from medidiff.io import Scan
 from medidiff.io.scan import affine_from_spacing
-from medidiff.metrics import psnr
-from medidiff.progress import Progress
+from medidiff.core.metrics import psnr
+from medidiff.core.progress import Progress
 from medidiff.tasks.denoise import DenoiseResult, denoise, denoise_steps
 
 LEVEL = 0.10  # noise std as a fraction of the clean slice's range
@@ -174,7 +174,7 @@ def _window_lines(length: int, roi: int = 32, overlap: float = 0.25) -> list[int
 
 
 def test_larger_than_training_size_has_no_seams(tiny_mr_model, clean, span, noisy):
-    from medidiff.model import DiffusionModel
+    from medidiff.core.model import DiffusionModel
 
     assert tiny_mr_model.config.image_size == (32, 32) and clean.shape == (96, 128)
     result = denoise(tiny_mr_model, _scan(noisy), noise="gaussian", device="cpu")
@@ -236,7 +236,7 @@ def test_bad_input(tiny_mr_model, noisy):
 
 
 def test_3d_model_refuses_2d_image(noisy):
-    from medidiff.model import DiffusionModel
+    from medidiff.core.model import DiffusionModel
 
     model3d = DiffusionModel.create(3, (16, 16, 16), preset="tiny", seed=0)
     with pytest.raises(InvalidScanError, match="2D"):
@@ -244,7 +244,7 @@ def test_3d_model_refuses_2d_image(noisy):
 
 
 def test_3d_model_takes_the_whole_volume(mr_volume):
-    from medidiff.model import DiffusionModel
+    from medidiff.core.model import DiffusionModel
 
     # untrained: this checks the layout (one network pass over the volume, geometry kept), not quality
     model3d = DiffusionModel.create(3, (16, 16, 16), preset="tiny", seed=0)
@@ -266,7 +266,7 @@ def test_3d_model_takes_the_whole_volume(mr_volume):
 
 def test_rflow_model_uses_euler_and_refuses_posterior(noisy):
     from medidiff.errors import ModelError
-    from medidiff.model import DiffusionModel
+    from medidiff.core.model import DiffusionModel
 
     model = DiffusionModel.create(2, (32, 32), preset="tiny", schedule="rflow", seed=0)  # untrained: layout only
     result = denoise(model, _scan(noisy), method="ddim", noise="gaussian", steps=2, device="cpu")

@@ -21,8 +21,8 @@ import pytest
 
 from medidiff.errors import MedidiffError, OutputError
 from medidiff.io import Scan, affine_from_spacing, load_scan, save_scan
-from medidiff.model import DiffusionModel
-from medidiff.progress import run_to_end
+from medidiff.core.model import DiffusionModel
+from medidiff.core.progress import run_to_end
 from medidiff.tasks.generate import generate, generate_dataset, generate_dataset_steps, generate_steps
 from medidiff.tasks.quality import evaluate_generated
 

@@ -18,7 +18,7 @@ import torch
 from cli_runner import call
 from medidiff.errors import OutputError
 from medidiff.io import save_scan
-from medidiff.model import DiffusionModel
+from medidiff.core.model import DiffusionModel
 from medidiff.tasks.train import train, train_steps
 
 TINY = dict(image_size=32, batch_size=4, lr=2e-3, device="cpu", seed=3)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from medidiff.errors import MedidiffError, ScanError
-from medidiff.intensity import Normaliser
+from medidiff.core.intensity import Normaliser
 from medidiff.io import Scan, load_scan
 
 SCAN_SUFFIXES = (".nii", ".nii.gz", ".dcm", ".tif", ".tiff", ".png", ".jpg", ".jpeg")

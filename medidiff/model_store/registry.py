@@ -14,7 +14,7 @@ from pathlib import Path
 
 from medidiff.errors import ModelError
 
-BUILTIN_DIR = Path(__file__).parent / "builtin"
+BUILTIN_DIR = Path(__file__).resolve().parent.parent / "builtin"
 
 
 def user_model_dir() -> Path:
@@ -86,7 +86,7 @@ def find_model(spec: str | Path) -> Path:
 
 def resolve_model(spec, device: str = "cpu"):
     """Load a model given a ``DiffusionModel``, a built-in or user model name, or a folder path."""
-    from medidiff.model import DiffusionModel
+    from medidiff.core.model import DiffusionModel
 
     if isinstance(spec, DiffusionModel):
         return spec.to(device)
@@ -109,8 +109,8 @@ def import_model(src: str | Path, name: str | None = None, *, image_size: tuple[
     For a bundle, ``image_size`` and the intensity range ``low``/``high`` (scan units that
     the network saw as -1 and 1) must be given: bundles do not record them uniformly.
     """
-    from medidiff.intensity import Normaliser
-    from medidiff.model import DiffusionModel
+    from medidiff.core.intensity import Normaliser
+    from medidiff.core.model import DiffusionModel
 
     src = find_model(src)
     if not src.is_dir():
@@ -120,7 +120,7 @@ def import_model(src: str | Path, name: str | None = None, *, image_size: tuple[
         model = DiffusionModel.load(src)  # checks format and hash before copying
         card = (src / "MODEL_CARD.md").read_text() if (src / "MODEL_CARD.md").is_file() else None
     else:
-        from medidiff.bundle import convert_bundle
+        from medidiff.model_store.bundle import convert_bundle
 
         if image_size is None or low is None or high is None:
             raise ModelError(f"{src}: converting a MONAI bundle needs --image-size, --low and --high "

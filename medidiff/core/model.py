@@ -21,11 +21,11 @@ from typing import Any
 
 import torch
 
-from medidiff import __version__
+from medidiff.version import __version__
 from medidiff.errors import MedidiffError, ModelError
-from medidiff.intensity import Normaliser
+from medidiff.core.intensity import Normaliser
 from medidiff.io.atomic import atomic_dir
-from medidiff.schedule import NoiseSchedule, ScheduleConfig
+from medidiff.core.schedule import NoiseSchedule, ScheduleConfig
 
 FORMAT = "medidiff-model"
 FORMAT_VERSION = 1
@@ -185,7 +185,7 @@ class DiffusionModel:
         return next(self.network.parameters()).device
 
     def to(self, device: str | torch.device) -> "DiffusionModel":
-        from medidiff.devices import resolve_device
+        from medidiff.core.devices import resolve_device
 
         self.network.to(resolve_device(device))
         return self

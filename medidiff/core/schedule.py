@@ -20,8 +20,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-KINDS = ("ddpm", "rflow")
-PREDICTIONS = {"ddpm": ("epsilon", "v_prediction"), "rflow": ("flow",)}
+from medidiff.choices import PREDICTIONS_FOR as PREDICTIONS, ScheduleKind
+
+KINDS = ScheduleKind.values()
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from medidiff.io import Scan, load_scan
-from medidiff.registry import BUILTIN_DIR
+from medidiff.model_store.registry import BUILTIN_DIR
 
 SAMPLES = BUILTIN_DIR / "samples"
 

@@ -27,11 +27,11 @@ from collections.abc import Generator, Sequence
 import numpy as np
 import torch
 
-from medidiff.devices import autocast_dtype
-from medidiff.model import DiffusionModel
-from medidiff.progress import Progress
+from medidiff.core.devices import autocast_dtype
+from medidiff.core.model import DiffusionModel
+from medidiff.core.progress import Progress
 
-SAMPLERS = {"ddpm": ("ddpm", "ddim", "dpm++2m"), "rflow": ("euler",)}
+from medidiff.choices import SAMPLERS_FOR as SAMPLERS
 DEFAULT_SAMPLER = {"ddpm": "dpm++2m", "rflow": "euler"}
 
 

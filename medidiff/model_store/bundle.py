@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from medidiff.errors import ModelError
-from medidiff.intensity import Normaliser
+from medidiff.core.intensity import Normaliser
 
 _UNET = "DiffusionModelUNet"
 _KEYS = ("channels", "attention_levels", "num_res_blocks", "norm_num_groups", "num_head_channels")
@@ -59,8 +59,8 @@ def _resolve(value, cfg: dict):
 def convert_bundle(bundle: str | Path, image_size: tuple[int, ...], normaliser: Normaliser,
                    modality: str = "OT", spacing: tuple[float, ...] = ()):
     """A ``DiffusionModel`` built from a MONAI bundle folder (not saved)."""
-    from medidiff.model import DiffusionModel, ModelConfig
-    from medidiff.schedule import ScheduleConfig
+    from medidiff.core.model import DiffusionModel, ModelConfig
+    from medidiff.core.schedule import ScheduleConfig
 
     bundle = Path(bundle)
     cpath, cfg = _read_config(bundle)

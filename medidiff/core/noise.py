@@ -36,8 +36,11 @@ import numpy as np
 from scipy import ndimage as ndi
 from scipy import special, stats
 
+from medidiff.choices import NoiseModel as NoiseModelChoice
+
 NoiseModel = Literal["gaussian", "rician", "poisson-gaussian"]
-NOISE_MODELS: tuple[str, ...] = get_args(NoiseModel)
+NOISE_MODELS: tuple[str, ...] = NoiseModelChoice.values()
+assert NOISE_MODELS == get_args(NoiseModel)  # the Literal type and the torch-free choices agree
 
 __all__ = [
     "NoiseModel",
