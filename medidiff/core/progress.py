@@ -8,6 +8,8 @@ worker and cancels by closing it.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -71,3 +73,65 @@ def run_to_end(
         if bar is not None:
             bar.close()
         gen.close()
+
+
+def relay(
+    gen: Generator[Any, None, T],
+    *,
+    step: int = 0,
+    total: int | None = None,
+    message: str = "",
+    counts: list[int] | None = None,
+) -> Generator[Progress, None, T]:
+    """Drive an inner generator, yielding one ``Progress`` per inner event; returns its result.
+
+    This is the one way a task re-reports the events of a nested generator (a sampler inside
+    denoising, a task inside the demo). With ``total`` given, each inner event advances the
+    outer step by one from ``step`` (events of a per-network-call generator become per-call
+    progress, so cancel takes effect within one call); without it, the inner events' own
+    ``step``/``total`` are passed on with ``message`` prefixed. ``counts``, if given, gets the
+    number of inner events appended (callers that need to know how many calls were made).
+    """
+    n = 0
+    try:
+        while True:
+            try:
+                event = next(gen)
+            except StopIteration as stop:
+                return stop.value
+            n += 1
+            if total is not None:
+                yield Progress(step=step + n, total=total, message=message)
+            elif isinstance(event, Progress):
+                text = f"{message} {event.message}".strip() if message else event.message
+                yield Progress(event.step, event.total, text, event.preview, event.values)
+            else:
+                yield Progress(step=n, total=max(n, 1), message=message)
+    finally:
+        if counts is not None:
+            counts.append(n)
+        gen.close()
+
+
+def plain_twin(steps: Callable[..., Generator[Progress, None, T]], desc: str) -> Callable[..., T]:
+    """The plain function of a task: ``steps``' signature plus ``progress: bool = False``.
+
+    ``functools.wraps`` keeps the generator twin's name, docstring and signature, so ``help()``
+    and IDEs show the real parameters; ``progress=True`` draws a tqdm bar on stderr.
+    """
+
+    @functools.wraps(steps)
+    def plain(*args: Any, progress: bool = False, **kwargs: Any) -> T:
+        return run_to_end(steps(*args, **kwargs), show=progress, desc=desc)
+
+    sig = inspect.signature(steps)
+    params = [p for p in sig.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    extra = inspect.Parameter("progress", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=bool)
+    var_kw = [p for p in sig.parameters.values() if p.kind is inspect.Parameter.VAR_KEYWORD]
+    # the generator's return annotation would be wrong here: the plain twin returns the result
+    plain.__signature__ = sig.replace(parameters=[*params, extra, *var_kw],
+                                      return_annotation=inspect.Signature.empty)  # type: ignore[attr-defined]
+    plain.__name__ = steps.__name__.removesuffix("_steps")
+    plain.__qualname__ = plain.__name__
+    plain.__doc__ = f"Run :func:`{steps.__name__}` to the end and return its result (``progress=True``: a bar).\n\n" + (steps.__doc__ or "")
+    return plain
