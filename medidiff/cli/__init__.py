@@ -33,8 +33,14 @@ def _version(value: bool) -> None:
 @app.callback()
 def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    threads: int = typer.Option(None, "--threads", min=1, metavar="N",
+                                help="CPU threads for torch (default: the cores free at start, or $MEDIDIFF_THREADS)."),
 ) -> None:
     """Diffusion models for real scans: denoise, generate synthetic data, detect anomalies."""
+    from medidiff.core.threads import prepare_environment
+
+    # before any command imports torch: OpenMP reads its environment only once
+    prepare_environment(threads)
 
 
 def _register() -> None:
@@ -45,13 +51,52 @@ def _register() -> None:
                                      "evaluate", "models", "demo"))
 
 
+def _plain_flags(typer_app: typer.Typer) -> None:
+    """On/off flags take no value: drop the ``<bool>`` metavar typer would print for them."""
+    import inspect
+
+    callbacks = [typer_app.registered_callback.callback] if typer_app.registered_callback else []
+    callbacks += [c.callback for c in typer_app.registered_commands]
+    for callback in callbacks:
+        for param in inspect.signature(callback).parameters.values():
+            info = param.default
+            if isinstance(info, typer.models.OptionInfo) and isinstance(info.default, bool) and info.metavar is None:
+                info.metavar = ""
+    for group in typer_app.registered_groups:
+        if group.typer_instance is not None:
+            _plain_flags(group.typer_instance)
+
+
 _register()
+_plain_flags(app)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of the ``medidiff`` script."""
+    """Entry point of the ``medidiff`` script.
+
+    Every mistake a user can make ends as one line on stderr and exit code 2: a
+    ``MedidiffError`` from the library, or a usage error from the parser (unknown option, a
+    value out of range, a missing argument), which click would otherwise draw as a box.
+    """
     try:
-        app(args=argv, prog_name="medidiff", standalone_mode=True)
+        code = app(args=argv, prog_name="medidiff", standalone_mode=False)
     except MedidiffError as exc:
-        typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+        typer.secho(f"error: {_one_line(exc)}", err=True, fg=typer.colors.RED)
         sys.exit(2)
+    except (typer.Abort, KeyboardInterrupt):
+        typer.secho("cancelled", err=True)
+        sys.exit(130)
+    except typer.TyperException as exc:  # click's usage errors: bad value, unknown option, ...
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        ctx = getattr(exc, "ctx", None)
+        if not message.strip():  # `medidiff` alone: the help was shown, nothing went wrong
+            sys.exit(0)
+        hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+        typer.secho(f"error: {_one_line(message)}{hint}", err=True, fg=typer.colors.RED)
+        sys.exit(getattr(exc, "exit_code", 2))
+    if isinstance(code, int) and code != 0:
+        sys.exit(code)

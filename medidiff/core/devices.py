@@ -14,7 +14,14 @@ from medidiff.errors import MedidiffError
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """Turn ``"auto"``, ``None``, a name like ``"cuda:1"`` or a device into a usable device."""
+    """Turn ``"auto"``, ``None``, a name like ``"cuda:1"`` or a device into a usable device.
+
+    Applies the CPU thread policy (:mod:`medidiff.core.threads`) on the way, so every task that
+    computes gets a thread count that does not blow up on a shared machine.
+    """
+    from medidiff.core.threads import apply_thread_policy
+
+    apply_thread_policy()
     if device is None or (isinstance(device, str) and device == "auto"):
         if torch.cuda.is_available():
             return torch.device("cuda")

@@ -1,0 +1,79 @@
+"""The CPU thread policy: a default that never oversubscribes a loaded machine, explicit choices win."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from medidiff.core.threads import default_threads
+
+
+@pytest.fixture
+def no_thread_env(monkeypatch):
+    for name in ("MEDIDIFF_THREADS", "OMP_NUM_THREADS"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.mark.parametrize("cores, load, expected", [(2, 0.3, 2), (2, 1.0, 1), (2, 1.6, 1), (2, 5.0, 1), (8, 2.2, 6), (1, 0.0, 1)])
+def test_default_uses_the_cores_that_are_free(no_thread_env, cores, load, expected):
+    assert default_threads(cores=cores, load=load) == expected
+
+
+def test_an_explicit_choice_wins_over_the_load(monkeypatch):
+    monkeypatch.setenv("MEDIDIFF_THREADS", "3")
+    assert default_threads(cores=2, load=9.0) == 3
+    monkeypatch.setenv("MEDIDIFF_THREADS", "not-a-number")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert default_threads(cores=8, load=0.0) == 1
+
+
+def _clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("MEDIDIFF_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY")}
+    env.update(extra)
+    return env
+
+
+_PROBE = """
+import json, numpy as np, torch
+from medidiff.core.threads import default_threads
+from medidiff.io import Scan
+from medidiff.tasks.denoise import denoise
+before = torch.get_num_threads()
+expected = default_threads()
+seen = []
+class Spy(torch.nn.Module):
+    def forward(self, x):
+        seen.append(torch.get_num_threads())
+        return x
+from medidiff.model_store.registry import resolve_model
+model = resolve_model("mr2d")
+rng = np.random.default_rng(0)
+scan = Scan((rng.normal(100, 10, (48, 48))).astype("float32"), (1.0, 1.0), np.eye(4), "MR", {})
+handle = model.network.register_forward_hook(lambda m, i, o: seen.append(torch.get_num_threads()))
+denoise(model, scan, device="cpu", noise="gaussian", sigma=10.0)
+print(json.dumps({"before": before, "expected": expected, "seen": sorted(set(seen))}))
+"""
+
+
+def test_a_task_runs_with_the_policy_not_torchs_default():
+    # MEDIDIFF_THREADS=1 with OMP_NUM_THREADS unset: torch starts with one thread per core,
+    # and the task must still run its network calls with the one thread asked for
+    out = subprocess.run([sys.executable, "-c", _PROBE], env=_clean_env(MEDIDIFF_THREADS="1"),
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["expected"] == 1
+    assert got["seen"] == [1], got
+
+
+def test_cli_threads_option_sets_the_environment_before_torch_loads():
+    code = ("import os, sys; from medidiff.cli import main\n"
+            "try:\n    main(['--threads', '1', 'models'])\nexcept SystemExit:\n    pass\n"
+            "print(os.environ['OMP_NUM_THREADS'], os.environ['MEDIDIFF_THREADS'], 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], env=_clean_env(), capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1].split()[:2] == ["1", "1"]
