@@ -24,9 +24,11 @@ def _list(ctx: typer.Context) -> None:
     """List built-in models and those in your model folder ($MEDIDIFF_MODELS)."""
     if ctx.invoked_subcommand is not None:
         return
+    from medidiff.cli.info import warnings_as_lines
     from medidiff.model_store.registry import list_models, user_model_dir
 
-    entries = list_models()
+    with warnings_as_lines():
+        entries = list_models()
     if not entries:
         typer.echo("no models found")
     for e in entries:
@@ -41,13 +43,16 @@ def show(name: str = typer.Argument(..., help="A model name or folder.")) -> Non
 
     Example:  medidiff models show mr2d
     """
-    from medidiff.model_store.registry import find_model, resolve_model
+    from medidiff.cli.info import warnings_as_lines
+    from medidiff.core.model import DiffusionModel
+    from medidiff.model_store.registry import find_model
 
-    model = resolve_model(name)
-    folder = find_model(name)
+    with warnings_as_lines():
+        folder = find_model(name)
+    model = DiffusionModel.load(folder)  # checks the config's values, the weights' hash and shapes
     card = folder / "MODEL_CARD.md"
     typer.echo(card.read_text() if card.is_file() else "(no model card)")
-    typer.echo(f"folder: {folder}\nparameters: {model.num_parameters():,}  weights: sha256 verified")
+    typer.echo(f"folder: {folder}\nparameters: {model.num_parameters():,}  config: checked  weights: sha256 verified")
 
 
 @models_app.command("import")

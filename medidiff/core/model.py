@@ -23,12 +23,10 @@ import torch
 
 from medidiff.version import __version__
 from medidiff.errors import MedidiffError, ModelError
+from medidiff.core.config_check import FORMAT, FORMAT_VERSION, ModelConfigError, check_config, check_format_version
 from medidiff.core.intensity import Normaliser
 from medidiff.io.atomic import atomic_dir
 from medidiff.core.schedule import NoiseSchedule, ScheduleConfig
-
-FORMAT = "medidiff-model"
-FORMAT_VERSION = 1
 
 # Network sizes. Parameter counts (2D, one input channel) are checked by the tests so this
 # table stays true: tiny ~0.27 M (tests, CPU), small ~1.8 M (built-in models, CPU training),
@@ -69,17 +67,18 @@ class ModelConfig:
         self.image_size = tuple(int(s) for s in self.image_size)
         self.spacing = tuple(float(s) for s in self.spacing)
         if self.spatial_dims not in (2, 3):
-            raise ValueError(f"spatial_dims must be 2 or 3, got {self.spatial_dims}")
+            raise ModelConfigError(f"spatial_dims must be 2 or 3, got {self.spatial_dims}")
         if len(self.image_size) != self.spatial_dims:
-            raise ValueError(f"image_size {self.image_size} does not have {self.spatial_dims} dimensions")
+            raise ModelConfigError(f"image_size {self.image_size} does not have {self.spatial_dims} dimensions")
         if not self.network:
             if self.preset not in PRESETS:
-                raise ValueError(f"unknown preset {self.preset!r}; choose one of {sorted(PRESETS)}")
+                raise ModelConfigError(f"unknown preset {self.preset!r}; choose one of {sorted(PRESETS)}")
             self.network = dict(PRESETS[self.preset])
         levels = len(self.network["channels"])
         factor = 2 ** (levels - 1)
         if any(s % factor for s in self.image_size):
-            raise ValueError(f"image_size {self.image_size} must be divisible by {factor} for preset {self.preset!r}")
+            raise ModelConfigError(f"image_size {self.image_size} must be divisible by {factor} for preset {self.preset!r}")
+        check_config(self.to_dict(), "model config")
 
     @property
     def in_channels(self) -> int:
@@ -327,12 +326,8 @@ class DiffusionModel:
             raise ModelError(f"{cpath}: not valid JSON ({exc}); the model folder is damaged") from None
         if not isinstance(raw, dict) or raw.get("format") != FORMAT:
             raise ModelError(f"{cpath}: not a medidiff model config (no 'format: {FORMAT}')")
-        version = raw.get("format_version")
-        if not isinstance(version, int) or version > FORMAT_VERSION:
-            raise ModelError(
-                f"{cpath}: model format version {version!r} is newer than this medidiff ({__version__}) reads "
-                f"(up to {FORMAT_VERSION}); upgrade medidiff"
-            )
+        check_format_version(raw, cpath)
+        check_config(raw, cpath)
         if not wpath.is_file():
             raise ModelError(f"{wpath}: missing; the model folder is incomplete")
         expected = raw.get("weights_sha256")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,44 +44,109 @@ class ModelEntry:
     summary: str
 
 
+def check_name(name: str) -> str:
+    """A model name as given to ``--name``: a plain folder name, never a path (``ModelError`` otherwise)."""
+    text = str(name)
+    bad = (not text.strip() or text in (".", "..") or "/" in text or "\\" in text or os.sep in text
+           or (os.altsep and os.altsep in text) or text.startswith((".", "~")) or "\0" in text
+           or Path(text).is_absolute() or len(text) > 128)
+    if bad:
+        raise ModelError(f"--name {text!r}: a model name is a plain name (letters, digits, '-', '_'), "
+                         "not a path; it must not contain '/', '\\' or '..' or start with '.' or '~'")
+    return text
+
+
 def _entry(folder: Path, source: str) -> ModelEntry | None:
+    """The entry for a model folder; None if it is not one; ``ModelError`` if it is a broken one."""
+    from medidiff.core.config_check import check_config, check_format_version
+
     cfg = folder / "config.json"
     if not cfg.is_file():
         return None
     try:
         raw = json.loads(cfg.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelError(f"{cfg}: not readable JSON ({str(exc).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise ModelError(f"{cfg}: expected a JSON object")
+    check_format_version(raw, cfg)
+    check_config(raw, cfg)
     card = folder / "MODEL_CARD.md"
     summary = ""
     if card.is_file():
-        lines = [ln.strip("# ").strip() for ln in card.read_text().splitlines() if ln.strip()]
+        try:
+            lines = [ln.strip("# ").strip() for ln in card.read_text().splitlines() if ln.strip()]
+        except (OSError, UnicodeDecodeError):
+            lines = []
         summary = lines[0] if lines else ""
-    return ModelEntry(folder.name, folder, source, str(raw.get("modality", "")), int(raw.get("spatial_dims", 0)),
-                      tuple(raw.get("image_size", ())), summary)
+    return ModelEntry(folder.name, folder, source, str(raw.get("modality", "")), int(raw["spatial_dims"]),
+                      tuple(raw["image_size"]), summary)
 
 
-def list_models() -> list[ModelEntry]:
-    """Built-in models first, then the user's, each sorted by name."""
+def list_models(warn: bool = True) -> list[ModelEntry]:
+    """Built-in models first, then the user's, each sorted by name.
+
+    A broken model folder (damaged or nonsensical config.json) is skipped with a one-line
+    warning, so one bad folder never hides the others.
+    """
     found: list[ModelEntry] = []
+    names: set[str] = set()
     for root, source in ((BUILTIN_DIR, "built-in"), (user_model_dir(), "user")):
-        if root.is_dir():
-            for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        try:
+            folders = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+        except OSError as exc:
+            if warn:
+                warnings.warn(f"{root}: cannot list the model folder ({exc.strerror}); skipped", stacklevel=2)
+            continue
+        for folder in folders:
+            try:
                 entry = _entry(folder, source)
-                if entry is not None:
-                    found.append(entry)
+            except ModelError as exc:
+                if warn:
+                    warnings.warn(f"skipped a broken model: {exc}", stacklevel=2)
+                continue
+            if entry is None:
+                continue
+            if entry.name in names:  # a user folder named like a built-in one cannot be named
+                if warn:
+                    warnings.warn(f"{folder}: has the name of a built-in model ({entry.name}), which takes precedence; "
+                                  "rename it or give its path", stacklevel=2)
+                continue
+            names.add(entry.name)
+            found.append(entry)
     return found
 
 
+def is_explicit_path(spec: str | Path) -> bool:
+    """True for a ``Path`` or a string that can only be a path (a separator, or a leading ``.``/``~``)."""
+    if isinstance(spec, Path):
+        return True
+    text = str(spec)
+    return "/" in text or os.sep in text or (os.altsep is not None and os.altsep in text) or text.startswith((".", "~"))
+
+
 def find_model(spec: str | Path) -> Path:
-    """The folder for a model name or path; ``ModelError`` listing the known names if none fits."""
+    """The folder for a model name or path; ``ModelError`` listing the known names if none fits.
+
+    A bare name (``mr2d``) means the built-in or user model of that name even when the working
+    folder holds a folder called ``mr2d``: write ``./mr2d`` (or pass a ``Path``) for the folder.
+    A bare name that is no model name falls back to a folder of that name.
+    """
     path = Path(spec).expanduser()
+    if is_explicit_path(spec):
+        if path.exists():
+            return path
+        raise ModelError(f"{spec}: no such model folder")
+    entries = list_models()
+    for entry in entries:
+        if entry.name == str(spec):
+            if path.exists():
+                warnings.warn(f"{spec}: using the {entry.source} model {entry.name} ({entry.path}), not the folder "
+                              f"{spec} here; write ./{spec} for the folder", stacklevel=2)
+            return entry.path
     if path.exists():
         return path
-    for entry in list_models():
-        if entry.name == str(spec):
-            return entry.path
-    names = ", ".join(e.name for e in list_models()) or "none installed"
+    names = ", ".join(e.name for e in entries) or "none installed"
     raise ModelError(f"{spec}: no such model folder or model name (known models: {names}; see `medidiff models`)")
 
 
@@ -115,7 +181,10 @@ def import_model(src: str | Path, name: str | None = None, *, image_size: tuple[
     src = find_model(src)
     if not src.is_dir():
         raise ModelError(f"{src}: not a folder (expected a medidiff model folder or a MONAI bundle)")
-    dest = user_model_dir() / (name or src.name)
+    name = check_name(name if name is not None else src.resolve().name)
+    if (BUILTIN_DIR / name / "config.json").is_file():
+        raise ModelError(f"--name {name!r}: that is the name of a built-in model; choose another name")
+    dest = user_model_dir() / name
     if (src / "config.json").is_file():
         model = DiffusionModel.load(src)  # checks format and hash before copying
         card = (src / "MODEL_CARD.md").read_text() if (src / "MODEL_CARD.md").is_file() else None

@@ -130,7 +130,46 @@ def test_weights_of_a_different_network(saved, tmp_path):
 
 def test_config_with_an_impossible_network(saved):
     _rewrite_config(saved, image_size=[30, 30])  # not divisible by 4 for the tiny preset
-    assert "does not describe a valid model" in _load_error(saved)
+    assert "must be divisible by 4" in _load_error(saved)
+
+
+def _net(**changes):
+    net = {"channels": [16, 32, 32], "attention_levels": [False, False, False], "num_res_blocks": 1,
+           "norm_num_groups": 8, "num_head_channels": 8}
+    net.update(changes)
+    return net
+
+
+@pytest.mark.parametrize("changes, field", [
+    ({"network": _net(channels=[100000, 32, 32])}, "network.channels"),
+    ({"network": _net(channels=[-16, 32, 32])}, "network.channels"),
+    ({"network": _net(norm_num_groups=0)}, "norm_num_groups"),
+    ({"network": _net(norm_num_groups=5)}, "divisible by norm_num_groups"),
+    ({"network": _net(attention_levels=[False])}, "attention_levels"),
+    ({"schedule": {"kind": "ddpm", "prediction": "epsilon", "num_train_timesteps": 0}}, "num_train_timesteps"),
+    ({"schedule": {"kind": "ddpm", "prediction": "epsilon", "num_train_timesteps": -5}}, "num_train_timesteps"),
+    ({"num_classes": -1}, "num_classes"),
+    ({"mask_classes": -3}, "mask_classes"),
+    ({"image_size": [0, 32]}, "image_size"),
+    ({"image_size": [-32, 32]}, "image_size"),
+    ({"image_size": [262144, 262144]}, "image_size"),
+    ({"image_size": "32"}, "image_size"),
+    ({"slice_axis": 7}, "slice_axis"),
+    ({"spacing": [-1.0, 2.0]}, "spacing"),
+    ({"spacing": [1.0]}, "spacing"),
+    ({"spatial_dims": 4}, "spatial_dims"),
+    ({"normaliser": {"low": 5.0, "high": 1.0, "kind": "given"}}, "normaliser"),
+])
+def test_nonsense_config_values_are_refused_in_one_line(saved, changes, field):
+    _rewrite_config(saved, **changes)
+    msg = _load_error(saved)
+    assert field in msg and "config.json" in msg and len(msg.splitlines()) == 1
+
+
+def test_a_string_format_version_is_damage_not_a_newer_version(saved):
+    _rewrite_config(saved, format_version="1")
+    msg = _load_error(saved)
+    assert "format_version" in msg and "newer" not in msg and "upgrade" not in msg
 
 
 # -- conditioning checks ----------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -106,3 +107,71 @@ def test_models_cli_lists_and_shows(tmp_path, user_dir):
     assert show.returncode == 0 and "sha256 verified" in show.stdout
     bad = subprocess.run([sys.executable, "-m", "medidiff", "models", "show", "nope"], capture_output=True, text=True, env=env)
     assert bad.returncode == 2 and "nope" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def _cli(*args, env=None, cwd=None):
+    import os
+
+    return subprocess.run([sys.executable, "-m", "medidiff", *map(str, args)], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, cwd=cwd, timeout=300)
+
+
+@pytest.mark.parametrize("name", ["../x", "../../escaped", "a/b", "..", ".", ".hidden", "~x", "a\\b", ""])
+def test_import_name_is_a_name_not_a_path(tmp_path, user_dir, name):
+    _small_model().save(tmp_path / "m")
+    with pytest.raises(ModelError, match="plain name"):
+        import_model(tmp_path / "m", name)
+    assert not user_dir.exists() or not any(user_dir.iterdir())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]  # nothing written beside the user folder
+
+
+def test_import_with_an_absolute_name_and_overwrite_leaves_other_folders_alone(tmp_path, user_dir):
+    _small_model().save(tmp_path / "m")
+    victim = tmp_path / "precious"
+    victim.mkdir()
+    (victim / "thesis.txt").write_text("years of work")
+    for name in (str(victim), "../precious"):
+        code = _cli("models", "import", tmp_path / "m", "--name", name, "--overwrite", env={"MEDIDIFF_MODELS": str(user_dir)})
+        assert code.returncode == 2, code.stderr
+        assert len(code.stderr.strip().splitlines()) == 1 and "plain name" in code.stderr and "Traceback" not in code.stderr
+        assert (victim / "thesis.txt").read_text() == "years of work"
+        assert sorted(p.name for p in victim.iterdir()) == ["thesis.txt"]
+
+
+def test_import_refuses_a_built_in_name(tmp_path, user_dir):
+    _small_model().save(tmp_path / "m")
+    with pytest.raises(ModelError, match="built-in"):
+        import_model(tmp_path / "m", "mr2d")
+
+
+def test_one_broken_user_model_does_not_break_the_others(tmp_path, user_dir):
+    _small_model().save(user_dir / "good")
+    bad = _small_model().save(user_dir / "broken")
+    cfg = json.loads((bad / "config.json").read_text())
+    cfg["network"]["channels"] = [100000, 32, 32]
+    (bad / "config.json").write_text(json.dumps(cfg))
+    (user_dir / "notjson").mkdir()
+    (user_dir / "notjson" / "config.json").write_text("[1, 2")
+    names = [e.name for e in list_models(warn=False)]
+    assert "good" in names and "mr2d" in names and "broken" not in names and "notjson" not in names
+    env = {"MEDIDIFF_MODELS": str(user_dir)}
+    listing = _cli("models", env=env)
+    assert listing.returncode == 0 and "good" in listing.stdout and "mr2d" in listing.stdout
+    warns = [ln for ln in listing.stderr.splitlines() if ln.strip()]
+    assert len(warns) == 2 and all(ln.startswith("warning: skipped a broken model") for ln in warns), listing.stderr
+    assert "Traceback" not in listing.stderr
+    show = _cli("models", "show", "mr2d", env=env)
+    assert show.returncode == 0 and "sha256 verified" in show.stdout
+    broken = _cli("models", "show", bad, env=env)  # named by its path: refused, not reported as fine
+    assert broken.returncode == 2 and "network.channels" in broken.stderr and "verified" not in broken.stdout
+
+
+def test_a_folder_named_like_a_built_in_does_not_shadow_it(tmp_path, user_dir, monkeypatch):
+    from medidiff.model_store.registry import BUILTIN_DIR
+
+    _small_model().save(tmp_path / "mr2d")
+    monkeypatch.chdir(tmp_path)
+    with pytest.warns(UserWarning, match="write ./mr2d"):
+        assert find_model("mr2d") == BUILTIN_DIR / "mr2d"
+    assert find_model("./mr2d") == Path("./mr2d")
+    assert find_model(tmp_path / "mr2d") == tmp_path / "mr2d"
