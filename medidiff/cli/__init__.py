@@ -6,7 +6,10 @@ traceback reaches the user for a problem they can fix.
 
 from __future__ import annotations
 
+import contextlib
 import sys
+import warnings
+from collections.abc import Iterator
 
 import typer
 
@@ -75,6 +78,25 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
+@contextlib.contextmanager
+def _warnings_as_lines() -> Iterator[None]:
+    """Every warning as one ``warning: ...`` line on stderr (no source lines), each text once."""
+    seen: set[str] = set()
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        text = _one_line(message)
+        if text not in seen:
+            seen.add(text)
+            typer.secho(f"warning: {text}", err=True, fg=typer.colors.YELLOW)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=PendingDeprecationWarning)
+        warnings.showwarning = show
+        yield
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``medidiff`` script.
 
@@ -83,7 +105,8 @@ def main(argv: list[str] | None = None) -> None:
     value out of range, a missing argument), which click would otherwise draw as a box.
     """
     try:
-        code = app(args=argv, prog_name="medidiff", standalone_mode=False)
+        with _warnings_as_lines():
+            code = app(args=argv, prog_name="medidiff", standalone_mode=False)
     except MedidiffError as exc:
         typer.secho(f"error: {_one_line(exc)}", err=True, fg=typer.colors.RED)
         sys.exit(2)
