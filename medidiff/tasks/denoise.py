@@ -45,7 +45,7 @@ metadata (plus ``meta["description"]`` naming the method, used as DICOM SeriesDe
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Generator
+from collections.abc import Generator
 from dataclasses import dataclass
 
 import numpy as np
@@ -87,55 +87,6 @@ class DenoiseResult:
     sigma_read: float | None = None
 
 
-# -- where the noise is Gaussian -----------------------------------------------------------------
-@dataclass
-class _Domain:
-    """A per-item map to a domain with Gaussian noise of std ``sigma`` (scan units) and back."""
-
-    sigma: np.ndarray  # one per item
-    forward: Callable[[np.ndarray], np.ndarray]
-    inverse: Callable[[np.ndarray, int], np.ndarray]  # (array, item index) -> scan units
-    gain: float | None = None
-    sigma_read: float | None = None
-    note: str = ""
-
-
-def _identity(x: np.ndarray, i: int = 0) -> np.ndarray:
-    return x
-
-
-def _gaussian_domain(sigma: np.ndarray) -> _Domain:
-    return _Domain(sigma, _identity, _identity)
-
-
-def _rician_domain(sigma: np.ndarray) -> _Domain:
-    def inverse(x: np.ndarray, i: int) -> np.ndarray:
-        return noise_lib.rician_bias_correct(x, float(sigma[i]), method="mean")
-
-    return _Domain(sigma, _identity, inverse, note="Rician bias removed after denoising")
-
-
-def _poisson_gaussian_domain(items: np.ndarray, gain: float, read: float, n: int) -> _Domain:
-    z = noise_lib.anscombe(items.astype(np.float64), gain, read)
-    x = items.astype(np.float64).ravel()
-    zz = np.asarray(z, dtype=np.float64).ravel()
-    if x.size > 1_000_000:  # the fit needs no more; a fixed stride keeps it deterministic
-        step = x.size // 1_000_000 + 1
-        x, zz = x[::step], zz[::step]
-    a, b = np.polyfit(x, zz, 1) if np.ptp(x) > 0 else (0.0, 0.0)
-    if not np.isfinite(a) or a <= 0:
-        raise ValueError("the Anscombe transform of this image is not increasing in its values")
-
-    def forward(arr: np.ndarray) -> np.ndarray:
-        return ((noise_lib.anscombe(arr.astype(np.float64), gain, read) - b) / a).astype(np.float32)
-
-    def inverse(arr: np.ndarray, i: int = 0) -> np.ndarray:
-        return noise_lib.inverse_anscombe(a * arr.astype(np.float64) + b, gain, read).astype(np.float32)
-
-    note = f"Anscombe domain rescaled by 1/{a:.4g} (unit-variance noise -> std {1 / a:.4g} scan units), exact unbiased inverse"
-    return _Domain(np.full(n, 1.0 / a), forward, inverse, gain=gain, sigma_read=read, note=note)
-
-
 # -- layout: items the network sees --------------------------------------------------------------
 class _Layout:
     """Scan array <-> network items ``(N, *spatial)``: slices for a 2D model on a volume."""
@@ -161,54 +112,17 @@ def _source(scan: Scan) -> str:
 
 
 # -- noise ---------------------------------------------------------------------------------------
-def _fill_nan(values: np.ndarray) -> np.ndarray:
-    finite = values[np.isfinite(values)]
-    fill = float(np.median(finite)) if finite.size else 0.0
-    return np.where(np.isfinite(values), values, fill)
-
-
 def _noise_domain(
     items: np.ndarray, scan: Scan, noise: str, sigma: float | None, per_slice: bool, slice_wise: bool
-) -> tuple[str, str, _Domain]:
+) -> tuple[str, str, noise_lib.NoiseDomain]:
     """Pick the noise model, estimate it (unless ``sigma`` is given) and build its domain."""
-    n = items.shape[0]
     stack = items if slice_wise else scan.array  # a 3D model sees the volume: one estimate
-    fmt = scan.meta.get("format")
-    if noise == "auto":
-        model_name, reason = noise_lib.choose_noise_model(scan.modality, fmt)
-    else:
-        model_name, reason = noise, f"noise model {noise!r} chosen by the caller"
     try:
-        if model_name == "poisson-gaussian":
-            gain, read = noise_lib.estimate_poisson_gaussian(stack)
-            if sigma is not None:
-                read = float(sigma)
-            if per_slice:
-                reason += "; per-slice estimation does not apply (gain and read noise are pooled)"
-            reason += f"; gain {gain:.4g}, read noise {read:.4g}"
-            if gain <= 0:
-                reason += "; no photon noise found, so Gaussian denoising with the read noise"
-                return "gaussian", reason, _gaussian_domain(np.full(n, read))
-            return model_name, reason, _poisson_gaussian_domain(items, gain, read, n)
-        if sigma is not None:
-            values = np.full(n, float(sigma))
-            reason += "; sigma given by the caller"
-        else:
-            est = noise_lib.estimate_noise(stack, model=model_name, modality=scan.modality,
-                                           per_slice=per_slice and slice_wise and n > 1, source_format=fmt)
-            # estimate_noise was told the model explicitly: keep our reason, add how it estimated
-            how = est.reason.split("; ", 1)[1] if "; " in est.reason else "weak-texture wavelet MAD"
-            reason += f"; {how}"
-            values = np.broadcast_to(np.asarray(est.sigma, dtype=np.float64), (n,)).copy()
-            if not np.all(np.isfinite(values)):
-                values = _fill_nan(values)
-                reason += "; slices without usable content take the median sigma"
+        domain, reason = noise_lib.noise_domain(items, stack, noise, sigma=sigma, modality=scan.modality,
+                                                source_format=scan.meta.get("format"), per_item=per_slice and slice_wise)
     except ValueError as exc:
         raise InvalidScanError(_source(scan), f"cannot estimate its noise: {exc}") from exc
-    if np.any(values < 0):
-        raise ValueError(f"sigma must be >= 0, got {sigma}")
-    domain = _rician_domain(values) if model_name == "rician" else _gaussian_domain(values)
-    return model_name, reason, domain
+    return domain.model, reason, domain
 
 
 # -- running the network -------------------------------------------------------------------------
@@ -296,12 +210,10 @@ def denoise_steps(
     items = layout.to_items(scan.array)
     slice_wise = model.config.spatial_dims == 2
     noise_model, reason, domain = _noise_domain(items, scan, noise, sigma, per_slice, slice_wise)
-    if domain.note:
-        reason = f"{reason}; {domain.note}"
     log.info("denoise: noise model %s (%s)", noise_model, reason)
 
     norm, sched = model.normaliser, model.schedule
-    work = domain.forward(items)
+    work = domain.to_gaussian(items)
     s_net = np.asarray(norm.scale_sigma(domain.sigma), dtype=np.float64) * strength
     times = np.array([sched.timestep_for_noise(float(s)) for s in s_net])
     if np.any(times >= sched.T - 1):
@@ -337,13 +249,13 @@ def denoise_steps(
                 mean_net += (x0 - mean_net) / (k + 1)
                 if unc is not None:  # spread of the samples in scan units, after the inverse transform
                     arr = norm.inverse(x0[:, 0].float().cpu().numpy())
-                    final = np.stack([domain.inverse(a, j) for a, j in zip(arr, idx)]).astype(np.float64)
+                    final = np.stack([domain.from_gaussian(a, j) for a, j in zip(arr, idx)]).astype(np.float64)
                     delta = final - mean_out
                     mean_out += delta / (k + 1)
                     sq_out += delta * (final - mean_out)
                 done += 1
                 result = norm.inverse(mean_net[:, 0].float().cpu().numpy())
-                result = np.stack([domain.inverse(a, j) for a, j in zip(result, idx)])
+                result = np.stack([domain.from_gaussian(a, j) for a, j in zip(result, idx)])
                 preview = result[len(idx) // 2]
                 if preview.ndim == 3:
                     preview = preview[preview.shape[0] // 2]

@@ -1,0 +1,57 @@
+"""``NoiseDomain``: where a scan's noise is additive white Gaussian, and the way there and back.
+
+A Gaussian denoiser (the diffusion prior) removes noise of one known std. Each noise model
+gives a map ``to_gaussian`` from scan units to a domain where the noise is (close to) additive
+Gaussian of std ``sigma``, and ``from_gaussian``, the map from a *denoised* image in that domain
+back to scan units (the identity for Gaussian noise, the Rician bias correction for Rician
+noise, the exact unbiased inverse Anscombe transform for Poisson-Gaussian noise). The domain
+works on a stack of items ``(N, ...)`` (slices of a volume, or one image); ``sigma`` has one
+value per item, and ``from_gaussian`` takes the item's index because the Rician correction
+uses that item's own ``sigma``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = ["NoiseDomain", "identity"]
+
+
+def identity(x: np.ndarray, index: int = 0) -> np.ndarray:
+    """The identity map (Gaussian noise needs no transform)."""
+    return x
+
+
+@dataclass(frozen=True)
+class NoiseDomain:
+    """A per-item map to a domain with Gaussian noise of std ``sigma`` and back.
+
+    ``model``: the noise model name. ``sigma``: one std per item, in the domain's units (scan
+    units for Gaussian and Rician noise; for Poisson-Gaussian noise the Anscombe domain affinely
+    rescaled to scan units). ``gain`` and ``sigma_read``: the Poisson-Gaussian parameters.
+    ``note``: one phrase saying what the maps do (for reports).
+    """
+
+    model: str
+    sigma: np.ndarray
+    forward: Callable[[np.ndarray], np.ndarray] = field(default=identity, repr=False)
+    inverse: Callable[[np.ndarray, int], np.ndarray] = field(default=identity, repr=False)
+    gain: float | None = None
+    sigma_read: float | None = None
+    note: str = ""
+
+    def to_gaussian(self, items: np.ndarray) -> np.ndarray:
+        """Scan units -> the Gaussian-noise domain (the whole stack of items)."""
+        return self.forward(items)
+
+    def from_gaussian(self, item: np.ndarray, index: int = 0) -> np.ndarray:
+        """A denoised item (number ``index`` of the stack) back to scan units."""
+        return self.inverse(item, index)
+
+    def from_gaussian_stack(self, items: np.ndarray, indices: list[int] | range | None = None) -> np.ndarray:
+        """:meth:`from_gaussian` for each item of ``items`` (item ``k`` is number ``indices[k]``)."""
+        idx = range(len(items)) if indices is None else indices
+        return np.stack([self.inverse(a, j) for a, j in zip(items, idx)])
