@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from medidiff.errors import InvalidScanError, MedidiffError
+from medidiff.io.formats import VOLUME_SUFFIXES as FILE_SUFFIXES, is_dicom_folder  # napari reads pictures itself
 
 from .layers import is_label_like, scan_to_layer_data
 
@@ -29,7 +30,6 @@ __all__ = ["get_reader", "read", "read_scans", "layer_name", "error_message"]
 
 LOG = logging.getLogger(__name__)
 
-FILE_SUFFIXES = (".nii", ".nii.gz", ".dcm", ".dicom", ".ima", ".tif", ".tiff")
 # file-name words that mark a label map (opened as a labels layer when its values are integers)
 _LABEL_WORDS = ("label", "labels", "seg", "segmentation", "mask", "masks", "aseg", "parc", "annotation")
 
@@ -40,32 +40,14 @@ def _suffix_ok(path: str) -> bool:
     return path.lower().endswith(FILE_SUFFIXES)
 
 
-def _is_dicom_folder(path: str, max_files: int = 500, max_depth: int = 3) -> bool:
-    """Whether a folder holds DICOM files: a quick, bounded look (suffix or ``DICM`` preamble).
+def _is_dicom_folder(path: str) -> bool:
+    """Whether a folder holds DICOM files (``medidiff.io.formats.is_dicom_folder``, 4 levels deep).
 
     ``medidiff.io.detect_format`` calls every folder DICOM; napari asks the reader about any
     folder (zarr stores, image stacks, ...), so the plugin only claims folders that hold at
-    least one DICOM file among the first ``max_files`` files, ``max_depth`` levels deep.
+    least one DICOM file among the first 500 files.
     """
-    from medidiff.io.dicom import DICOM_SUFFIXES, has_dicom_preamble
-
-    if path.rstrip("/\\").lower().endswith((".zarr", ".n5", ".ome.zarr")):
-        return False
-    root_depth = path.rstrip(os.sep).count(os.sep)
-    seen = 0
-    for folder, subdirs, files in os.walk(path):
-        if folder.count(os.sep) - root_depth >= max_depth:
-            subdirs[:] = []
-        subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
-        for name in sorted(files):
-            if name.startswith("."):
-                continue
-            if name.lower().endswith(DICOM_SUFFIXES) or has_dicom_preamble(os.path.join(folder, name)):
-                return True
-            seen += 1
-            if seen >= max_files:
-                return False
-    return False
+    return is_dicom_folder(path, max_depth=4, max_files=500)
 
 
 def _supported(path: str) -> bool:

@@ -17,8 +17,8 @@ import numpy as np
 from medidiff.errors import MedidiffError, ScanError
 from medidiff.core.intensity import Normaliser
 from medidiff.io import Scan, load_scan
+from medidiff.io.formats import SCAN_SUFFIXES, is_dicom_folder as is_dicom_series_folder  # one home: io
 
-SCAN_SUFFIXES = (".nii", ".nii.gz", ".dcm", ".tif", ".tiff", ".png", ".jpg", ".jpeg")
 
 
 def expand_inputs(data: Sequence[str | Path | Scan] | str | Path | Scan) -> list[Scan]:
@@ -54,16 +54,6 @@ def scan_paths(paths: Sequence[str | Path]) -> list[Path]:
         else:
             out.append(path)
     return out
-
-
-def is_dicom_series_folder(path: Path) -> bool:
-    """A folder whose files are DICOM (by suffix or preamble): one series, not a folder of scans."""
-    from medidiff.io.dicom import has_dicom_preamble
-
-    files = [p for p in path.iterdir() if p.is_file()]
-    if not files:
-        return False
-    return any(p.suffix.lower() == ".dcm" for p in files) or has_dicom_preamble(files[0])
 
 
 def default_slice_axis(scan: Scan) -> int:

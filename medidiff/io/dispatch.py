@@ -16,6 +16,7 @@ import numpy as np
 from medidiff.errors import InvalidScanError, MedidiffError, OutputError, ScanError, UnsupportedFormatError
 from medidiff.io._util import one_line
 from medidiff.io.atomic import atomic_dir, atomic_file, check_output_path
+from medidiff.io.formats import format_from_name
 from medidiff.io.scan import Scan
 
 FORMATS = ("nifti", "dicom", "tiff", "png")
@@ -24,21 +25,7 @@ _SUPPORTED = ".nii/.nii.gz (NIfTI), .dcm or a DICOM folder, .tif/.tiff/.ome.tif 
 
 def _format_from_name(path: Path) -> str | None:
     """The format an extension names, or None (no extension, or an unknown one)."""
-    from medidiff.io.dicom import DICOM_SUFFIXES
-    from medidiff.io.png import PNG_SUFFIXES
-    from medidiff.io.tiff import TIFF_SUFFIXES
-
-    name = path.name.lower()
-    if name.endswith(".nii") or name.endswith(".nii.gz"):
-        return "nifti"
-    suffix = path.suffix.lower()
-    if suffix in DICOM_SUFFIXES:
-        return "dicom"
-    if suffix in TIFF_SUFFIXES:
-        return "tiff"
-    if suffix in PNG_SUFFIXES:
-        return "png"
-    return None
+    return format_from_name(path)
 
 
 def _sniff(path: Path) -> str | None:

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 
 from medidiff.errors import InvalidScanError
+from medidiff.io.formats import NIFTI_SUFFIXES  # noqa: F401  (one home: io.formats)
 from medidiff.io.scan import Scan
 
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 # NIfTI xyzt spatial units -> the unit string medidiff keeps in meta["unit"]
 _UNITS = {"mm": "mm", "meter": "m", "micron": "µm"}

@@ -15,9 +15,9 @@ import numpy as np
 
 from medidiff.errors import InvalidScanError
 from medidiff.io._util import rgb_to_gray, warn
+from medidiff.io.formats import IMAGE_SUFFIXES as PNG_SUFFIXES  # noqa: F401  (one home: io.formats)
 from medidiff.io.scan import Scan, affine_from_spacing
 
-PNG_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 TEXT_KEY = "medidiff"
 
 

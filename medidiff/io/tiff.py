@@ -18,9 +18,9 @@ import numpy as np
 
 from medidiff.errors import InvalidScanError
 from medidiff.io._util import rgb_to_gray, warn
+from medidiff.io.formats import TIFF_SUFFIXES  # noqa: F401  (one home: io.formats)
 from medidiff.io.scan import Scan, affine_from_spacing
 
-TIFF_SUFFIXES = (".tif", ".tiff", ".ome.tif", ".ome.tiff", ".btf", ".tf8")
 MEDIDIFF_TAG = 65000  # private tag holding medidiff's JSON (affine, modality, unit)
 
 _MICRONS = {"micron", "microns", "um", "µm", "μm", "\\u00b5m", "micrometer", "micrometre"}
