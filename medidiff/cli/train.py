@@ -1,7 +1,7 @@
 """``medidiff train DATA... --out RUN``: train a 2D or 3D diffusion model on scans.
 
 The command only turns options into arguments of :func:`medidiff.tasks.train.train_steps`
-and drives it with a progress bar. Ctrl-C is turned into a clean stop at the next step
+and drives it with a progress bar. Ctrl-C (or SIGTERM, as a job scheduler sends) is turned into a clean stop at the next step
 boundary (the generator is closed, which writes a checkpoint), so ``--resume`` continues
 exactly where the run stopped. Under ``torchrun`` every process runs this same command;
 only rank 0 prints and writes.
@@ -107,28 +107,29 @@ def read_labels(values: list[str], scans: list[Path]) -> tuple[list[int], list[s
     return [classes.index(n) for n in names], classes
 
 
-def _check_model_options(dims: int, preset: str, schedule: str, prediction: str | None, size: int | tuple[int, ...]) -> None:
-    # the model classes raise ValueError (they are library code); here a bad option is the user's input
-    from medidiff.core.model import PRESETS
-    from medidiff.core.schedule import KINDS, PREDICTIONS
+def command_line(data: list[Path] = (), masks: list[Path] = (), full_paths: bool = False) -> str:
+    """The command as typed (``python -m medidiff`` and torchrun show as ``medidiff``).
 
-    if dims not in (2, 3):
-        raise MedidiffError(f"--dims {dims}: choose 2 or 3")
-    if preset not in PRESETS:
-        raise MedidiffError(f"--preset {preset!r}: choose one of {', '.join(PRESETS)}")
-    if schedule not in KINDS:
-        raise MedidiffError(f"--schedule {schedule!r}: choose one of {', '.join(KINDS)}")
-    if prediction is not None and prediction not in PREDICTIONS[schedule]:
-        raise MedidiffError(f"--prediction {prediction!r} does not fit --schedule {schedule}; choose one of {', '.join(PREDICTIONS[schedule])}")
-    multiple = 2 ** (len(PRESETS[preset]["channels"]) - 1)
-    sizes = (size,) if isinstance(size, int) else size
-    if any(s % multiple for s in sizes):
-        raise MedidiffError(f"--image-size {size}: preset {preset!r} needs sizes divisible by {multiple}")
-
-
-def command_line() -> str:
-    """The command as typed (``python -m medidiff`` and torchrun show as ``medidiff``)."""
-    return shlex.join(["medidiff", *sys.argv[1:]])
+    Unless ``full_paths``, the data and mask arguments become ``DATA``/``MASKS`` and an absolute
+    ``--out`` its folder name, so the recorded command names none of the user's folders (they
+    often carry a patient or study ID).
+    """
+    args = list(sys.argv[1:])
+    if not full_paths:
+        data_keys = {str(Path(p)) for p in data}
+        mask_keys = {str(Path(p)) for p in masks or ()}
+        out = []
+        for i, tok in enumerate(args):
+            key = str(Path(tok)) if tok and not tok.startswith("-") else None
+            if key in data_keys:
+                tok = "DATA" if len(data_keys) == 1 else f"DATA{sorted(data_keys).index(key) + 1}"
+            elif key in mask_keys:
+                tok = "MASKS"
+            elif i and args[i - 1] in ("--out", "--labels") and Path(tok).is_absolute():
+                tok = Path(tok).name
+            out.append(tok)
+        args = out
+    return shlex.join(["medidiff", *args])
 
 
 @app.command(epilog=EXAMPLES)
@@ -137,7 +138,7 @@ def train(
     out: Path = typer.Option(..., "--out", help="Run folder; the model is written to RUN/model."),
     dims: int = typer.Option(2, "--dims", help="2: train on slices; 3: train on volume patches."),
     preset: str = typer.Option("tiny", "--preset", help="Network size: tiny (CPU tests), small (CPU), base (GPU)."),
-    steps: int = typer.Option(1000, "--steps", min=1, help="Optimiser steps in total (also when resuming)."),
+    steps: int = typer.Option(None, "--steps", min=1, help="Optimiser steps in total (default 1000; with --resume: the run's own total)."),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="Global batch (split across torchrun processes)."),
     image_size: str = typer.Option("64", "--image-size", help="Training size: 64, or per axis in array order (z,y,x), e.g. 16,32,32."),
     lr: float = typer.Option(1e-3, "--lr", min=0.0, help="Peak learning rate (warm-up, then cosine decay)."),
@@ -152,9 +153,13 @@ def train(
     modality: str = typer.Option(None, "--modality", help="Record this modality (MR, CT, microscopy, ...) when the files do not "
                                  "(NIfTI, PNG); it picks the noise model and the built-in default."),
     no_augment: bool = typer.Option(False, "--no-augment", help="Turn off flips, small affine and intensity jitter."),
-    checkpoint_every: int = typer.Option(500, "--checkpoint-every", min=0, help="Write RUN/model and RUN/state every N steps (0: only at the end)."),
+    checkpoint_every: int = typer.Option(500, "--checkpoint-every", min=0, help="Write RUN/model and RUN/state every N steps (0: not by steps)."),
+    checkpoint_minutes: float = typer.Option(5.0, "--checkpoint-minutes", min=0.0, help="Also checkpoint every M minutes of wall time (0: not by time)."),
     sample_every: int = typer.Option(0, "--sample-every", min=0, help="Save a grid of samples to RUN/samples every N steps (0: never)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    data_card: str = typer.Option(None, "--data-card", help="Name or URL of the training data's card, recorded in the model and every data card made from it."),
+    licence: str = typer.Option(None, "--licence", help="Licence of the training data, recorded in the model and every data card made from it."),
+    full_paths: bool = typer.Option(False, "--full-paths", help="Record the training files' full paths in the model (default: relative to DATA)."),
     overwrite: bool = OVERWRITE,
 ) -> None:
     """Train a 2D or 3D diffusion model on scans; writes RUN/model, RUN/log.csv and checkpoints.
@@ -162,59 +167,62 @@ def train(
     Example:  medidiff train scans/ --out runs/brain --image-size 64 --steps 5000
     """
     from medidiff.core.data import scan_paths
-    from medidiff.errors import OutputError
     from medidiff.core.progress import run_to_end
-    from medidiff.tasks.train import train_steps
+    from medidiff.tasks.train import TrainConfig, check_config, train_steps
 
     size = parse_image_size(image_size, dims)
-    _check_model_options(dims, preset, schedule, prediction, size)
+    config = TrainConfig(
+        dims=dims, preset=preset, image_size=size, steps=steps, batch_size=batch_size, lr=lr, seed=seed, device=device,
+        schedule=schedule, prediction=prediction, slice_axis=slice_axis, ct_window=ct_window, modality=modality,
+        augment=not no_augment, checkpoint_every=checkpoint_every, checkpoint_minutes=checkpoint_minutes,
+        sample_every=sample_every, data_card=data_card, licence=licence, full_paths=full_paths,
+        command=command_line(data, masks or [], full_paths),
+    )
+    check_config(config)
     files = scan_paths(data)
-    resolved_out = out.resolve()
-    for f in files:
-        if f.resolve() == resolved_out or resolved_out in f.resolve().parents:
-            raise OutputError(f"{out}: holds the training scan {f}; choose a run folder outside the data")
     label_ids, class_names = (None, None)
     if labels:
         label_ids, class_names = read_labels(list(labels), files)
+        config.class_names = tuple(class_names)
     mask_files = scan_paths(masks) if masks else None
     if mask_files is not None and len(mask_files) != len(files):
         raise MedidiffError(f"--masks: got {len(mask_files)} mask files for {len(files)} scans; give one per scan, in DATA order")
 
-    gen = train_steps(
-        files, out, dims=dims, preset=preset, image_size=size, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
-        device=device, schedule=schedule, prediction=prediction, labels=label_ids, class_names=class_names,
-        masks=mask_files, slice_axis=slice_axis, ct_window=ct_window, augment=not no_augment, modality=modality,
-        checkpoint_every=checkpoint_every, sample_every=sample_every, resume=resume, overwrite=overwrite,
-        command=command_line(),
-    )
+    gen = train_steps(files, out, config, labels=label_ids, masks=mask_files, resume=resume, overwrite=overwrite)
     main = _rank() == 0
-    stop = {"requested": False}
+    stop = {"signal": 0}
 
-    def on_sigint(signum, frame) -> None:  # noqa: ARG001
-        if stop["requested"]:  # second Ctrl-C: stop now, without a checkpoint
+    def on_signal(signum, frame) -> None:  # noqa: ARG001
+        if stop["signal"]:  # a second Ctrl-C / SIGTERM: stop now, without a checkpoint
             raise KeyboardInterrupt
-        stop["requested"] = True
+        stop["signal"] = signum
         if main:
-            typer.secho("\nstopping after this step (Ctrl-C again to abort without a checkpoint) ...", err=True)
+            what = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
+            typer.secho(f"\n{what}: stopping after this step ({what} again to abort without a checkpoint) ...", err=True)
 
     def between_steps(event) -> None:
         # raised here, outside the generator: run_to_end then closes it at a step boundary,
         # which is where train_steps writes its resumable checkpoint
-        if stop["requested"]:
+        if stop["signal"]:
             raise _Interrupted(event.step)
 
-    previous = signal.signal(signal.SIGINT, on_sigint)
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         result = run_to_end(gen, show=main, desc=None, callback=between_steps)
     except _Interrupted as exc:
         if main:
-            again = command_line() if "--resume" in sys.argv else command_line() + " --resume"
-            typer.echo(f"interrupted after step {exc.args[0]}; checkpoint written to {out / 'state'}")
-            typer.echo(f"resume with:\n  {again}")
-        raise typer.Exit(code=130) from None
+            step = exc.args[0]
+            if step == 0:
+                typer.echo("interrupted before the first step; nothing to resume: run the same command again")
+            else:
+                again = shlex.join(["medidiff", *sys.argv[1:]])
+                again = again if "--resume" in sys.argv else again + " --resume"
+                typer.echo(f"interrupted after step {step}; checkpoint written to {out / 'state'}")
+                typer.echo(f"resume with:\n  {again}")
+        raise typer.Exit(code=128 + int(stop["signal"])) from None
     finally:
-        signal.signal(signal.SIGINT, previous)
-        _finish_distributed()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     if main:
         model = result.model
         final = f"{sum(result.losses[-50:]) / len(result.losses[-50:]):.4g}" if result.losses else "n/a"
@@ -224,9 +232,3 @@ def train(
         typer.echo(f"time:        {result.seconds:.1f} s this session; log: {out / 'log.csv'}")
         typer.echo(f"next:        medidiff generate {out / 'model'} --n 16 --out synthetic/")
 
-
-def _finish_distributed() -> None:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()

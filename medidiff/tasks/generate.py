@@ -535,72 +535,76 @@ def generate_dataset_steps(
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputError(f"{out_dir}: exists and is not a folder; choose a folder for the data set")
 
-    sampler_name = _sampler_name(model, sampler)
-    all_indices = list(range(n))
-    mine = [j for j in all_indices if j % world == rank]
-    jobs = _make_jobs(model, mine, n, seed, labels, masks)
-    expected = {job.index: _settings_row(model, job, seed, sampler_name, steps, guidance, masks) for job in jobs}
+    from medidiff.io.lock import folder_lock
 
-    known = _known_rows(out_dir, world) if out_dir.is_dir() else {}
-    if out_dir.is_dir() and not overwrite:
-        _check_resumable(out_dir, known, model, n, seed, sampler_name, steps, guidance, labels, masks, world)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    part = out_dir / f"manifest.part-{rank}.csv"
-    if overwrite:
-        # start this shard afresh: its files, its part and any merged manifest go
+    # one run per folder (per shard): a second run with other settings must not mix its files in
+    with folder_lock(out_dir, f"rank{rank}", what="generate"):
+        sampler_name = _sampler_name(model, sampler)
+        all_indices = list(range(n))
+        mine = [j for j in all_indices if j % world == rank]
+        jobs = _make_jobs(model, mine, n, seed, labels, masks)
+        expected = {job.index: _settings_row(model, job, seed, sampler_name, steps, guidance, masks) for job in jobs}
+
+        known = _known_rows(out_dir, world) if out_dir.is_dir() else {}
+        if out_dir.is_dir() and not overwrite:
+            _check_resumable(out_dir, known, model, n, seed, sampler_name, steps, guidance, labels, masks, world)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        part = out_dir / f"manifest.part-{rank}.csv"
+        if overwrite:
+            # start this shard afresh: its files, its part and any merged manifest go
+            for job in jobs:
+                _remove(out_dir / sample_name(job.index, fmt, model.config.spatial_dims))
+                _remove(out_dir / mask_name(job.index, fmt))
+            _remove(part)
+            if rank == 0:
+                _remove(out_dir / "manifest.csv")
+                _remove(out_dir / "DATA_CARD.md")
+                for old in out_dir.glob("manifest.part-*.csv"):  # parts of an earlier run with more processes
+                    r = old.name[len("manifest.part-"):-len(".csv")]
+                    if r.isdigit() and int(r) >= world:
+                        _remove(old)
+            known = {}
+        _clean_partials(out_dir, [j.index for j in jobs])
+
+        todo, skipped = [], 0
         for job in jobs:
-            _remove(out_dir / sample_name(job.index, fmt, model.config.spatial_dims))
-            _remove(out_dir / mask_name(job.index, fmt))
-        _remove(part)
-        if rank == 0:
-            _remove(out_dir / "manifest.csv")
-            _remove(out_dir / "DATA_CARD.md")
-            for old in out_dir.glob("manifest.part-*.csv"):  # parts of an earlier run with more processes
-                r = old.name[len("manifest.part-"):-len(".csv")]
-                if r.isdigit() and int(r) >= world:
-                    _remove(old)
-        known = {}
-    _clean_partials(out_dir, [j.index for j in jobs])
+            row = known.get(job.index)
+            path = out_dir / sample_name(job.index, fmt, model.config.spatial_dims)
+            want = expected[job.index]
+            if row is not None and path.exists() and row["file"] == path.name and all(str(row.get(k)) == str(want[k]) for k in SETTINGS_FIELDS) \
+                    and sha256_path(path) == row["sha256"] and (job.mask is None or (out_dir / mask_name(job.index, fmt)).is_file()):
+                skipped += 1  # its row (in manifest.csv or a part file) still counts at merge time
+                continue
+            todo.append(job)
 
-    todo, skipped = [], 0
-    for job in jobs:
-        row = known.get(job.index)
-        path = out_dir / sample_name(job.index, fmt, model.config.spatial_dims)
-        want = expected[job.index]
-        if row is not None and path.exists() and row["file"] == path.name and all(str(row.get(k)) == str(want[k]) for k in SETTINGS_FIELDS) \
-                and sha256_path(path) == row["sha256"] and (job.mask is None or (out_dir / mask_name(job.index, fmt)).is_file()):
-            skipped += 1  # its row (in manifest.csv or a part file) still counts at merge time
-            continue
-        todo.append(job)
+        written = 0
 
-    written = 0
+        def write(job: _Job, scan: Scan, mask: Scan | None, pixels: np.ndarray) -> None:
+            nonlocal written
+            from medidiff.io import save_scan
 
-    def write(job: _Job, scan: Scan, mask: Scan | None, pixels: np.ndarray) -> None:
-        nonlocal written
-        from medidiff.io import save_scan
+            path = out_dir / sample_name(job.index, fmt, model.config.spatial_dims)
+            with warnings.catch_warnings():
+                # PNG stores 16-bit codes; the data card says so once instead of a warning per file
+                warnings.filterwarnings("ignore", message=".*PNG holds integers.*")
+                if mask is not None:
+                    mpath = out_dir / mask_name(job.index, fmt)
+                    mpath.parent.mkdir(exist_ok=True)
+                    save_scan(mask, mpath, overwrite=True)
+                save_scan(scan, path, format=fmt, overwrite=True)
+            row = dict(expected[job.index])
+            row.update(file=path.name, sha256=sha256_path(path), pixel_sha256=_pixel_sha256(pixels))
+            _append_row(part, row)
+            written += 1
 
-        path = out_dir / sample_name(job.index, fmt, model.config.spatial_dims)
-        with warnings.catch_warnings():
-            # PNG stores 16-bit codes; the data card says so once instead of a warning per file
-            warnings.filterwarnings("ignore", message=".*PNG holds integers.*")
-            if mask is not None:
-                mpath = out_dir / mask_name(job.index, fmt)
-                mpath.parent.mkdir(exist_ok=True)
-                save_scan(mask, mpath, overwrite=True)
-            save_scan(scan, path, format=fmt, overwrite=True)
-        row = dict(expected[job.index])
-        row.update(file=path.name, sha256=sha256_path(path), pixel_sha256=_pixel_sha256(pixels))
-        _append_row(part, row)
-        written += 1
-
-    if todo:
-        yield from _sample_jobs(model, todo, write, sampler=sampler_name, steps=steps, guidance=guidance,
-                                batch_size=batch_size, deterministic=deterministic)
-    yield Progress(step=1, total=1, message="manifest")
-    manifest, card, quality = merge_dataset(out_dir, n, model=model, format=fmt, command=command, real=real,
-                                            training=training, threshold=threshold, seed=seed, world=world)
-    return DatasetResult(out_dir=out_dir, written=written, skipped=skipped, complete=manifest is not None,
-                         manifest=manifest, data_card=card, quality=quality)
+        if todo:
+            yield from _sample_jobs(model, todo, write, sampler=sampler_name, steps=steps, guidance=guidance,
+                                    batch_size=batch_size, deterministic=deterministic)
+        yield Progress(step=1, total=1, message="manifest")
+        manifest, card, quality = merge_dataset(out_dir, n, model=model, format=fmt, command=command, real=real,
+                                                training=training, threshold=threshold, seed=seed, world=world)
+        return DatasetResult(out_dir=out_dir, written=written, skipped=skipped, complete=manifest is not None,
+                             manifest=manifest, data_card=card, quality=quality)
 
 
 def _sampler_name(model: DiffusionModel, sampler: str | None) -> str:
@@ -630,8 +634,10 @@ def _check_resumable(out_dir: Path, known: dict[int, dict[str, str]], model, n, 
                      labels, masks, world) -> None:
     """Refuse a folder that holds something else than (part of) this very data set."""
     ours = {"manifest.csv", "DATA_CARD.md", "masks", "quality.png"}
+    from medidiff.io.lock import is_lock_file
+
     foreign = [p.name for p in out_dir.iterdir()
-               if p.name not in ours and not p.name.startswith(("sample_", "manifest.part-", ".sample_", ".manifest", ".DATA_CARD", ".quality"))]
+               if p.name not in ours and not is_lock_file(p) and not p.name.startswith(("sample_", "manifest.part-", ".sample_", ".manifest", ".DATA_CARD", ".quality"))]
     if foreign:
         raise OutputError(f"{out_dir}: holds other files ({', '.join(sorted(foreign)[:3])}); choose an empty or new folder, or pass --overwrite")
     if not known:

@@ -1,47 +1,61 @@
 """Train a 2D or 3D diffusion model on scans: ``train`` and its generator twin ``train_steps``.
 
-A run folder holds::
+The run folder (``RUN/model``, ``RUN/state``, ``RUN/log.csv``, ``RUN/samples``) is described in
+:mod:`medidiff.tasks.run_folder`. Batches, noise and augmentation are pure functions of (seed,
+step), so a resumed run ends with exactly the weights of an uninterrupted one, and under
+``torchrun`` each of K processes takes its share of the same global batch (DDP averages the
+gradients), so the result does not depend on K.
 
-    RUN/model/            the EMA model (a normal medidiff model folder)
-    RUN/state/            what --resume needs: raw + EMA weights, optimiser tensors
-                          (safetensors) and the step (JSON)
-    RUN/log.csv           step, loss, learning rate, seconds
-    RUN/samples/*.png     a grid of samples every ``sample_every`` steps
-
-Batches, noise and augmentation are pure functions of (seed, step), so a resumed run ends
-with exactly the weights of an uninterrupted one, and under ``torchrun`` each of K
-processes takes its share of the same global batch (DDP averages the gradients), so the
-result does not depend on K.
+A run is never lost whole: it checkpoints every ``checkpoint_every`` steps *and* every
+``checkpoint_minutes`` of wall time, closing the generator (cancel in napari, Ctrl-C or SIGTERM
+in the CLI) checkpoints at the step boundary, and a folder left without a checkpoint can simply
+be trained into again. Only one run at a time may write into a run folder (a folder lock).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
-import csv
-import json
+import dataclasses
 import math
-import os
 import time
+import warnings
 from collections.abc import Generator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from medidiff.core.data import TrainingData, prepare_training_data
-from medidiff.core.devices import autocast_dtype, resolve_device
+from medidiff.core.data import TrainingData, prepare_training_data, scan_paths
+from medidiff.core.devices import autocast_dtype
+from medidiff.core.model import DiffusionModel, default_model_card
+from medidiff.core.progress import Progress, plain_twin, run_to_end
 from medidiff.errors import MedidiffError, OutputError
 from medidiff.io import Scan
-from medidiff.core.model import DiffusionModel, default_model_card
-from medidiff.core.progress import Progress, run_to_end
+from medidiff.tasks import run_folder
+from medidiff.tasks.distributed import close_process_group, init_process_group, process_device
+
+DEFAULT_STEPS = 1000
+# settings a resumed run must share with the run it continues (they shape the model or the data order)
+SAME_ON_RESUME = ("batch_size", "seed", "dims", "preset", "image_size", "schedule", "prediction")
 
 
 @dataclass
 class TrainConfig:
-    """Optimisation settings of a run (stored in RUN/state/train.json)."""
+    """Every setting of a training run (stored in ``RUN/state/train.json``).
 
-    steps: int = 1000
+    ``steps=None`` means 1000 for a new run and the run's own total when resuming.
+    ``checkpoint_minutes`` checkpoints by wall time as well as every ``checkpoint_every`` steps
+    (0 turns either off). ``full_paths`` records the training files' full paths in the model;
+    by default they are recorded relative to the data folder they came from.
+    """
+
+    dims: int = 2
+    preset: str = "tiny"
+    image_size: int | tuple[int, ...] = 64
+    steps: int | None = None
     batch_size: int = 16
     lr: float = 1e-3
     weight_decay: float = 0.0
@@ -49,21 +63,47 @@ class TrainConfig:
     grad_clip: float = 1.0
     ema_decay: float = 0.999
     condition_dropout: float = 0.1
-    checkpoint_every: int = 500
-    sample_every: int = 0
     seed: int = 0
+    device: str = "auto"
+    schedule: str = "ddpm"
+    prediction: str | None = None
+    class_names: tuple[str, ...] = ()
+    mask_classes: int | None = None
+    slice_axis: int | None = None
+    ct_window: str | None = None
+    modality: str | None = None
+    augment: bool = True
+    checkpoint_every: int = 500
+    checkpoint_minutes: float = 5.0
+    sample_every: int = 0
+    data_card: str | None = None
+    licence: str | None = None
+    command: str | None = None
+    full_paths: bool = False
+
+    @property
+    def total_steps(self) -> int:
+        return DEFAULT_STEPS if self.steps is None else int(self.steps)
 
     @property
     def warmup_steps(self) -> int:
-        return self.warmup if self.warmup is not None else min(500, max(1, self.steps // 20))
+        return self.warmup if self.warmup is not None else min(500, max(1, self.total_steps // 20))
 
     def lr_at(self, step: int) -> float:
         """Linear warm-up, then cosine decay to 5% of ``lr``."""
         w = self.warmup_steps
         if step < w:
             return self.lr * (step + 1) / w
-        progress = (step - w) / max(1, self.steps - w)
+        progress = (step - w) / max(1, self.total_steps - w)
         return self.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        size = self.image_size
+        d["image_size"] = [int(s) for s in size] if isinstance(size, (tuple, list)) else [int(size)] * self.dims
+        d["class_names"] = list(self.class_names)
+        d["device"] = str(self.device)
+        return d
 
 
 @dataclass
@@ -76,149 +116,254 @@ class TrainResult:
     seconds: float = 0.0
 
 
-def train(*args, show_progress: bool = False, **kwargs) -> TrainResult:
-    """Train a model; see :func:`train_steps` for the arguments."""
-    return run_to_end(train_steps(*args, **kwargs), show=show_progress, desc="train")
+def check_config(cfg: TrainConfig) -> None:
+    """One-line ``MedidiffError`` for a setting that cannot work (before any data is read)."""
+    from medidiff.core.model import PRESETS
+    from medidiff.core.schedule import KINDS, PREDICTIONS
+
+    if cfg.dims not in (2, 3):
+        raise MedidiffError(f"dims {cfg.dims}: choose 2 or 3")
+    if cfg.preset not in PRESETS:
+        raise MedidiffError(f"preset {cfg.preset!r}: choose one of {', '.join(PRESETS)}")
+    if cfg.schedule not in KINDS:
+        raise MedidiffError(f"schedule {cfg.schedule!r}: choose one of {', '.join(KINDS)}")
+    if cfg.prediction is not None and cfg.prediction not in PREDICTIONS[cfg.schedule]:
+        raise MedidiffError(f"prediction {cfg.prediction!r} does not fit schedule {cfg.schedule}; "
+                            f"choose one of {', '.join(PREDICTIONS[cfg.schedule])}")
+    sizes = (cfg.image_size,) * cfg.dims if isinstance(cfg.image_size, int) else tuple(cfg.image_size)
+    if len(sizes) != cfg.dims or any(int(s) < 1 for s in sizes):
+        raise MedidiffError(f"image size {cfg.image_size}: give one positive size or {cfg.dims}")
+    multiple = 2 ** (len(PRESETS[cfg.preset]["channels"]) - 1)
+    if any(int(s) % multiple for s in sizes):
+        raise MedidiffError(f"image size {cfg.image_size}: preset {cfg.preset!r} needs sizes divisible by {multiple}")
+    for name, low in (("steps", 1), ("batch_size", 1), ("checkpoint_every", 0), ("sample_every", 0)):
+        value = getattr(cfg, name)
+        if value is not None and (not isinstance(value, int) or value < low):
+            raise MedidiffError(f"{name} must be an integer >= {low}, got {value!r}")
+    for name in ("lr", "checkpoint_minutes", "weight_decay", "grad_clip"):
+        value = getattr(cfg, name)
+        if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            raise MedidiffError(f"{name} must be a finite number >= 0, got {value!r}")
+    if not 0 <= cfg.ema_decay < 1 or not 0 <= cfg.condition_dropout <= 1:
+        raise MedidiffError("ema_decay must be in [0, 1) and condition_dropout in [0, 1]")
+
+
+def check_out_outside_data(out: Path, data: Sequence[Any]) -> None:
+    """Refuse a run folder that is, or holds, one of the training files."""
+    paths = [d for d in data if isinstance(d, (str, Path))]
+    resolved = out.resolve()
+    for f in scan_paths(paths) if paths else []:
+        if f.resolve() == resolved or resolved in f.resolve().parents:
+            raise OutputError(f"{out}: holds the training scan {f}; choose a run folder outside the data")
+
+
+def _config(config: TrainConfig | None, options: dict[str, Any]) -> TrainConfig:
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(options) - names)
+    if unknown:
+        raise TypeError(f"train: unknown option(s) {', '.join(unknown)}; the settings are TrainConfig's fields")
+    if "class_names" in options and options["class_names"] is not None:
+        options["class_names"] = tuple(options["class_names"])
+    if options.get("class_names", ()) is None:
+        options["class_names"] = ()
+    if "device" in options:
+        options["device"] = str(options["device"])
+    return dataclasses.replace(config or TrainConfig(), **options)
 
 
 def train_steps(
     data: Sequence[str | Path | Scan] | str | Path | Scan | TrainingData,
     out: str | Path | None = None,
+    config: TrainConfig | None = None,
     *,
-    dims: int = 2,
-    preset: str = "tiny",
-    image_size: int | Sequence[int] = 64,
-    steps: int = 1000,
-    batch_size: int = 16,
-    lr: float = 1e-3,
-    seed: int = 0,
-    device: str | torch.device = "auto",
-    schedule: str = "ddpm",
-    prediction: str | None = None,
     labels: Sequence[int] | None = None,
-    class_names: Sequence[str] | None = None,
     masks: Sequence[str | Path | Scan] | None = None,
-    mask_classes: int | None = None,
-    slice_axis: int | None = None,
-    ct_window: str | None = None,
-    modality: str | None = None,
-    augment: bool = True,
-    checkpoint_every: int = 500,
-    sample_every: int = 0,
     resume: bool = False,
     overwrite: bool = False,
-    ema_decay: float = 0.999,
-    warmup: int | None = None,
-    data_card: str | None = None,
-    command: str | None = None,
+    **options: Any,
 ) -> Generator[Progress, None, TrainResult]:
     """Train a diffusion model, yielding a ``Progress`` per step (with loss and learning rate).
 
-    ``out=None`` trains in memory only. ``resume=True`` continues the run in ``out`` from
-    its last checkpoint. Closing the generator (cancel, Ctrl-C) writes a checkpoint first,
-    so the run can be resumed.
+    ``config`` holds the settings (a :class:`TrainConfig`); any of its fields may also be given
+    as keywords (``steps=60, image_size=32``), which override it. ``labels`` (one class per scan)
+    and ``masks`` (one label map per scan) condition the model. ``out=None`` trains in memory.
+    ``resume=True`` continues the run in ``out`` from its last checkpoint (a folder without one
+    starts from step 0). Closing the generator (cancel, Ctrl-C, SIGTERM) writes a checkpoint first.
+    The first event (step 0) comes before any data is read.
     """
-    rank, world = _init_distributed(device)
-    dev = _process_device(device, rank, world)
-    cfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, checkpoint_every=checkpoint_every,
-                      sample_every=sample_every, seed=seed, ema_decay=ema_decay, warmup=warmup)
-    if batch_size % world:
-        raise MedidiffError(f"batch size {batch_size} must be divisible by the number of processes ({world})")
-    run_dir = Path(out) if out is not None else None
-    if run_dir is not None and not resume and run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
-        raise OutputError(f"{run_dir}: already exists; pass --resume to continue it, --overwrite to replace it, or choose another folder")
+    cfg = _config(config, dict(options))
+    check_config(cfg)
+    run_dir = Path(out).expanduser() if out is not None else None
+    items = [data] if isinstance(data, (str, Path, Scan)) else ([] if isinstance(data, TrainingData) else list(data))
+    if run_dir is not None:
+        check_out_outside_data(run_dir, items)
+        if run_dir.exists() and not run_dir.is_dir():
+            raise OutputError(f"{run_dir}: exists and is not a folder; choose a folder for the run")
+    rank, world, opened = init_process_group(cfg.device)
+    with contextlib.ExitStack() as stack:
+        if opened:
+            stack.callback(close_process_group)
+        if world > 1 and cfg.batch_size % world:
+            raise MedidiffError(f"batch size {cfg.batch_size} must be divisible by the number of processes ({world})")
+        main = rank == 0
+        continuing = False
+        if run_dir is not None and main:
+            from medidiff.io.lock import folder_lock
 
+            stack.enter_context(folder_lock(run_dir, what="training run"))
+            if resume and not run_folder.has_checkpoint(run_dir):
+                warnings.warn(f"{run_dir}: no checkpoint to resume from; starting at step 0", stacklevel=2)
+            continuing = run_folder.prepare(run_dir, resume=resume, overwrite=overwrite)
+        elif run_dir is not None:
+            continuing = resume and run_folder.has_checkpoint(run_dir)
+        meta = run_folder.read_meta(run_dir) if continuing else None
+        if meta is not None:
+            cfg = _resumed_config(cfg, meta, run_dir)
+        steps = cfg.total_steps
+        yield Progress(step=0, total=steps, message="loading training data")
+        return (yield from _run(data, run_dir, cfg, labels, masks, meta, rank, world, items))
+
+
+def _resumed_config(cfg: TrainConfig, meta: dict[str, Any], run_dir: Path) -> TrainConfig:
+    saved = meta["config"]
+    mine = cfg.to_json()
+    for key in SAME_ON_RESUME:
+        if key in saved and saved[key] != mine[key]:
+            raise MedidiffError(f"{run_dir / 'state'}: the run used {key}={saved[key]}, not {mine[key]}; "
+                                "resume with the same settings")
+    if cfg.steps is None:  # resume continues the run as configured unless a new total is asked for
+        cfg = dataclasses.replace(cfg, steps=int(saved.get("steps") or DEFAULT_STEPS))
+    return cfg
+
+
+def _run(data, run_dir: Path | None, cfg: TrainConfig, labels, masks, meta, rank: int, world: int,
+         items: list) -> Generator[Progress, None, TrainResult]:
+    dev = process_device(cfg.device, rank, world)
+    steps, seed = cfg.total_steps, cfg.seed
     td = data if isinstance(data, TrainingData) else prepare_training_data(
-        data, spatial_dims=dims, image_size=image_size, slice_axis=slice_axis, ct_window=ct_window,
-        labels=labels, masks=masks, augment=augment, modality=modality,
+        data, spatial_dims=cfg.dims, image_size=cfg.image_size, slice_axis=cfg.slice_axis, ct_window=cfg.ct_window,
+        labels=labels, masks=masks, augment=cfg.augment, modality=cfg.modality,
     )
     n_classes = (max(td.labels) + 1 if td.labels else 0) if labels is not None else 0
-    if class_names:
-        n_classes = max(n_classes, len(class_names))
+    n_classes = max(n_classes, len(cfg.class_names))
+    mask_classes = cfg.mask_classes
     if masks is not None and mask_classes is None:
         mask_classes = int(max(float(m.max()) for m in td.masks)) if td.masks else 0
     model = DiffusionModel.create(
-        td.spatial_dims, td.image_size, preset=preset, schedule=schedule, prediction=prediction,
-        num_classes=n_classes, class_names=list(class_names or []), mask_classes=mask_classes or 0,
+        td.spatial_dims, td.image_size, preset=cfg.preset, schedule=cfg.schedule, prediction=cfg.prediction,
+        num_classes=n_classes, class_names=list(cfg.class_names), mask_classes=mask_classes or 0,
         normaliser=td.normaliser, spacing=td.spacing, orientation=td.orientation, modality=td.modality,
         slice_axis=td.slice_axis, seed=seed,
     )
     model.network.to(dev)
     ema = copy.deepcopy(model.network).eval().requires_grad_(False)
-    opt = torch.optim.AdamW(model.network.parameters(), lr=lr, weight_decay=cfg.weight_decay)
-    start = 0
-    losses: list[float] = []
-    if resume:
-        if run_dir is None or not (run_dir / "state" / "train.json").is_file():
-            raise MedidiffError(f"{run_dir}: no checkpoint to resume from (expected state/train.json)")
-        start, losses = _load_state(run_dir / "state", model.network, ema, opt, cfg, dev)
+    opt = torch.optim.AdamW(model.network.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    start, losses = 0, []
+    if meta is not None:
+        run_folder.load_state(run_dir / "state", meta, model.network, ema, opt, dev)
+        start, losses = int(meta["step"]), [float(v) for v in meta.get("losses", [])][: int(meta["step"])]
+    main = rank == 0
+    sources = run_folder.describe_sources(td.sources, [Path(p) for p in items if isinstance(p, (str, Path))], cfg.full_paths)
+    training = _training_record(cfg, td, sources, world, dev)
+    model.config.training = dict(training, steps_done=start)
+    if run_dir is not None and main:
+        run_folder.trim_log(run_dir / "log.csv", start)  # a crash may have logged steps after the checkpoint
+
+    def checkpoint(done: int) -> None:
+        model.config.training = dict(training, steps_done=done)
+        model.save(run_dir / "model", overwrite=True, model_card=_model_card(model, cfg), state_dict=ema.state_dict())
+        run_folder.write_state(run_dir / "state", model.network, ema, opt,
+                               {"step": done, "losses": losses[:done], "config": cfg.to_json()})
+
     net = model.network
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[dev.index] if dev.type == "cuda" else None)
     amp = autocast_dtype(dev)
-    is_main = rank == 0
-    if run_dir is not None and is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "samples").mkdir(exist_ok=True)
-    t0 = time.perf_counter()
-    local = batch_size // world
-    step = start
+    t0 = last_checkpoint = time.perf_counter()
+    local = cfg.batch_size // world
     model.network.train()
     try:
         for step in range(start, steps):
-            batch = td.batch(seed, step, batch_size)
-            gen = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, step, 3]).generate_state(1)[0]))
-            noise = model.draw_training_noise(batch["images"].shape, gen)
-            part = slice(rank * local, (rank + 1) * local)
-            x0 = torch.from_numpy(batch["images"][part]).to(dev)
-            lab = torch.from_numpy(batch["labels"][part]) if "labels" in batch else None
-            msk = torch.from_numpy(batch["masks"][part]) if "masks" in batch else None
-            noise = {k: v[part] for k, v in noise.items()}
-            for g in opt.param_groups:
-                g["lr"] = cfg.lr_at(step)
-            with torch.autocast(device_type=dev.type, dtype=amp, enabled=amp is not None):
-                loss = _loss(net, model, x0, noise, lab, msk, cfg.condition_dropout)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.network.parameters(), cfg.grad_clip)
-            opt.step()
-            _ema_update(ema, model.network, cfg.ema_decay, step)
-            value = float(loss.detach())
-            if world > 1:
-                t = torch.tensor([value], device=dev)
-                torch.distributed.all_reduce(t)
-                value = float(t) / world
+            value = _train_step(net, model, ema, opt, td, cfg, step, rank, local, dev, amp, world)
             losses.append(value)
             done = step + 1
-            if run_dir is not None and is_main:
-                _log(run_dir / "log.csv", done, value, cfg.lr_at(step), time.perf_counter() - t0)
-                if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < steps:
-                    _checkpoint(run_dir, model, ema, opt, cfg, done, losses, data_card, command)
+            if run_dir is not None and main:
+                run_folder.append_log(run_dir / "log.csv", done, value, cfg.lr_at(step), time.perf_counter() - t0)
+                by_steps = cfg.checkpoint_every and done % cfg.checkpoint_every == 0
+                by_time = cfg.checkpoint_minutes and time.perf_counter() - last_checkpoint >= 60 * cfg.checkpoint_minutes
+                if (by_steps or by_time) and done < steps:
+                    checkpoint(done)
+                    last_checkpoint = time.perf_counter()
                 if cfg.sample_every and done % cfg.sample_every == 0:
                     _sample_grid(model, ema, run_dir / "samples" / f"step_{done:07d}.png", seed)
             elapsed = time.perf_counter() - t0
             yield Progress(step=done, total=steps, message="train",
                            values={"loss": value, "lr": cfg.lr_at(step), "it/s": (done - start) / max(elapsed, 1e-9)})
     except GeneratorExit:
-        # cancelled (napari) or interrupted (Ctrl-C in the CLI): keep what was learnt
-        # len(losses) counts finished steps (a run closed after its first step is worth keeping too)
-        if run_dir is not None and is_main and len(losses) > start:
-            _checkpoint(run_dir, model, ema, opt, cfg, len(losses), losses, data_card, command)
+        # cancelled (napari) or interrupted (Ctrl-C / SIGTERM in the CLI): keep what was learnt
+        if run_dir is not None and main and len(losses) > start:
+            checkpoint(len(losses))
         raise
     seconds = time.perf_counter() - t0
     model.network.load_state_dict(ema.state_dict())
     model.network.eval()
-    model.config.training = {
-        "steps": steps, "batch_size": batch_size, "learning_rate": lr, "seed": seed, "preset": preset,
-        "processes": world, "device": str(dev), "seconds_this_session": round(seconds, 1),
-        "final_loss": round(float(np.mean(losses[-50:])), 5) if losses else None,
-        "training_images": len(td), "sources": td.sources[:20], "data_card": data_card or "", "command": command or "",
-    }
-    if run_dir is not None and is_main:
-        _checkpoint(run_dir, model, ema, opt, cfg, steps, losses, data_card, command)
+    training.update(seconds_this_session=round(seconds, 1),
+                    final_loss=round(float(np.mean(losses[-50:])), 5) if losses else None)
+    if run_dir is not None and main:
+        checkpoint(steps)
+    model.config.training = dict(training, steps_done=steps)
     if world > 1:
         torch.distributed.barrier()
     return TrainResult(model=model, run_dir=run_dir, losses=losses, seconds=seconds)
+
+
+def _train_step(net, model: DiffusionModel, ema, opt, td: TrainingData, cfg: TrainConfig, step: int, rank: int,
+                local: int, dev: torch.device, amp, world: int) -> float:
+    """One optimiser step on the (seed, step) batch; the loss averaged over processes."""
+    batch = td.batch(cfg.seed, step, cfg.batch_size)
+    gen = torch.Generator().manual_seed(int(np.random.SeedSequence([cfg.seed, step, 3]).generate_state(1)[0]))
+    noise = model.draw_training_noise(batch["images"].shape, gen)
+    part = slice(rank * local, (rank + 1) * local)
+    x0 = torch.from_numpy(batch["images"][part]).to(dev)
+    lab = torch.from_numpy(batch["labels"][part]) if "labels" in batch else None
+    msk = torch.from_numpy(batch["masks"][part]) if "masks" in batch else None
+    noise = {k: v[part] for k, v in noise.items()}
+    for g in opt.param_groups:
+        g["lr"] = cfg.lr_at(step)
+    with torch.autocast(device_type=dev.type, dtype=amp, enabled=amp is not None):
+        loss = _loss(net, model, x0, noise, lab, msk, cfg.condition_dropout)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.network.parameters(), cfg.grad_clip)
+    opt.step()
+    _ema_update(ema, model.network, cfg.ema_decay, step)
+    value = float(loss.detach())
+    if world > 1:
+        t = torch.tensor([value], device=dev)
+        torch.distributed.all_reduce(t)
+        value = float(t) / world
+    return value
+
+
+def _training_record(cfg: TrainConfig, td: TrainingData, sources: list[str], world: int, dev) -> dict[str, Any]:
+    """What the model's config.json records about its training (no full paths unless asked)."""
+    return {
+        "steps": cfg.total_steps, "batch_size": cfg.batch_size, "learning_rate": cfg.lr, "seed": cfg.seed,
+        "preset": cfg.preset, "processes": world, "device": str(dev), "training_images": len(td),
+        "sources": sources[:20], "data_card": cfg.data_card or "", "licence": cfg.licence or "",
+        "command": cfg.command or "",
+    }
+
+
+def _model_card(model: DiffusionModel, cfg: TrainConfig) -> str:
+    card = default_model_card(model)
+    if cfg.data_card:
+        card += f"\nTraining data card: {cfg.data_card}\n"
+    if cfg.licence:
+        card += f"\nTraining data licence: {cfg.licence}\n"
+    if cfg.command:
+        card += f"\nCommand:\n\n    {cfg.command}\n"
+    return card
 
 
 def _loss(net, model, x0, noise, lab, msk, dropout) -> torch.Tensor:
@@ -242,84 +387,6 @@ def _ema_update(ema: torch.nn.Module, net: torch.nn.Module, decay: float, step: 
         be.copy_(b)
 
 
-def _init_distributed(device) -> tuple[int, int]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        dev = resolve_device(device)
-        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
-    return dist.get_rank(), dist.get_world_size()
-
-
-def _process_device(device, rank: int, world: int) -> torch.device:
-    dev = resolve_device(device)
-    if dev.type == "cuda" and world > 1:
-        local = int(os.environ.get("LOCAL_RANK", rank))
-        dev = torch.device("cuda", local)
-        torch.cuda.set_device(dev)
-    return dev
-
-
-def _log(path: Path, step: int, loss: float, lr: float, seconds: float) -> None:
-    new = not path.exists()
-    with open(path, "a", newline="") as f:
-        w = csv.writer(f)
-        if new:
-            w.writerow(["step", "loss", "lr", "seconds"])
-        w.writerow([step, f"{loss:.6g}", f"{lr:.6g}", f"{seconds:.2f}"])
-
-
-def _checkpoint(run_dir: Path, model: DiffusionModel, ema, opt, cfg: TrainConfig, step: int,
-                losses: list[float], data_card: str | None, command: str | None) -> None:
-    """Write RUN/model (EMA) and RUN/state atomically."""
-    from safetensors.torch import save_file
-
-    from medidiff.io.atomic import atomic_dir
-
-    card = default_model_card(model)
-    if data_card:
-        card += f"\nTraining data card: {data_card}\n"
-    if command:
-        card += f"\nCommand:\n\n    {command}\n"
-    model.save(run_dir / "model", overwrite=True, model_card=card, state_dict=ema.state_dict())
-    tensors = {f"net.{k}": v.detach().cpu().contiguous() for k, v in model.network.state_dict().items()}
-    tensors.update({f"ema.{k}": v.detach().cpu().contiguous() for k, v in ema.state_dict().items()})
-    opt_state = opt.state_dict()
-    for pid, st in opt_state["state"].items():
-        for name, val in st.items():
-            tensors[f"opt.{pid}.{name}"] = torch.as_tensor(val).detach().cpu().contiguous()
-    meta = {
-        "step": step, "losses": losses, "config": cfg.__dict__,
-        "param_groups": [{k: v for k, v in g.items() if k != "params"} | {"params": g["params"]} for g in opt_state["param_groups"]],
-    }
-    with atomic_dir(run_dir / "state", overwrite=True) as tmp:
-        save_file(tensors, str(tmp / "state.safetensors"))
-        (tmp / "train.json").write_text(json.dumps(meta))
-
-
-def _load_state(state_dir: Path, net, ema, opt, cfg: TrainConfig, dev) -> tuple[int, list[float]]:
-    from safetensors.torch import load_file
-
-    meta = json.loads((state_dir / "train.json").read_text())
-    saved = meta["config"]
-    for key in ("batch_size", "seed"):
-        if saved.get(key) != getattr(cfg, key):
-            raise MedidiffError(f"{state_dir}: the run used {key}={saved.get(key)}, not {getattr(cfg, key)}; resume with the same settings")
-    tensors = load_file(str(state_dir / "state.safetensors"))
-    net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
-    ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
-    state: dict = {}
-    for k, v in tensors.items():
-        if k.startswith("opt."):
-            _, pid, name = k.split(".", 2)
-            state.setdefault(int(pid), {})[name] = v.to(dev) if name != "step" else v
-    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-    return int(meta["step"]), list(meta["losses"])
-
-
 def _sample_grid(model: DiffusionModel, ema, path: Path, seed: int, n: int = 4) -> None:
     """Save a PNG grid of ``n`` EMA samples (middle slice for 3D)."""
     from medidiff.core.sampling import generate_batch
@@ -330,12 +397,15 @@ def _sample_grid(model: DiffusionModel, ema, path: Path, seed: int, n: int = 4) 
     model.network.eval()
     try:
         labels = torch.arange(n) % model.config.num_classes if model.config.num_classes else None
-        x = run_to_end(generate_batch(model, list(range(n)), steps=10, class_labels=labels,
-                                      masks=None))
+        x = run_to_end(generate_batch(model, list(range(n)), steps=10, class_labels=labels, masks=None))
     finally:
         model.network.load_state_dict(live)
         model.network.train()
     imgs = x[:, 0].cpu().numpy()
     if imgs.ndim == 4:
         imgs = imgs[:, imgs.shape[1] // 2]
+    path.parent.mkdir(parents=True, exist_ok=True)
     save_grid([imgs[i] for i in range(len(imgs))], path, titles=[f"sample {i}" for i in range(len(imgs))])
+
+
+train = plain_twin(train_steps, "train")

@@ -82,7 +82,7 @@ def test_resume_needs_the_same_batch_and_seed(mr_train_scan, tmp_path):
 def test_an_existing_run_folder_is_not_replaced(mr_train_scan, tmp_path):
     train([mr_train_scan], tmp_path / "r", steps=1, **TINY)
     before = (tmp_path / "r" / "model" / "weights.safetensors").read_bytes()
-    with pytest.raises(OutputError, match="already exists"):
+    with pytest.raises(OutputError, match="already holds a training run"):
         train([mr_train_scan], tmp_path / "r", steps=1, **TINY)
     assert (tmp_path / "r" / "model" / "weights.safetensors").read_bytes() == before
 
@@ -106,7 +106,7 @@ def test_cli_trains_with_classes_from_a_csv(mr_train_scan, tmp_path, capsys):
     [
         (["--image-size", "32,32,16"], "has 3 values but --dims is 2"),
         (["--image-size", "30"], "divisible by 4"),
-        (["--schedule", "rflow", "--prediction", "epsilon"], "does not fit --schedule rflow"),
+        (["--schedule", "rflow", "--prediction", "epsilon"], "does not fit schedule rflow"),
         (["--labels", "a", "--labels", "b"], "got 2 values for 1 scans"),
     ],
 )
@@ -145,7 +145,7 @@ def test_torchrun_two_processes_equal_one_process(mr_file, tmp_path):
     with open(run / "log.csv") as f:
         assert [int(r["step"]) for r in csv.DictReader(f)] == list(range(1, 11))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp"]
-    assert sorted(p.name for p in run.iterdir()) == ["log.csv", "model", "samples", "state"]
+    assert sorted(p.name for p in run.iterdir()) == ["log.csv", "model", "state"]
     # the model card records the command as typed
     card = (run / "model" / "MODEL_CARD.md").read_text()
     assert "medidiff train" in card and "--batch-size 4" in card
@@ -182,3 +182,147 @@ def test_cli_records_a_given_modality(mr_file, tmp_path, capsys):
                           "--image-size", "16", "--modality", "microscopy", "--device", "cpu")
     assert code == 0, err
     assert DiffusionModel.load(tmp_path / "run" / "model").config.modality == "microscopy"
+
+
+# -- runs are never lost, never mixed (issues 16, 17) ------------------------------------------------
+def _cli_train(mr_file, run, *extra, steps="12"):
+    cmd = [sys.executable, "-m", "medidiff", "train", str(mr_file), "--out", str(run), "--batch-size", "2",
+           "--image-size", "32", "--lr", "2e-3", "--seed", "3", "--device", "cpu", "--checkpoint-every", "0", *extra]
+    if steps is not None:
+        cmd += ["--steps", steps]
+    return cmd
+
+
+def _wait_for_steps(proc, log: Path, rows: int, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while not (log.is_file() and len(log.read_text().splitlines()) > rows):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-2000:]
+        time.sleep(0.05)
+
+
+def test_sigterm_in_the_first_steps_leaves_a_run_that_resumes_bit_identical(mr_file, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = tmp_path / "stopped"
+    proc = subprocess.Popen(_cli_train(mr_file, run, steps="40"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
+    try:
+        _wait_for_steps(proc, run / "log.csv", 1)  # header + the first step
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    step = json.loads((run / "state" / "train.json").read_text())["step"]
+    assert 1 <= step < 40 and "resume with:" in out
+    # --resume without --steps keeps the run's total of 40
+    resumed = subprocess.run(_cli_train(mr_file, run, "--resume", steps=None), capture_output=True, text=True, env=env)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    straight = subprocess.run(_cli_train(mr_file, tmp_path / "straight", steps="40"), capture_output=True, text=True, env=env)
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    a, b = DiffusionModel.load(run / "model"), DiffusionModel.load(tmp_path / "straight" / "model")
+    assert a.config.training["steps"] == 40
+    _assert_same_weights(a, b)
+    with open(run / "log.csv") as f:
+        assert [int(r["step"]) for r in csv.DictReader(f)] == list(range(1, 41))
+
+
+def test_resume_without_steps_keeps_the_runs_total(mr_train_scan, tmp_path):
+    gen = train_steps([mr_train_scan], tmp_path / "r", steps=6, checkpoint_every=0, **TINY)
+    for event in gen:
+        if event.step == 2:
+            break
+    gen.close()
+    result = train([mr_train_scan], tmp_path / "r", resume=True, checkpoint_every=0, **TINY)
+    assert len(result.losses) == 6 and result.model.config.training["steps"] == 6
+
+
+def test_a_run_folder_without_a_checkpoint_can_be_trained_into_again(mr_train_scan, tmp_path):
+    run = tmp_path / "r"
+    gen = train_steps([mr_train_scan], run, steps=4, checkpoint_every=0, **TINY)
+    first = next(gen)  # what a kill before the first checkpoint leaves: a folder, maybe a log
+    assert first.step == 0
+    (run / "log.csv").write_text("step,loss,lr,seconds\n1,0.5,0.001,0.1\n")
+    del gen  # never closed cleanly (kill -9): no checkpoint
+    import gc
+
+    gc.collect()
+    assert run.is_dir() and not (run / "state").exists()
+    again = train([mr_train_scan], run, steps=4, checkpoint_every=0, **TINY)  # no --overwrite needed
+    assert len(again.losses) == 4
+    with pytest.warns(UserWarning, match="no checkpoint to resume from"):
+        other = train([mr_train_scan], tmp_path / "fresh", steps=2, checkpoint_every=0, resume=True, **TINY)
+    assert len(other.losses) == 2
+
+
+def test_after_a_crash_resume_does_not_repeat_logged_steps(mr_train_scan, tmp_path):
+    import shutil
+
+    gen = train_steps([mr_train_scan], tmp_path / "a", steps=8, checkpoint_every=3, **TINY)
+    for event in gen:
+        if event.step == 5:  # checkpoint at 3, steps 4 and 5 logged after it
+            shutil.copytree(tmp_path / "a", tmp_path / "crashed")  # the folder as kill -9 leaves it
+            break
+    gen.close()
+    assert json.loads((tmp_path / "crashed" / "state" / "train.json").read_text())["step"] == 3
+    train([mr_train_scan], tmp_path / "crashed", steps=8, checkpoint_every=3, resume=True, **TINY)
+    with open(tmp_path / "crashed" / "log.csv") as f:
+        assert [int(r["step"]) for r in csv.DictReader(f)] == list(range(1, 9))
+
+
+def test_checkpoint_by_wall_time(mr_train_scan, tmp_path):
+    gen = train_steps([mr_train_scan], tmp_path / "t", steps=50, checkpoint_every=0, checkpoint_minutes=1e-9, **TINY)
+    for event in gen:
+        if event.step == 2:
+            break
+    # inspected before close(): the checkpoint was written by time, not by the cancel
+    assert json.loads((tmp_path / "t" / "state" / "train.json").read_text())["step"] == 2
+    gen.close()
+
+
+def test_two_concurrent_trainings_into_one_folder_the_second_is_refused(mr_file, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = tmp_path / "shared"
+    first = subprocess.Popen(_cli_train(mr_file, run, steps="100000"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, env=env)
+    try:
+        _wait_for_steps(first, run / "log.csv", 1)
+        second = subprocess.run(_cli_train(mr_file, run, "--overwrite", steps="3"), capture_output=True, text=True, env=env)
+        assert second.returncode == 2, second.stderr[-2000:]
+        assert "another medidiff training run" in second.stderr and len(second.stderr.strip().splitlines()) == 1
+        assert first.poll() is None  # the first run carries on untouched
+        first.send_signal(signal.SIGINT)
+        first.communicate(timeout=120)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == 130
+    DiffusionModel.load(run / "model")
+
+
+def test_progress_comes_before_the_first_network_call(mr_file):
+    events: list[str] = []
+    hook = torch.nn.modules.module.register_module_forward_pre_hook(lambda m, a: events.append("forward"))
+    try:
+        gen = train_steps([mr_file], None, steps=1, checkpoint_every=0, **TINY)
+        first = next(gen)
+        events.append(f"progress {first.step}/{first.total}")
+        for _ in gen:
+            pass
+    finally:
+        hook.remove()
+    assert events[0] == "progress 0/1" and "forward" in events
+
+
+def test_run_folder_inside_the_data_is_refused_by_the_task(mr_file):
+    with pytest.raises(OutputError, match="holds the training scan"):
+        next(train_steps([mr_file.parent], mr_file.parent / "..", steps=1, **TINY))
+
+
+def test_training_paths_are_recorded_relative_to_the_data(mr_file, tmp_path):
+    result = train([mr_file.parent], tmp_path / "run", steps=1, checkpoint_every=0, **TINY)
+    assert result.model.config.training["sources"] == [mr_file.name]
+    for name in ("config.json", "MODEL_CARD.md"):
+        assert str(mr_file.parent) not in (tmp_path / "run" / "model" / name).read_text()
+    full = train([mr_file], None, steps=1, full_paths=True, **TINY)
+    assert full.model.config.training["sources"] == [str(mr_file)]
