@@ -13,7 +13,9 @@ from qtpy.QtWidgets import QComboBox, QDoubleSpinBox, QSpinBox, QWidget
 
 from medidiff.choices import DenoiseMethod, NoiseChoice
 
-from .common import LayerPicker, TaskWidget, add_scan_layer, input_scan
+from .base import TaskWidget
+from .pickers import LayerPicker
+from .results import add_scan_layer, input_scan
 
 __all__ = ["DenoiseWidget", "METHODS", "NOISE_CHOICES"]
 
@@ -32,6 +34,7 @@ class DenoiseWidget(TaskWidget):
 
     title = "Denoise"
     run_text = "Denoise"
+    task = "medidiff.tasks.denoise:denoise_steps"
 
     def __init__(self, napari_viewer: Any, parent: QWidget | None = None) -> None:
         super().__init__(napari_viewer, parent)
@@ -92,20 +95,10 @@ class DenoiseWidget(TaskWidget):
             "device": self.device_picker.device(),
         }
 
-    def make_job(self):
+    def job_arguments(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
         layer = self.chosen_layer(self.layer_picker)
-        scan = input_scan(layer)
-        options = self.options()
-        # what the result layers record: the options of this run, not whatever the controls show later
-        self._input, self._options = layer, {k: v for k, v in options.items() if k != "device"}
-        return self._job(self.model_picker.spec(), scan, options)
-
-    def _job(self, spec: str, scan: Any, options: dict[str, Any]):
-        # runs in the worker thread
-        from medidiff.tasks.denoise import denoise_steps
-
-        model = self.load_model(spec, options["device"])
-        return (yield from denoise_steps(model, scan, **options))
+        self._input = layer
+        return (input_scan(layer),), self.options()
 
     def show_result(self, result: Any) -> None:
         like = self._input

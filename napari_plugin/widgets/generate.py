@@ -13,7 +13,9 @@ from qtpy.QtWidgets import QComboBox, QDoubleSpinBox, QSpinBox, QWidget
 
 from medidiff.choices import SAMPLERS_FOR
 
-from .common import LayerPicker, TaskWidget, add_stacked_layer, input_scan, model_config, model_label
+from .base import TaskWidget
+from .pickers import LayerPicker, model_config, model_label
+from .results import add_stacked_layer, input_scan
 
 __all__ = ["GenerateWidget", "SAMPLERS"]
 
@@ -28,6 +30,7 @@ class GenerateWidget(TaskWidget):
 
     title = "Generate synthetic images"
     run_text = "Generate"
+    task = "medidiff.tasks.generate:generate_steps"
 
     def __init__(self, napari_viewer: Any, parent: QWidget | None = None) -> None:
         super().__init__(napari_viewer, parent)
@@ -107,28 +110,17 @@ class GenerateWidget(TaskWidget):
             return [scan.array[i] for i in range(scan.shape[0])]
         return [scan]
 
-    def make_job(self):
-        options = self.options()
-        masks = self._masks()
-        self._options = {k: v for k, v in options.items() if k != "device"}
-        return self._job(self.model_picker.spec(), self.n.value(), masks, options)
-
-    def _job(self, spec: str, n: int, masks: list[Any] | None, options: dict[str, Any]):
-        # runs in the worker thread
-        from medidiff.tasks.generate import generate_steps
-
-        model = self.load_model(spec, options["device"])
-        self._model_name = model_label(model.path)
-        return (yield from generate_steps(model, n, masks=masks, **options))
+    def job_arguments(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        return (self.n.value(),), {"masks": self._masks(), **self.options()}
 
     def show_result(self, result: Any) -> None:
         if not result.scans:
             self.result_label.setText("nothing generated")
             return
-        name = f"generated ({self._model_name})"
+        name = f"generated ({model_label(self.job_model.path if self.job_model is not None else None)})"
         info = {"medidiff_generate": {"seeds": [int(s) for s in result.seeds],
                                       "labels": [None if v is None else int(v) for v in result.labels],
-                                      "options": dict(self._options)}}
+                                      "options": {k: v for k, v in self._options.items() if k != "masks"}}}
         add_stacked_layer(self.viewer, result.scans, name, "image", metadata=info, colormap="gray")
         if result.masks:
             add_stacked_layer(self.viewer, result.masks, f"{name} masks", "labels", metadata=info, opacity=0.4)

@@ -5,12 +5,20 @@ returns a result to a napari ``GeneratorWorker`` (``napari.qt.threading.create_w
 
 * each ``Progress`` the job yields is re-emitted as ``progress`` on the main thread;
 * ``cancel()`` calls ``worker.quit()``: the worker stops before asking the generator for its
-  next step, so at most the step already under way finishes. The job is then closed (its
-  ``finally`` blocks run, e.g. a task's own cleanup) and ``cancelled`` is emitted;
+  next step. A step can be long (one sampling step of a large image is many sliding-window
+  network calls), so ``watch_network(model, runner)`` also stops it *inside* a step: a forward
+  pre-hook on the network raises ``NetworkCancelled`` at the next network call after Cancel,
+  and counts the calls (``network_call`` signal) so the widget shows life within a step. The
+  job is then closed (its ``finally`` blocks run, e.g. a task's own cleanup), its result, if
+  any, is discarded, and ``cancelled`` is emitted;
+* ``medidiff`` log warnings raised by the job's thread (e.g. "the scan does not fit the model")
+  are emitted as ``warned`` and shown as napari warning notifications;
 * an exception becomes one readable message, shown with ``napari.utils.notifications.show_error``
   (a ``MedidiffError``'s own message names the file and the problem) and emitted as ``failed``;
 * on success ``succeeded`` carries the job's return value;
-* whatever the outcome, ``medidiff.core.devices.release_memory()`` runs and ``finished`` is emitted last.
+* whatever the outcome, ``medidiff.core.devices.release_memory()`` runs (in the worker thread;
+  it frees cached accelerator memory and never runs a full ``gc.collect()``) and ``finished``
+  is emitted last.
 
 ``ModelCache`` keeps the last loaded model so repeated runs in one open widget do not reload it.
 """
@@ -20,13 +28,14 @@ from __future__ import annotations
 import inspect
 import logging
 import threading
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from qtpy.QtCore import QObject, Signal
 
-__all__ = ["TaskRunner", "ModelCache", "TaskError", "error_message"]
+__all__ = ["TaskRunner", "ModelCache", "TaskError", "NetworkCancelled", "watch_network", "error_message"]
 
 LOG = logging.getLogger(__name__)
 
@@ -38,6 +47,16 @@ class TaskError(Exception):
     deleted" and silently drops it; torch reports most failures (out of memory, bad shapes) as
     ``RuntimeError``, so they are wrapped to reach ``errored``.
     """
+
+
+class NetworkCancelled(BaseException):
+    """Raised by ``watch_network``'s hook at the first network call after Cancel.
+
+    A ``BaseException`` (like ``GeneratorExit``), so a task's ``except Exception`` cannot swallow it.
+    """
+
+
+_CANCELLED = object()  # what the driver returns when the job was stopped inside a network call
 
 
 def error_message(title: str, exc: BaseException) -> str:
@@ -60,6 +79,9 @@ class _Counter:
         self.lock = threading.Lock()
         self.yielded = 0
         self.cancel_at: int | None = None
+        self.calls = 0  # network calls made by the job
+        self.calls_at_cancel: int | None = None
+        self.cancelled = threading.Event()
 
 
 def _drive(job: Generator[Any, None, Any], counter: _Counter) -> Generator[Any, None, Any]:
@@ -70,6 +92,8 @@ def _drive(job: Generator[Any, None, Any], counter: _Counter) -> Generator[Any, 
                 event = next(job)
             except StopIteration as stop:
                 return stop.value
+            except NetworkCancelled:
+                return _CANCELLED
             except RuntimeError as exc:
                 raise TaskError(str(exc)) from exc
             with counter.lock:
@@ -93,6 +117,8 @@ class TaskRunner(QObject):
     failed = Signal(str)  # the message shown to the user
     cancelled = Signal()
     finished = Signal()  # after succeeded / failed / cancelled
+    network_call = Signal(int)  # network calls so far (from watch_network; emitted in the worker thread)
+    warned = Signal(str)  # a medidiff warning logged by the job's thread
 
     def __init__(self, title: str, parent: QObject | None = None, notify: bool = True) -> None:
         super().__init__(parent)
@@ -118,6 +144,28 @@ class TaskRunner(QObject):
             return self._counter.yielded - self._counter.cancel_at
 
     @property
+    def calls_after_cancel(self) -> int | None:
+        """Network calls that started after ``cancel()`` (None if not cancelled or not watched)."""
+        with self._counter.lock:
+            if self._counter.calls_at_cancel is None:
+                return None
+            return self._counter.calls - self._counter.calls_at_cancel
+
+    @property
+    def cancel_requested(self) -> bool:
+        """Whether ``cancel()`` was called for the current (or last) job."""
+        return self._counter.cancelled.is_set()
+
+    def before_network_call(self) -> None:
+        """Called (by ``watch_network``, in the worker thread) before each network call."""
+        with self._counter.lock:
+            if self._counter.cancelled.is_set():
+                raise NetworkCancelled()
+            self._counter.calls += 1
+            calls = self._counter.calls
+        self.network_call.emit(calls)
+
+    @property
     def outcome(self) -> str:
         """How the last job ended: ``""`` (running or never run), ``succeeded``, ``failed`` or ``cancelled``."""
         return self._outcome
@@ -133,7 +181,7 @@ class TaskRunner(QObject):
         self.job = job
         self._counter = _Counter()
         self._outcome = ""
-        self._driver = _drive(job, self._counter)
+        self._driver = _relay_warnings(_drive(job, self._counter), self.warned)
         worker = create_worker(_passthrough, self._driver, _start_thread=False, _ignore_errors=True)
         worker.yielded.connect(self._on_yielded)
         worker.returned.connect(self._on_returned)
@@ -150,12 +198,16 @@ class TaskRunner(QObject):
         with self._counter.lock:
             if self._counter.cancel_at is None:
                 self._counter.cancel_at = self._counter.yielded
+                self._counter.calls_at_cancel = self._counter.calls
+            self._counter.cancelled.set()
         self.worker.quit()
 
     def _on_yielded(self, event: Any) -> None:
         self.progress.emit(event)
 
     def _on_returned(self, value: Any) -> None:
+        if value is _CANCELLED or self.cancel_requested:
+            return  # a cancel that landed after the last step still discards the result
         self._outcome = "succeeded"
         self.succeeded.emit(value)
 
@@ -189,6 +241,59 @@ class TaskRunner(QObject):
         self.finished.emit()
 
 
+class _WarningRelay(logging.Handler):
+    """Emits the ``medidiff`` warnings logged by one thread as a Qt signal (queued to the GUI thread)."""
+
+    def __init__(self, signal: Any, thread: int) -> None:
+        super().__init__(logging.WARNING)
+        self._signal, self._thread = signal, thread
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.thread == self._thread:
+            try:
+                self._signal.emit(record.getMessage())
+            except RuntimeError:  # pragma: no cover - the runner was deleted meanwhile
+                pass
+
+
+def _relay_warnings(gen: Generator[Any, None, Any], signal: Any) -> Generator[Any, None, Any]:
+    """Run ``gen`` with a handler that relays its thread's ``medidiff`` warnings (attached per step)."""
+    logger = logging.getLogger("medidiff")
+    while True:
+        handler = _WarningRelay(signal, threading.get_ident())
+        logger.addHandler(handler)
+        try:
+            event = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        finally:
+            logger.removeHandler(handler)
+        try:
+            yield event
+        except GeneratorExit:
+            gen.close()
+            raise
+
+
+@contextmanager
+def watch_network(model: Any, runner: TaskRunner) -> Iterator[None]:
+    """While the block runs, every call of ``model.network`` first asks ``runner.before_network_call()``.
+
+    That counts the calls and raises ``NetworkCancelled`` once Cancel was pressed, so a long
+    step (a sliding window over a large image) stops within one network call. Use inside the
+    job (worker thread); the hook is removed when the block ends.
+    """
+    network = getattr(model, "network", None)
+    if network is None or not hasattr(network, "register_forward_pre_hook"):
+        yield
+        return
+    handle = network.register_forward_pre_hook(lambda _module, _args: runner.before_network_call())
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 def _passthrough(gen: Generator[Any, None, Any]) -> Generator[Any, None, Any]:
     """Generator function wrapper: ``create_worker`` needs a generator *function*."""
     return (yield from gen)
@@ -205,6 +310,7 @@ class ModelCache:
         self._lock = threading.Lock()
         self._key: tuple[Any, ...] | None = None
         self._model: Any | None = None
+        self._device: Any | None = None
 
     def get(self, spec: str, device: str) -> Any:
         """The model for ``spec`` (a name or folder) on ``device``, loaded on first use."""
@@ -225,7 +331,7 @@ class ModelCache:
 
         model = DiffusionModel.load(folder, device=resolve_device(device))
         with self._lock:
-            self._model, self._key = model, key
+            self._model, self._key, self._device = model, key, model.device
         return model
 
     @property
@@ -241,4 +347,4 @@ class ModelCache:
         if had:
             from medidiff.core.devices import release_memory
 
-            release_memory()
+            release_memory(self._device)

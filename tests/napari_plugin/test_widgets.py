@@ -183,7 +183,7 @@ def test_generate_widget_end_to_end_keeps_viewer_responsive(make_napari_viewer, 
     assert len(ticks_while_running) >= 3
     assert len(progress) >= 8 and progress[-1].step == progress[-1].total
 
-    from napari_medidiff.widgets.common import model_label
+    from napari_medidiff.widgets.pickers import model_label
 
     layer = viewer.layers[f"generated ({model_label(tiny_mr_model.path)})"]
     assert layer.data.shape == (3, *tiny_mr_model.config.image_size)
@@ -406,7 +406,7 @@ def test_preferences_fall_back_to_a_json_file(tmp_path, monkeypatch):
     """Without napari plugin settings (plugin not registered: napari raises KeyError) a JSON file keeps them."""
     from napari import settings
 
-    from napari_medidiff.widgets.common import Preferences
+    from napari_medidiff.widgets.preferences import Preferences
 
     def unregistered(plugin=None, path_dir=None):
         raise KeyError(f"Plugin named '{plugin}' does not exist.")
