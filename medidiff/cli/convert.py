@@ -19,6 +19,7 @@ def convert(
     series: str = typer.Option(None, "--series", help="SeriesInstanceUID or SeriesNumber, for a DICOM folder with several series."),
     volume: int = typer.Option(None, "--volume", min=0, help="Volume index of a 4D NIfTI (or the time/channel axis of a TIFF)."),
     modality: str = typer.Option(None, "--modality", help="Set the modality (e.g. CT, MR): picks the DICOM storage class when writing DICOM."),
+    fill_gaps: bool = typer.Option(False, "--fill-gaps", help="A DICOM series with missing slices: fill them with blank slices (every slice keeps its real position) instead of refusing."),
     overwrite: bool = OVERWRITE,
 ) -> None:
     """Convert a scan to another format, keeping spacing, affine and metadata.
@@ -29,7 +30,7 @@ def convert(
 
     existing_path(src)
     with warnings_as_lines():
-        scan = load_scan(src, series=series, volume=volume, modality=modality)
+        scan = load_scan(src, series=series, volume=volume, modality=modality, fill_gaps=fill_gaps)
         out = save_scan(scan, dst, format=format, overwrite=overwrite, inputs=[src])
     spacing = " x ".join(f"{s:.6g}" for s in scan.spacing)
     typer.echo(f"wrote {out} (shape {scan.shape}, spacing {spacing} {scan.meta.get('unit', 'mm')}, {scan.orientation})")

@@ -39,6 +39,7 @@ def info(
     path: Path = typer.Argument(..., help="A NIfTI file, DICOM file or series folder, (OME-)TIFF, PNG or JPEG."),
     series: str = typer.Option(None, "--series", help="SeriesInstanceUID or SeriesNumber, for a DICOM folder with several series."),
     volume: int = typer.Option(None, "--volume", min=0, help="Volume index of a 4D NIfTI (or the time/channel axis of a TIFF)."),
+    fill_gaps: bool = typer.Option(False, "--fill-gaps", help="A DICOM series with missing slices: fill them with blank slices instead of refusing."),
 ) -> None:
     """Show a scan's shape, spacing, orientation, modality and intensity range.
 
@@ -46,10 +47,10 @@ def info(
     """
     existing_path(path)
     with warnings_as_lines():
-        _info(path, series, volume)
+        _info(path, series, volume, fill_gaps)
 
 
-def _info(path: Path, series: str | None, volume: int | None) -> None:
+def _info(path: Path, series: str | None, volume: int | None, fill_gaps: bool = False) -> None:
     from medidiff.io import detect_format, load_scan
 
     fmt = detect_format(path)
@@ -60,7 +61,7 @@ def _info(path: Path, series: str | None, volume: int | None) -> None:
         typer.echo(f"series found: {len(found)}")
         for s in found:
             typer.echo(f"  - {s.describe()}")
-    scan = load_scan(path, series=series, volume=volume)
+    scan = load_scan(path, series=series, volume=volume, fill_gaps=fill_gaps)
     arr = scan.array
     axes = "z, y, x" if scan.ndim == 3 else "y, x"
     unit = scan.meta.get("unit", "mm")

@@ -95,6 +95,7 @@ def load_scan(
     volume: int | None = None,
     series: str | int | None = None,
     modality: str | None = None,
+    fill_gaps: bool = False,
 ) -> Scan:
     """Read a NIfTI file, DICOM file or series folder, (OME-)TIFF, or PNG/JPEG as a ``Scan``.
 
@@ -102,6 +103,12 @@ def load_scan(
               TIFF, or of the repeats of a DICOM series with several images per position).
     series:   SeriesInstanceUID or SeriesNumber, for a DICOM folder that holds several series.
     modality: overrides the modality read from the file (e.g. ``"CT"`` for a NIfTI file).
+    fill_gaps: a DICOM series with missing slices is refused unless this is set; then blank
+              slices fill the missing positions and every slice keeps its real position
+              (``meta["filled_slices"]`` lists them).
+
+    Declared sizes are checked before reading (``medidiff.io.limits``; the limit is
+    ``MEDIDIFF_MAX_SCAN_BYTES`` or half the available memory).
 
     Raises a ``medidiff.errors.ScanError`` subclass (message starting with the path) for a
     missing, unreadable, unsupported or unusable input.
@@ -110,6 +117,8 @@ def load_scan(
     fmt = detect_format(path)
     if series is not None and fmt != "dicom":
         raise InvalidScanError(path, f"series={series!r} only applies to DICOM folders; this is a {fmt} file")
+    if fill_gaps and fmt != "dicom":
+        raise InvalidScanError(path, f"fill_gaps (--fill-gaps) only applies to DICOM series; this is a {fmt} file")
     if volume is not None and (isinstance(volume, bool) or int(volume) != volume or volume < 0):
         raise InvalidScanError(path, f"volume={volume!r} must be a whole number >= 0")
     try:
@@ -120,7 +129,7 @@ def load_scan(
         elif fmt == "dicom":
             from medidiff.io.dicom import read_dicom
 
-            scan = read_dicom(path, series=series, volume=volume)
+            scan = read_dicom(path, series=series, volume=volume, fill_gaps=fill_gaps)
         elif fmt == "tiff":
             from medidiff.io.tiff import read_tiff
 
@@ -133,8 +142,9 @@ def load_scan(
             scan = read_png(path)
     except MedidiffError:
         raise
-    except MemoryError:
-        raise
+    except MemoryError as exc:  # under the size limit, but memory ran out anyway
+        raise InvalidScanError(path, f"not enough memory to read it ({one_line(exc)}); free memory or lower "
+                                     "MEDIDIFF_MAX_SCAN_BYTES so such files are refused up front") from exc
     except Exception as exc:  # the library's own error: truncated, corrupt or not really this format
         raise InvalidScanError(
             path, f"cannot be read as {fmt}; the file may be truncated, corrupt or not a {fmt} file ({one_line(exc)})"

@@ -154,18 +154,18 @@ def test_shuffled_names_and_instance_numbers(tmp_path, anatomical, anatomical_se
     assert {round(float((lps @ [0, 0, k, 1])[2]), 4) for k in range(scan.shape[0])} == {round(p, 4) for p in positions}
 
 
-def test_gap_warns_with_positions(anatomical_series):
+def test_gap_is_refused_with_positions(anatomical_series):
     files = _files(anatomical_series)
     middle = files[len(files) // 2]
     z = float(pydicom.dcmread(middle, stop_before_pixels=True).ImagePositionPatient[2])
     middle.unlink()
-    with pytest.warns(UserWarning, match="inconsistent slice spacing") as record:
-        scan = load_scan(anatomical_series)
-    assert scan.shape[0] == len(files) - 1
-    text = str(record[0].message)
-    assert text.startswith(str(anatomical_series))
+    with pytest.raises(InvalidScanError) as err:
+        load_scan(anatomical_series)
+    text = str(err.value)
+    assert text.startswith(str(anatomical_series)) and "\n" not in text
     # the gap is named by the positions on either side of the missing slice (normal points to -z here)
     assert f"{-(z + 2):.3f}" in text and f"{-(z - 2):.3f}" in text and "1 slice(s) missing" in text
+    assert "--fill-gaps" in text
 
 
 def test_two_series_need_a_choice(tmp_path, anatomical):

@@ -110,26 +110,62 @@ def _numbered_backwards(images: list[Image]) -> bool:
     return all(a > b for a, b in zip(keys, keys[1:]))
 
 
-def _check_spacing(dist: np.ndarray, path: Path) -> tuple[float, np.ndarray | None]:
-    """Median slice step; warns naming the positions around each gap or irregular step."""
+def _describe_gaps(dist: np.ndarray, steps: np.ndarray, step: float, bad: np.ndarray) -> str:
+    parts = []
+    for i in bad[:6]:
+        missing = int(round(steps[i] / step)) - 1 if step != 0 else 0
+        extra = f", about {missing} slice(s) missing" if missing >= 1 else ""
+        parts.append(f"between slice positions {dist[i]:.3f} and {dist[i + 1]:.3f} mm ({abs(steps[i]):.3f} mm apart{extra})")
+    more = f" and {len(bad) - 6} more" if len(bad) > 6 else ""
+    return "; ".join(parts) + more
+
+
+def slice_slots(dist: np.ndarray | None, path: Path, fill_gaps: bool = False) -> tuple[np.ndarray, int]:
+    """Where each image goes in a volume with a uniform slice step: ``(slot of each image, slices)``.
+
+    The step is the median distance between neighbouring positions along the normal. A
+    series whose positions are all whole multiples of it from the first slice but skip
+    some (missing files) is refused, naming the gap, unless ``fill_gaps``: then every image
+    keeps its real position and the missing slots are left for blank slices. Positions
+    that are not whole multiples of the step cannot be stacked with one affine: refused.
+    """
+    n = 1 if dist is None else len(dist)
+    if dist is None or n < 2:
+        return np.arange(n), n
     steps = np.diff(dist)
     step = float(np.median(steps))
-    bad = np.nonzero(np.abs(steps - step) > max(0.01 * abs(step), 1e-3))[0]
-    if len(bad):
-        parts = []
-        for i in bad[:6]:
-            missing = int(round(steps[i] / step)) - 1 if step != 0 else 0
-            extra = f", about {missing} slice(s) missing" if missing >= 1 else ""
-            parts.append(f"between slice positions {dist[i]:.3f} and {dist[i + 1]:.3f} mm ({abs(steps[i]):.3f} mm apart{extra})")
-        more = f" and {len(bad) - 6} more" if len(bad) > 6 else ""
-        warn(path, f"inconsistent slice spacing (usual step {abs(step):.3f} mm): gap " + "; ".join(parts) + more
-             + f"; the volume assumes a uniform {abs(step):.3f} mm step, so positions beyond a gap are off")
-        return step, bad
-    return step, None
+    tol = max(0.01 * abs(step), 1e-3)
+    bad = np.nonzero(np.abs(steps - step) > tol)[0]
+    if not len(bad):
+        return np.arange(n), n
+    where = _describe_gaps(dist, steps, step, bad)
+    k = (dist - dist[0]) / step
+    slots = np.rint(k).astype(int)
+    on_grid = bool(np.all(np.abs(k - slots) * abs(step) <= tol)) and bool(np.all(np.diff(slots) >= 1))
+    if not on_grid:
+        raise InvalidScanError(
+            path, f"has irregular slice spacing (usual step {abs(step):.3f} mm): {where}; the slices cannot be stacked "
+            "into one volume at their real positions; resample the series, or pick the slices that belong together",
+        )
+    n_out = int(slots[-1]) + 1
+    if not fill_gaps:
+        raise InvalidScanError(
+            path, f"has {n_out - n} missing slice(s) (usual step {abs(step):.3f} mm): gap {where}; the slices after a gap "
+            "would sit at wrong positions. Restore the missing files, or fill the gaps with blank slices "
+            "(fill_gaps=True, --fill-gaps on the command line)",
+        )
+    return slots, n_out
 
 
-def affine_of(images: list[Image], dist: np.ndarray | None, path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
-    """RAS affine (x=column, y=row, z=slice) and spacing in array order (z, y, x)."""
+def affine_of(
+    images: list[Image], dist: np.ndarray | None, path: Path, slots: np.ndarray | None = None,
+) -> tuple[np.ndarray, tuple[float, ...]]:
+    """RAS affine (x=column, y=row, z=slice) and spacing in array order (z, y, x).
+
+    ``slots`` (from ``slice_slots``) gives each image's slice index in the volume; the slice
+    step is the vector from the first to the last image divided by their index distance,
+    so every image (on either side of a filled gap too) sits at its own position.
+    """
     first = images[0]
     ps = first.pixel_spacing
     if ps is None or ps[0] <= 0 or ps[1] <= 0:
@@ -152,15 +188,10 @@ def affine_of(images: list[Image], dist: np.ndarray | None, path: Path) -> tuple
     lps[:3, 3] = first.position
     n = len(images)
     if n >= 2:
-        step, gaps = _check_spacing(dist, path)
-        if gaps is None:
-            step_vec = (images[-1].position - images[0].position) / (n - 1)
-        else:
-            diffs = np.diff(np.stack([im.position for im in images]), axis=0)
-            best = int(np.argmin(np.abs(np.diff(dist) - step)))
-            step_vec = diffs[best]
+        slots = np.arange(n) if slots is None else slots
+        step_vec = (images[-1].position - images[0].position) / float(slots[-1] - slots[0])
         lps[:3, 2] = step_vec
-        z_spacing = abs(step)
+        z_spacing = abs(float(np.dot(step_vec, normal)))
     else:
         z_spacing = first.thickness or 1.0
         lps[:3, 2] = normal * z_spacing

@@ -18,6 +18,7 @@ from medidiff.io._util import one_line, rgb_to_gray
 from medidiff.io.dicom.frames import Image
 from medidiff.io.dicom.tags import CODEC_HINT, dcmread
 from medidiff.io.formats import has_dicom_preamble
+from medidiff.io.limits import check_declared_size
 
 
 def check_decoder(ds, path: Path) -> None:
@@ -64,16 +65,23 @@ def stored_frames(ds, path: Path) -> np.ndarray:
     return np.asarray(arr)
 
 
-def read_values(images: list[Image]) -> tuple[np.ndarray, object, int]:
+def read_values(
+    images: list[Image], slots: np.ndarray | None = None, n_slices: int | None = None,
+) -> tuple[np.ndarray, object, int]:
     """The rescaled float32 values of ``images`` stacked as (slices, rows, cols), read one file at a time.
 
+    ``slots[k]`` is the slice index of image ``k`` in a volume of ``n_slices`` (default: one
+    slice per image, in order); slices no image fills are set to the smallest value read.
     Returns ``(volume, dataset of the first image's file, number of files read)``.
     """
+    slots = np.arange(len(images)) if slots is None else np.asarray(slots)
+    n_slices = len(images) if n_slices is None else int(n_slices)
     by_file: dict[Path, list[int]] = defaultdict(list)
     for k, im in enumerate(images):
         by_file[im.file].append(k)
     rows, cols = images[0].rows, images[0].cols
-    volume = np.empty((len(images), rows, cols), dtype=np.float32)
+    check_declared_size(images[0].file, (n_slices, rows, cols), np.float32, what="DICOM series")
+    volume = np.empty((n_slices, rows, cols), dtype=np.float32)
     first_ds = None
     for file, indices in by_file.items():
         try:
@@ -92,9 +100,12 @@ def read_values(images: list[Image]) -> tuple[np.ndarray, object, int]:
             if use_lut:
                 from pydicom.pixels import apply_modality_lut
 
-                volume[k] = np.asarray(apply_modality_lut(frame, ds), dtype=np.float32)
+                volume[slots[k]] = np.asarray(apply_modality_lut(frame, ds), dtype=np.float32)
             elif im.slope != 1.0 or im.intercept != 0.0:
-                volume[k] = (frame.astype(np.float64) * im.slope + im.intercept).astype(np.float32)
+                volume[slots[k]] = (frame.astype(np.float64) * im.slope + im.intercept).astype(np.float32)
             else:
-                volume[k] = frame
+                volume[slots[k]] = frame
+    empty = np.setdiff1d(np.arange(n_slices), slots)
+    if len(empty):
+        volume[empty] = min(float(volume[s].min()) for s in slots)
     return volume, first_ds, len(by_file)
