@@ -114,3 +114,24 @@ def test_convert_refuses_the_gap_then_fills_it_at_exact_positions(tmp_path, caps
     assert code == 0, stderr
     written = sorted(float(pydicom.dcmread(f, stop_before_pixels=True).ImagePositionPatient[2]) for f in back.iterdir())
     assert written == pytest.approx(sorted(ZS_WITH_GAP + [6.0]), abs=1e-4)
+
+
+def test_a_random_bytes_dcm_in_a_series_is_named_not_skipped_silently(tmp_path):
+    folder = write_series(tmp_path / "series", [0.0, 2.0, 4.0])
+    junk = folder / "junk.dcm"
+    junk.write_bytes(np.random.default_rng(3).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    (folder / "notes.txt").write_text("not DICOM, and not named like it: no warning")
+    with pytest.warns(UserWarning) as record:
+        scan = load_scan(folder)
+    assert scan.shape == (3, ROWS, COLS)
+    messages = [str(w.message) for w in record]
+    assert len(messages) == 1 and messages[0].startswith(str(junk)) and "skipped" in messages[0]
+
+
+def test_cli_says_which_file_was_skipped_in_one_line(tmp_path, capsys):
+    folder = write_series(tmp_path / "series", [0.0, 2.0, 4.0])
+    (folder / "junk.dcm").write_bytes(b"\x00\xff" * 300)
+    code, out, err = call(capsys, "info", folder)
+    assert code == 0, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("warning: ") and "junk.dcm" in lines[0] and "skipped" in lines[0]

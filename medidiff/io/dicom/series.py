@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from medidiff.errors import InvalidScanError, SeriesSelectionError, UnsupportedFormatError
-from medidiff.io._util import one_line
+from medidiff.io._util import one_line, warn
 from medidiff.io.dicom.tags import dcmread, series_uid
 from medidiff.io.formats import DICOM_SUFFIXES, has_dicom_preamble
 
@@ -49,13 +49,13 @@ def scan_folder(folder: Path) -> tuple[dict[str, list], int]:
             continue  # not DICOM (README, .json, images, ...)
         try:
             ds = dcmread(file, header_only=True, force=not preamble)
-        except InvalidDicomError:
-            continue
         except Exception as exc:  # a file that claims to be DICOM but cannot be parsed
-            if preamble:
+            if preamble and not isinstance(exc, InvalidDicomError):
                 raise InvalidScanError(file, f"is a DICOM file that cannot be read ({one_line(exc)}); remove or replace it") from exc
+            warn(file, f"has a DICOM name but is not a DICOM file ({one_line(exc)}); skipped")
             continue
         if "SOPClassUID" not in ds and "Rows" not in ds:
+            warn(file, "has a DICOM name but no DICOM header (not a DICOM file); skipped")
             continue  # forced read of a non-DICOM file
         if "Rows" not in ds or "Columns" not in ds:
             continue  # no image: RTSTRUCT, RTPLAN, SR, DICOMDIR, ...
