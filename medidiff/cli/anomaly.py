@@ -14,6 +14,7 @@ import typer
 from typer.core import TyperGroup
 
 from medidiff.cli import app
+from medidiff.choices import AnomalyMethod, Direction, Reconstruction
 from medidiff.cli.common import DEVICE, OVERWRITE, SEED, existing_path
 
 
@@ -42,49 +43,27 @@ anomaly_app = typer.Typer(
 app.add_typer(anomaly_app, name="anomaly")
 
 
-class Method(str, Enum):
-    ddpm = "ddpm"
-    simplex = "simplex"
-    patched = "patched"
-
-
-class Recon(str, Enum):
-    tweedie = "tweedie"
-    ddim = "ddim"
-
-
-class Direction(str, Enum):
-    both = "both"
-    bright = "bright"
-    dark = "dark"
-
-
-METHOD = typer.Option(None, "--method", help="ddpm (Gaussian noise), simplex (AnoDDPM) or patched (pDDPM). Default: the calibrated one, else ddpm.")
-TIMESTEPS = typer.Option(None, "--timesteps", help="Comma-separated noise times, e.g. 150,300 (default: 30% and 45% of the schedule, 3 noise draws each; repeat a time for more draws).")
+METHOD = typer.Option(None, "--method", help="ddpm (Gaussian noise), simplex (AnoDDPM; models trained with simplex noise only) or patched (pDDPM). Default: the calibrated one, else ddpm.")
+TIMESTEPS = typer.Option(None, "--timesteps", help="Comma-separated noise times, e.g. 300,450 (default: 30% and 45% of the schedule, 3 noise draws each; repeat a time for more draws).")
 RECON = typer.Option(None, "--recon", help="tweedie (one network call per time) or ddim (a few DDIM steps).")
+DDIM_STEPS = typer.Option(None, "--ddim-steps", help="DDIM steps per reconstruction with --recon ddim (default 3).")
+PATCH_SIZE = typer.Option(None, "--patch-size", help="Noised patch of --method patched, e.g. 16 or 16,16 (default: a quarter of the side).")
+MEDIAN_SIZE = typer.Option(None, "--median-size", help="Median filter of the map in voxels (0: none; default 3).")
 DIRECTION = typer.Option(None, "--direction", help="both (|x - recon|), bright or dark (only lesions brighter/darker than expected).")
+BATCH_SIZE = typer.Option(8, "--batch-size", help="Slices (or patches) per network call.")
 
 
-def _v(choice: Enum | None) -> str | None:
-    return None if choice is None else choice.value
+def _options(**given) -> "AnomalyOptions":
+    """The AnomalyOptions the command line describes (one-line errors for bad values)."""
+    from medidiff.tasks.anomaly.options import AnomalyOptions, parse_patch_size, parse_threshold, parse_timesteps
 
-
-def _timesteps(text: str | None) -> list[float] | None:
-    if text is None:
-        return None
-    try:
-        return [float(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise typer.BadParameter(f"expected numbers separated by commas, got {text!r}", param_hint="--timesteps") from None
-
-
-def _threshold(text: str) -> str | float:
-    if text == "auto":
-        return "auto"
-    try:
-        return float(text)
-    except ValueError:
-        raise typer.BadParameter(f"expected 'auto' or a number, got {text!r}", param_hint="--threshold") from None
+    if "timesteps" in given:
+        given["timesteps"] = parse_timesteps(given["timesteps"])
+    if "patch_size" in given:
+        given["patch_size"] = parse_patch_size(given["patch_size"])
+    if "threshold" in given:
+        given["threshold"] = parse_threshold(given["threshold"])
+    return AnomalyOptions(**{k: (v.value if isinstance(v, Enum) else v) for k, v in given.items()})
 
 
 @anomaly_app.command()
@@ -94,12 +73,16 @@ def detect(
     out_map: Path = typer.Argument(..., metavar="OUT_MAP", help="Where to write the anomaly map (scan units, the input's geometry)."),
     mask: Path = typer.Option(None, "--mask", help="Also write the binary mask map > threshold here."),
     threshold: str = typer.Option("auto", "--threshold", help="'auto' (the model's calibration) or a value in the map's units."),
-    method: Method = METHOD,
+    fdr: float = typer.Option(None, "--fdr", help="Instead of a threshold: a mask whose expected share of false voxels is at most this rate, e.g. 0.05 (conformal p-values against the calibration's healthy voxels + Benjamini-Hochberg)."),
+    method: AnomalyMethod = METHOD,
     timesteps: str = TIMESTEPS,
-    recon: Recon = RECON,
+    recon: Reconstruction = RECON,
+    ddim_steps: int = DDIM_STEPS,
+    patch_size: str = PATCH_SIZE,
+    median_size: int = MEDIAN_SIZE,
     direction: Direction = DIRECTION,
     report: Path = typer.Option(None, "--report", help="Also write a PNG: scan, map, mask on the most anomalous slice."),
-    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Slices (or patches) per network call."),
+    batch_size: int = BATCH_SIZE,
     device: str = DEVICE,
     seed: int = SEED,
     overwrite: bool = OVERWRITE,
@@ -107,42 +90,39 @@ def detect(
     """Write the anomaly map (and mask) of a scan and print its score.
 
     The score is the 99th percentile of the map inside the tissue; the threshold comes from
-    `medidiff anomaly calibrate` unless --threshold is given. The score and threshold are also
-    written next to the map as NAME.anomaly.json (read by `medidiff evaluate anomaly`).
+    `medidiff anomaly calibrate` unless --threshold is given; --fdr q makes a mask whose
+    expected share of false voxels is at most q instead. The score, threshold (and FDR level)
+    are also written next to the map as NAME.anomaly.json (read by `medidiff evaluate anomaly`).
 
-    Example:  medidiff anomaly my-model patient.nii.gz map.nii.gz --mask mask.nii.gz
+    Example:  medidiff anomaly my-model patient.nii.gz map.nii.gz --mask mask.nii.gz --fdr 0.05
     """
-    from medidiff.io import load_scan
-    from medidiff.io.atomic import check_output_path
     from medidiff.core.progress import run_to_end
-    from medidiff.tasks.anomaly import detect_anomalies_steps, sidecar_path, write_sidecar
+    from medidiff.io import load_scan, save_scan
+    from medidiff.io.anomaly_sidecar import sidecar_path, write_sidecar
+    from medidiff.io.atomic import check_output_path
+    from medidiff.model_store.registry import find_model
 
-    from medidiff.model_store.registry import find_model, resolve_model
-
+    opts = _options(method=method, timesteps=timesteps, recon=recon, ddim_steps=ddim_steps, patch_size=patch_size,
+                    median_size=median_size, direction=direction, threshold=threshold, fdr=fdr,
+                    batch_size=batch_size, seed=seed, device=device)
     model = find_model(model)  # a folder, a built-in name or a user model name
     existing_path(input)
-    thr = _threshold(threshold)
-    ts = _timesteps(timesteps)
     inputs = [input, model]
     outputs = [out_map, sidecar_path(out_map)] + [p for p in (mask, report) if p is not None]
     for out in outputs:  # refuse before the work, not after
         check_output_path(out, overwrite=overwrite, inputs=inputs)
-    m = resolve_model(model)
-    scan = load_scan(input)
-    result = run_to_end(
-        detect_anomalies_steps(m, scan, method=_v(method), timesteps=ts, recon=_v(recon), direction=_v(direction),
-                               threshold=thr, batch_size=batch_size, seed=seed, device=device),
-        show=True, desc="anomaly",
-    )
-    from medidiff.io import save_scan
+    from medidiff.tasks.anomaly.detect import detect_anomalies_steps, sidecar_info
 
+    scan = load_scan(input)
+    result = run_to_end(detect_anomalies_steps(model, scan, opts), show=True, desc="anomaly")
     save_scan(result.map, out_map, overwrite=overwrite, inputs=inputs)
-    write_sidecar(result, out_map, overwrite=overwrite, extra={"model": str(model), "input": str(input), "seed": seed})
+    write_sidecar(sidecar_info(result, model=str(model), input=str(input), seed=seed), out_map, overwrite=overwrite)
     if mask is not None:
         save_scan(result.mask, mask, overwrite=overwrite, inputs=inputs)
     if report is not None:
         _report(scan.array, result, report, overwrite)
-    typer.echo(f"score {result.score:.6g} (99th percentile of the map in tissue); threshold {result.threshold:.6g}; "
+    how = f"FDR {fdr:g} (Benjamini-Hochberg) threshold" if fdr is not None else "threshold"
+    typer.echo(f"score {result.score:.6g} (99th percentile of the map in tissue); {how} {result.threshold:.6g}; "
                f"anomalous volume {result.volume_mm3:.6g} mm3 ({int(result.mask.array.sum())} voxels)")
     typer.echo(f"wrote {out_map}" + (f", {mask}" if mask else "") + (f", {report}" if report else ""))
 
@@ -168,43 +148,47 @@ def _report(image, result, path: Path, overwrite: bool) -> None:
 def calibrate(
     model: Path = typer.Argument(..., help="The model folder; the threshold is saved into its config.json."),
     healthy: Path = typer.Argument(..., metavar="HEALTHY_DIR", help="A folder (or file) of healthy scans not used in training."),
-    percentile: float = typer.Option(99.0, "--percentile", min=0.0, max=100.0, help="Percentile of healthy tissue voxels' map values."),
-    method: Method = METHOD,
+    percentile: float = typer.Option(99.0, "--percentile", help="Percentile of healthy tissue voxels' map values."),
+    method: AnomalyMethod = METHOD,
     timesteps: str = TIMESTEPS,
-    recon: Recon = RECON,
+    recon: Reconstruction = RECON,
+    ddim_steps: int = DDIM_STEPS,
+    patch_size: str = PATCH_SIZE,
+    median_size: int = MEDIAN_SIZE,
     direction: Direction = DIRECTION,
-    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Slices (or patches) per network call."),
+    batch_size: int = BATCH_SIZE,
     device: str = DEVICE,
     seed: int = SEED,
 ) -> None:
-    """Calibrate the "auto" threshold on healthy scans and store it in the model folder.
+    """Calibrate the "auto" threshold (and the healthy scores --fdr uses) on healthy scans; store them in the model folder.
 
     The threshold is the chosen percentile of the anomaly map over the tissue voxels of the
     healthy scans, so about (100 - percentile)% of healthy tissue is flagged. Detection with
-    --threshold auto then uses it (with the same method and options).
+    --threshold auto or --fdr then uses it (with the same method and options).
 
     Example:  medidiff anomaly calibrate my-model healthy/ --percentile 99
     """
     from medidiff.core.data import expand_inputs
     from medidiff.core.model import DiffusionModel
     from medidiff.core.progress import run_to_end
-    from medidiff.tasks.anomaly import calibrate_threshold_steps
-
     from medidiff.errors import ModelError
     from medidiff.model_store.registry import BUILTIN_DIR, find_model
+    from medidiff.tasks.anomaly.options import AnomalyOptionError
 
+    opts = _options(method=method, timesteps=timesteps, recon=recon, ddim_steps=ddim_steps, patch_size=patch_size,
+                    median_size=median_size, direction=direction, batch_size=batch_size, seed=seed, device=device)
+    if not 0 < percentile < 100:
+        raise AnomalyOptionError("percentile", f"must be between 0 and 100 (exclusive), got {percentile}")
     model = find_model(model)
     if BUILTIN_DIR.resolve() in Path(model).resolve().parents:
         raise ModelError(f"{model}: a built-in model is read-only; copy it first with "
                          f"`medidiff models import {Path(model).name} --name my-{Path(model).name}` and calibrate the copy")
     existing_path(healthy)
-    if not 0 < percentile < 100:
-        raise typer.BadParameter(f"must be between 0 and 100 (exclusive), got {percentile}", param_hint="--percentile")
+    from medidiff.tasks.anomaly.calibration import calibrate_threshold_steps
+
     m = DiffusionModel.load(model)
     scans = expand_inputs([healthy])
-    opts = {k: v for k, v in {"method": _v(method), "timesteps": _timesteps(timesteps), "recon": _v(recon), "direction": _v(direction)}.items() if v is not None}
-    thr = run_to_end(calibrate_threshold_steps(m, scans, percentile, batch_size=batch_size, seed=seed, device=device, **opts),
-                     show=True, desc="calibrate")
+    thr = run_to_end(calibrate_threshold_steps(m, scans, percentile, opts), show=True, desc="calibrate")
     cal = m.config.anomaly
     typer.echo(f"threshold {thr:.6g} ({percentile:g}th percentile of {cal['n_voxels']} tissue voxels in {cal['n_scans']} "
                f"healthy scans, method {cal['method']}); saved to {model}/config.json")

@@ -35,7 +35,8 @@ from medidiff.errors import InvalidScanError, MedidiffError, ScanError
 from medidiff.io import load_scan
 from medidiff.io.atomic import atomic_file
 from medidiff.core.metrics import auprc, auroc, best_dice, dice
-from medidiff.tasks.anomaly import SCORE_PERCENTILE, read_sidecar, scan_stem
+from medidiff.io.anomaly_sidecar import read_sidecar, scan_stem
+from medidiff.tasks.anomaly.options import SCORE_PERCENTILE
 
 ROW_FIELDS = ("name", "lesion_voxels", "score", "auroc", "auprc", "best_dice", "dice", "predicted_voxels", "false_positive_voxels")
 

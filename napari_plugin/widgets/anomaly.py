@@ -14,12 +14,14 @@ import numpy as np
 from qtpy.QtWidgets import QComboBox, QDoubleSpinBox, QSpinBox, QWidget
 
 from medidiff.choices import AnomalyMethod, Direction
+from medidiff.tasks.anomaly.options import AnomalyOptions
 
-from .common import LayerPicker, TaskWidget, add_scan_layer, input_scan, model_config
+from .base import TaskWidget
+from .pickers import LayerPicker, model_config
+from .results import add_scan_layer, input_scan
 
 __all__ = ["AnomalyWidget", "METHODS", "DIRECTIONS"]
 
-# mirrors medidiff.tasks.anomaly (not imported here: that pulls in torch)
 METHODS = AnomalyMethod.values()
 DIRECTIONS = Direction.values()
 _CALIBRATED = "as calibrated"
@@ -31,6 +33,7 @@ class AnomalyWidget(TaskWidget):
 
     title = "Detect anomalies"
     run_text = "Detect"
+    task = "medidiff.tasks.anomaly:detect_anomalies_steps"
 
     def __init__(self, napari_viewer: Any, parent: QWidget | None = None) -> None:
         super().__init__(napari_viewer, parent)
@@ -75,36 +78,27 @@ class AnomalyWidget(TaskWidget):
         else:
             self.controls.status.setText("")
 
-    def options(self) -> dict[str, Any]:
-        """The ``detect_anomalies_steps`` keyword arguments the controls describe."""
+    def options(self) -> AnomalyOptions:
+        """The :class:`AnomalyOptions` the controls describe (the same object the task and CLI use)."""
         thr = self.threshold.value()
-        return {
-            "method": None if self.method.currentText() == _CALIBRATED else self.method.currentText(),
-            "direction": None if self.direction.currentText() == _CALIBRATED else self.direction.currentText(),
-            "threshold": "auto" if thr <= _AUTO else thr,
-            "seed": self.seed.value(),
-            "batch_size": self.batch_size.value(),
-            "device": self.device_picker.device(),
-        }
+        return AnomalyOptions(
+            method=None if self.method.currentText() == _CALIBRATED else self.method.currentText(),
+            direction=None if self.direction.currentText() == _CALIBRATED else self.direction.currentText(),
+            threshold="auto" if thr <= _AUTO else thr,
+            seed=self.seed.value(),
+            batch_size=self.batch_size.value(),
+            device=self.device_picker.device(),
+        )
 
-    def make_job(self):
+    def job_arguments(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
         layer = self.chosen_layer(self.layer_picker)
-        scan = input_scan(layer)
-        options = self.options()
-        self._input, self._options = layer, {k: v for k, v in options.items() if k != "device"}
-        return self._job(self.model_picker.spec(), scan, options)
-
-    def _job(self, spec: str, scan: Any, options: dict[str, Any]):
-        # runs in the worker thread
-        from medidiff.tasks.anomaly import detect_anomalies_steps
-
-        model = self.load_model(spec, options["device"])
-        return (yield from detect_anomalies_steps(model, scan, **options))
+        self._input = layer
+        return (input_scan(layer), self.options()), {}
 
     def show_result(self, result: Any) -> None:
         like = self._input
         info = {"medidiff_anomaly": {"score": float(result.score), "threshold": float(result.threshold),
-                                     "options": dict(result.options or self._options)}}
+                                     "options": dict(result.options)}}
         top = float(np.max(result.map.array)) if result.map.array.size else 0.0
         limits = (0.0, max(top, float(result.threshold), 1e-6))
         heat = add_scan_layer(self.viewer, result.map, f"{like.name} anomaly map", "image", like=like, metadata=info,

@@ -90,3 +90,28 @@ def test_help_has_examples(capsys):
                  ["evaluate", "anomaly", "--help"]):
         code, out, err = call(capsys, *args)
         assert code == 0 and "Example" in out
+
+
+@pytest.mark.parametrize("args,names", [
+    (["--timesteps", "5000", "--threshold", "1"], "--timesteps"),
+    (["--timesteps", "a,b"], "--timesteps"),
+    (["--batch-size", "0", "--threshold", "1"], "--batch-size"),
+    (["--ddim-steps", "0", "--threshold", "1"], "--ddim-steps"),
+    (["--median-size", "-1", "--threshold", "1"], "--median-size"),
+    (["--patch-size", "1", "--threshold", "1", "--method", "patched"], "--patch-size"),
+    (["--fdr", "1.5"], "--fdr"),
+    (["--fdr", "0.05", "--threshold", "3"], "--fdr"),
+    (["--method", "simplex", "--threshold", "1"], "--method"),
+])
+def test_bad_options_exit_2_with_one_line(workspace, capsys, args, names):
+    w = workspace
+    code, out, err = call(capsys, "anomaly", w / "model", w / "case1.nii.gz", w / "m.nii.gz", "--device", "cpu", *args)
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1 and names in err and "Traceback" not in err
+    assert not (w / "m.nii.gz").exists()
+
+
+def test_calibrate_bad_percentile_is_one_line(workspace, capsys):
+    w = workspace
+    code, out, err = call(capsys, "anomaly", "calibrate", w / "model", w / "healthy", "--percentile", "100")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "--percentile" in err

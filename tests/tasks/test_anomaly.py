@@ -13,6 +13,7 @@ from medidiff.io import Scan
 from medidiff.core.lesions import foreground, plant_lesion, random_lesion
 from medidiff.core.metrics import auroc
 from medidiff.core.model import DiffusionModel
+from medidiff.core.progress import run_to_end
 from medidiff.core.simplex import fractal_noise
 from medidiff.tasks.anomaly import calibrate_threshold, detect_anomalies, detect_anomalies_steps
 
@@ -77,7 +78,7 @@ def test_planted_lesion_scores_higher_inside(tiny_mr_model, lesioned):
 
 
 @pytest.mark.parametrize("method,opts", [("ddpm", {"recon": "ddim", "ddim_steps": 2, "timesteps": (250,)}),
-                                         ("simplex", {}), ("patched", {"batch_size": 64})])
+                                         ("patched", {"batch_size": 64})])
 def test_each_method_keeps_geometry(tiny_mr_model, lesioned, method, opts):
     scan, mask = lesioned
     res = detect_anomalies(tiny_mr_model, scan, method=method, threshold=30.0, device="cpu", **opts)
@@ -90,8 +91,25 @@ def test_each_method_keeps_geometry(tiny_mr_model, lesioned, method, opts):
     np.testing.assert_array_equal(res.mask.array, ((amap > 30.0) & fg).astype(np.float32))
     assert res.volume_mm3 == pytest.approx(res.mask.array.sum() * 4.0)
     assert res.options["method"] == method
-    if method != "simplex":  # simplex noise is not what this Gaussian-trained model learned to remove
-        assert _fg_auroc(res, mask) > 0.8
+    assert _fg_auroc(res, mask) > 0.8
+
+
+def test_simplex_refused_on_a_white_noise_model_used_on_a_simplex_one(tiny_mr_model, lesioned):
+    import copy
+
+    from medidiff.tasks.anomaly import AnomalyOptionError
+
+    scan, _ = lesioned
+    assert "noise" not in tiny_mr_model.config.training  # unrecorded: a white-noise model
+    with pytest.raises(AnomalyOptionError, match="simplex needs a model trained with simplex noise") as err:
+        detect_anomalies(tiny_mr_model, scan, method="simplex", threshold=1.0, device="cpu")
+    assert len(str(err.value).splitlines()) == 1
+    # a model that records simplex training runs it (the weights are the same: this checks the path)
+    simplex_model = copy.copy(tiny_mr_model)
+    simplex_model.config = copy.deepcopy(tiny_mr_model.config)
+    simplex_model.config.training["noise"] = "simplex"
+    res = detect_anomalies(simplex_model, scan, method="simplex", threshold=1.0, device="cpu", timesteps=(300,))
+    assert res.options["method"] == "simplex" and np.isfinite(res.map.array).all() and res.map.array.max() > 0
 
 
 def test_direction_keeps_one_sign(tiny_mr_model, mr_heldout_slices):
@@ -171,8 +189,10 @@ def test_calibration_percentile_saved_and_used(tiny_mr_model, mr_heldout_slices,
     maps = [detect_anomalies(model, s, threshold=1e9, seed=sample_seed(2, k), device="cpu") for k, s in enumerate(healthy)]
     values = np.concatenate([m.map.array[m.foreground.array > 0] for m in maps])
     assert thr == pytest.approx(float(np.percentile(values, 97.0)), rel=1e-5)
-    frac = float((values > thr).mean())
-    assert 0.02 <= frac <= 0.04
+    # a different seed makes other maps of the same slices: about 3% of their voxels exceed it too
+    again_maps = [detect_anomalies(model, s, seed=sample_seed(9, k), device="cpu") for k, s in enumerate(healthy)]
+    fresh = np.concatenate([m.map.array[m.foreground.array > 0] for m in again_maps])
+    assert 0.01 <= float((fresh > thr).mean()) <= 0.06
 
     # stored in the folder, which still loads (hash checked) and keeps its card
     saved = json.loads((folder / "config.json").read_text())["anomaly"]
@@ -196,13 +216,8 @@ def test_3d_model_scores_the_whole_volume(mr_volume):
     model = DiffusionModel.create(3, (16, 16, 16), preset="tiny", normaliser=Normaliser(0.0, 800.0), seed=0)
     vol = Scan(mr_volume.array[4:12, 30:54, 40:64], mr_volume.spacing, mr_volume.affine, "MR")
     events = []
-    gen = detect_anomalies_steps(model, vol, threshold=1e9, device="cpu", timesteps=(100, 200))
-    while True:
-        try:
-            events.append(next(gen))
-        except StopIteration as stop:
-            res = stop.value
-            break
+    res = run_to_end(detect_anomalies_steps(model, vol, threshold=1e9, device="cpu", timesteps=(100, 200)),
+                     callback=events.append)
     assert max(e.step for e in events) == 2 == events[-1].total  # one whole-volume call per time
     assert res.map.shape == vol.shape and res.map.spacing == vol.spacing
     np.testing.assert_array_equal(res.map.affine, vol.affine)

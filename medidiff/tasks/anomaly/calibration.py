@@ -1,0 +1,133 @@
+"""Threshold calibration on healthy scans, stored in the model (config.json and its card).
+
+The threshold is the ``percentile`` of the anomaly map over the foreground voxels of healthy
+scans, so about ``100 - percentile`` % of healthy tissue is flagged. The calibration also keeps
+a sorted random sample of those healthy voxel scores (:func:`medidiff.tasks.anomaly.fdr.healthy_sample`),
+from which detection with ``fdr=q`` computes conformal p-values. Both are only valid for the
+map settings they were made with, which are stored alongside.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medidiff.core.devices import release_memory
+from medidiff.core.model import DiffusionModel
+from medidiff.core.progress import Progress, plain_twin
+from medidiff.core.sampling import sample_seed
+from medidiff.errors import InvalidScanError
+from medidiff.io import Scan
+
+from . import fdr
+from .detect import use_model
+from .maps import map_steps, plan_scan
+from .options import SCORE_PERCENTILE, AnomalyOptionError, AnomalyOptions
+
+MAX_SOURCES = 20  # calibration scans named in config.json (the count is always complete)
+
+
+def calibrate_threshold_steps(
+    model: DiffusionModel | str | Path,
+    healthy_scans: Iterable[Scan | str | Path] | Scan | str | Path,
+    percentile: float = 99.0,
+    options: AnomalyOptions | None = None,
+    *,
+    save: bool = True,
+    sample_size: int = fdr.HEALTHY_SAMPLE_SIZE,
+    **overrides: Any,
+) -> Generator[Progress, None, float]:
+    """Threshold = ``percentile`` of the anomaly map over the foreground voxels of healthy scans.
+
+    ``options`` (:class:`AnomalyOptions`, changed by ``overrides``) say how maps are made; fields
+    left ``None`` take the defaults (not a previous calibration). Stored in ``model.config.anomaly``:
+    threshold, percentile, method, options, voxel and scan counts, the calibration scans' names and
+    ``healthy_scores``, a sorted sample of at most ``sample_size`` healthy voxel scores for FDR masks.
+    With ``save`` and a model loaded from a folder it is written back to that folder atomically
+    (the model card gains an "Anomaly calibration" section). Returns the threshold.
+    """
+    from medidiff.core.data import expand_inputs
+
+    if not 0 < percentile < 100:
+        raise AnomalyOptionError("percentile", f"must be between 0 and 100 (exclusive), got {percentile}")
+    if int(sample_size) < 100:
+        raise AnomalyOptionError("sample_size", f"must be >= 100 healthy voxels, got {sample_size}")
+    opts = (options or AnomalyOptions()).with_(**overrides) if overrides else (options or AnomalyOptions())
+    model = use_model(model, opts.device)
+    items = [healthy_scans] if isinstance(healthy_scans, (str, Path, Scan)) else list(healthy_scans)
+    scans = expand_inputs(items)
+    if not scans:
+        raise InvalidScanError(None, "no healthy scans to calibrate on")
+    settings = opts.resolve(model, use_calibrated=False)
+    model.network.eval()
+    plans = [plan_scan(model, s, settings, opts.batch_size) for s in scans]
+    total = sum(p.calls for p in plans)
+    values = []
+    step = 0
+    try:
+        for k, plan in enumerate(plans):
+            amap = yield from map_steps(model, plan, settings, sample_seed(opts.seed, k), opts.batch_size,
+                                        step, total, f"scan {k + 1}/{len(scans)} ")
+            step += plan.calls
+            values.append(amap[plan.foreground])
+    finally:
+        release_memory(model.device)
+    pooled = np.concatenate(values) if values else np.zeros(0)
+    if pooled.size == 0:
+        raise InvalidScanError(None, "the healthy scans have no foreground voxels to calibrate on")
+    threshold = float(np.percentile(pooled, percentile))
+    sources = [str(s.meta.get("source_path") or f"scan {k}") for k, s in enumerate(scans)]
+    sample = fdr.healthy_sample(pooled, int(sample_size), seed=opts.seed)
+    model.config.anomaly = {
+        "threshold": threshold, "percentile": float(percentile), "method": settings.method,
+        "options": settings.to_dict(), "n_voxels": int(pooled.size), "n_scans": len(scans), "seed": int(opts.seed),
+        "sources": sources[:MAX_SOURCES],
+        "units": "scan intensity units (|x - reconstruction|)",
+        "score": f"{SCORE_PERCENTILE:g}th percentile of the map in the foreground",
+        # 6 significant digits keep config.json small; rounding is monotone, so ranks are kept
+        "healthy_scores": [float(f"{v:.6g}") for v in sample],
+    }
+    if save and model.path is not None:
+        save_calibration(model)
+    return threshold
+
+
+calibrate_threshold = plain_twin(calibrate_threshold_steps, "calibrate")
+
+
+def calibration_section(cal: dict[str, Any]) -> str:
+    """The "Anomaly calibration" section of a model card."""
+    names = ", ".join(Path(s).name for s in cal.get("sources", [])[:5])
+    more = " ..." if cal.get("n_scans", 0) > 5 else ""
+    lines = [
+        "## Anomaly calibration",
+        "",
+        f"- threshold: {cal['threshold']:.6g} (scan units), the {cal['percentile']:g}th percentile of the map over "
+        f"{cal['n_voxels']:,} foreground voxels of {cal['n_scans']} healthy scans" + (f" ({names}{more})" if names else ""),
+        f"- calibrated with: method {cal['method']}, options {cal['options']}, seed {cal.get('seed', 0)}",
+    ]
+    if cal.get("healthy_scores"):
+        lines.append(f"- FDR masks (`--fdr q`): conformal p-values against {len(cal['healthy_scores']):,} sampled healthy "
+                     "voxel scores, then Benjamini-Hochberg over the scan's foreground voxels")
+    return "\n".join(lines) + "\n"
+
+
+def save_calibration(model: DiffusionModel) -> None:
+    """Re-save the model folder atomically with the calibration, keeping (and extending) its card."""
+    path = Path(model.path)
+    card_path = path / "MODEL_CARD.md"
+    card = card_path.read_text() if card_path.is_file() else None
+    section = calibration_section(model.config.anomaly)
+    if card is not None:
+        head = card.split("## Anomaly calibration")[0].rstrip("\n")
+        tail = card.split("## Anomaly calibration", 1)[1] if "## Anomaly calibration" in card else ""
+        rest = tail[tail.find("\n## "):] if "\n## " in tail else ""  # keep the sections after it
+        card = head + "\n\n" + section + (rest if rest else "")
+    else:
+        from medidiff.core.model import default_model_card
+
+        card = default_model_card(model).rstrip("\n") + "\n\n" + section
+    model.save(path, overwrite=True, model_card=card)
