@@ -32,7 +32,7 @@ from scipy import ndimage as ndi
 from medidiff.io import Scan
 from medidiff.core.lesions import foreground, random_lesion
 from medidiff.core.metrics import auprc, auroc, best_dice, dice
-from medidiff.tasks.anomaly import SCORE_PERCENTILE, calibrate_threshold, detect_anomalies
+from medidiff.tasks.anomaly import SCORE_PERCENTILE, calibrate_threshold, detect_anomalies, trained_noise
 
 DATA = Path(nibabel.__file__).parent / "tests" / "data" / "example4d.nii.gz"
 # the noise times of the previous default; the other diffusion variants are compared at these
@@ -207,6 +207,9 @@ def main() -> None:
         ("diffusion simplex (AnoDDPM noise, t=150,300)", {"method": "simplex", "timesteps": OLD_T}),
         ("diffusion patched (pDDPM, t=150,300)", {"method": "patched", "batch_size": 64, "timesteps": OLD_T}),
     ]:
+        if opts["method"] == "simplex" and trained_noise(model) != "simplex":
+            print(f"  skipped {label}: the model was trained with {trained_noise(model)} noise, simplex needs simplex training")
+            continue
         thr = calibrate_threshold(model, [s for s in calib], 99.0, save=False, device="cpu", **opts)
 
         def fn(scan: Scan, opts=opts) -> tuple[np.ndarray, np.ndarray]:
