@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -115,3 +116,80 @@ def test_help_has_examples(capsys):
     for command in ("info", "convert"):
         code, out, err = call(capsys, command, "--help")
         assert code == 0 and "Example:" in out
+
+
+def _tree_digest(folder: Path) -> dict[str, str]:
+    """sha256 of every file under ``folder`` (hidden ones too), by relative path."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("sub", ["sub", "sub/deeper", "scan.nii.gz", "sub/scan.tif"])
+def test_convert_into_its_own_input_folder_is_refused(tmp_path, capsys, sub):
+    series = tmp_path / "series"
+    assert call(capsys, "convert", ANATOMICAL, series)[0] == 0
+    before = _tree_digest(series)
+    code, out, err = call(capsys, "convert", series, series / sub)
+    assert code == 2 and out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "inside the input folder" in lines[0] and "Traceback" not in err
+    assert _tree_digest(series) == before  # nothing written into (or next to) the input
+
+
+def _cannot_write_cases(tmp_path: Path) -> dict[str, Path]:
+    afile = tmp_path / "a_file"
+    afile.write_text("x")
+    return {
+        "under a file": afile / "out.nii.gz",
+        "series under a file": afile / "sub" / "series",
+        "in /proc": Path("/proc/medidiff-test-out.nii.gz"),
+        "series in /proc": Path("/proc/medidiff-test-series"),
+        "new folder in /proc": Path("/proc/medidiff-test-dir/out.tif"),
+    }
+
+
+@pytest.mark.parametrize("case", ["under a file", "series under a file", "in /proc", "series in /proc", "new folder in /proc"])
+def test_convert_to_a_place_that_cannot_hold_it(tmp_path, capsys, case):
+    out_path = _cannot_write_cases(tmp_path)[case]
+    before = sorted(p.name for p in tmp_path.iterdir())
+    code, out, err = call(capsys, "convert", ANATOMICAL, out_path)
+    assert code == 2 and out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and str(out_path) in lines[0] and "Traceback" not in err
+    assert not out_path.exists() and sorted(p.name for p in tmp_path.iterdir()) == before
+    assert not [p for p in Path("/proc").iterdir() if "medidiff-test" in p.name]
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes into read-only folders")
+def test_convert_into_a_read_only_folder(tmp_path, capsys):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        for name in ("out.nii.gz", "series"):
+            code, out, err = call(capsys, "convert", ANATOMICAL, folder / name)
+            assert code == 2 and len(err.strip().splitlines()) == 1 and "cannot be written" in err
+        assert list(folder.iterdir()) == []
+    finally:
+        folder.chmod(0o755)
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 64 KiB tmpfs (needs root and mount; skipped elsewhere)."""
+    mount = tmp_path / "full"
+    mount.mkdir()
+    if not (hasattr(os, "geteuid") and os.geteuid() == 0):
+        pytest.skip("mounting a small tmpfs needs root")
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], capture_output=True)
+
+
+@pytest.mark.parametrize("name", ["out.nii", "out.ome.tif", "series"])
+def test_convert_onto_a_full_disk_leaves_nothing(full_disk, capsys, name):
+    code, out, err = call(capsys, "convert", ANATOMICAL, full_disk / name)  # 135 kB of voxels into 64 kB
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "cannot be written here" in err
+    assert list(full_disk.iterdir()) == []

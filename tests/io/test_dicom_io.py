@@ -14,7 +14,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from medidiff.errors import InvalidScanError, MissingCodecError, SeriesSelectionError, UnsupportedFormatError
+from medidiff.errors import InvalidScanError, MissingCodecError, OutputError, SeriesSelectionError, UnsupportedFormatError
 from medidiff.io import Scan, load_scan, save_scan
 
 
@@ -377,7 +377,7 @@ def test_writer_failure_leaves_nothing(tmp_path, anatomical, monkeypatch, temp_l
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(Dataset, "save_as", failing_save_as)
-    with pytest.raises(OSError, match="simulated"):
+    with pytest.raises(OutputError, match="simulated"):  # one line, not a raw OSError
         save_scan(anatomical, tmp_path / "series")
     assert calls["n"] == 4  # three slices had been written before the failure
     assert not (tmp_path / "series").exists()

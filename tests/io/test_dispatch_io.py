@@ -124,7 +124,7 @@ def test_failed_nifti_write_leaves_nothing(tmp_path, anatomical, monkeypatch, te
         raise OSError("disk full (simulated)")  # ... then the writer dies
 
     monkeypatch.setattr(nibabel, "save", half_write)
-    with pytest.raises(OSError, match="simulated"):
+    with pytest.raises(OutputError, match="simulated"):  # one line, not a raw OSError
         save_scan(anatomical, tmp_path / "out.nii.gz")
     assert not (tmp_path / "out.nii.gz").exists()
     assert temp_leftovers(tmp_path) == []
