@@ -32,9 +32,18 @@ Noise models (``noise=``; ``"auto"`` picks from the modality, see ``medidiff.cor
                       over-smooth dark regions and under-smooth bright ones; the network takes a
                       single time per image, so a per-pixel sigma is not an option.
 
+Units: MR, microscopy and other images without absolute units are normalised **on their own**
+(``Normaliser.for_scan``: the per-scan rule stored in the model's ``config.json``, the same rule
+its training scans were mapped with), the noise std is converted into that scale, and the
+result is mapped back exactly; CT models keep their fixed HU window. So the result does not
+depend on how the scan's intensities are stored: ``denoise(c * x) == c * denoise(x)`` for any
+``c > 0`` (and ``+ b`` too for Gaussian noise), up to rounding. Inputs the model cannot handle
+are refused with one line, never turned into artefacts (``medidiff.tasks.denoise_checks``).
+
 Layout: a 2D model on a 3D volume works slice by slice along ``model.config.slice_axis`` (axis
-0 when unset), ``batch_size`` slices per network call, one ``Progress`` per batch (per batch and
-sample for ``posterior``). A 3D model takes the whole volume. Images larger than the training
+0 when unset; ``medidiff.core.slicing.SliceLayout``), ``batch_size`` slices per network call, one
+``Progress`` per batch (per batch and sample for ``posterior``). A 3D model takes the whole
+volume. Images larger than the training
 size go through ``predict``'s gaussian-blended sliding window, so there are no seams.
 
 dtype policy: the output is float32 in the input's own units (an integer input comes back as
@@ -53,16 +62,24 @@ import torch
 
 from medidiff.choices import DenoiseMethod, NoiseChoice
 from medidiff.core import noise as noise_lib
-from medidiff.errors import InvalidScanError, ModelError
+from medidiff.core.progress import Progress, plain_twin, run_to_end
+from medidiff.core.slicing import SliceLayout
+from medidiff.errors import InvalidScanError, MedidiffError, ModelError
 from medidiff.io import Scan
-from medidiff.core.progress import Progress, run_to_end
+from medidiff.tasks import denoise_checks as checks
+from medidiff.tasks.ensemble import ENSEMBLE_SIZES, ensemble_average
 
 log = logging.getLogger(__name__)
 
 METHODS = DenoiseMethod.values()
 NOISE_CHOICES = NoiseChoice.values()
 
-__all__ = ["METHODS", "NOISE_CHOICES", "DenoiseResult", "denoise_steps", "denoise"]
+__all__ = ["METHODS", "NOISE_CHOICES", "ENSEMBLE_SIZES", "DenoiseOptionError", "DenoiseResult", "denoise_steps",
+           "denoise"]
+
+
+class DenoiseOptionError(MedidiffError, ValueError):
+    """A denoise option is out of range or unknown (the message names the option)."""
 
 
 @dataclass(frozen=True)
@@ -71,61 +88,53 @@ class DenoiseResult:
 
     ``scan``: the denoised scan (float32, input geometry). ``sigma``: the Gaussian noise std the
     network removed, in scan units (for Poisson-Gaussian noise: in the stabilised, affinely
-    rescaled domain), one value or one per slice. ``timestep``: the matching diffusion time(s)
-    (``-1`` = nothing to remove). ``uncertainty``: per-voxel posterior std (``posterior`` only).
-    ``noise_model`` and ``reason``: which noise model was used and why. ``gain``: photon gain
-    (Poisson-Gaussian only; ``sigma_read`` is then the read noise in scan units).
+    rescaled domain), always a numpy array with one value per item the network saw (per slice
+    for a 2D model on a volume -- all equal unless ``per_slice`` -- one value otherwise);
+    :attr:`sigma_median` is its one-number summary. ``sigma_normalised``: the same in the
+    model's normalised units (what decides the time). ``timestep``: the matching diffusion
+    times, same shape (``-1`` = nothing to remove); :attr:`timestep_median`. ``uncertainty``:
+    per-voxel posterior std (``posterior`` only). ``noise_model`` and ``reason``: which noise
+    model was used and why. ``gain``: photon gain (Poisson-Gaussian only; ``sigma_read`` is then
+    the read noise in scan units). ``normaliser``: the intensity map this scan was denoised in.
     """
 
     scan: Scan
-    sigma: float | np.ndarray
-    timestep: float | np.ndarray
+    sigma: np.ndarray
+    timestep: np.ndarray
     uncertainty: Scan | None
     noise_model: str
     reason: str
     gain: float | None = None
     sigma_read: float | None = None
+    sigma_normalised: np.ndarray | None = None
+    normaliser: dict | None = None
 
+    @property
+    def sigma_median(self) -> float:
+        """The median of :attr:`sigma` (the one value when there is one)."""
+        return float(np.median(self.sigma))
 
-# -- layout: items the network sees --------------------------------------------------------------
-class _Layout:
-    """Scan array <-> network items ``(N, *spatial)``: slices for a 2D model on a volume."""
-
-    def __init__(self, model, scan: Scan) -> None:
-        dims = model.config.spatial_dims
-        self.axis: int | None = None
-        if dims == 3 and scan.ndim != 3:
-            raise InvalidScanError(_source(scan), f"is a 2D image {scan.shape} but the model is 3D; use a 2D model")
-        if dims == 2 and scan.ndim == 3:
-            axis = model.config.slice_axis if model.config.slice_axis is not None else 0
-            self.axis = int(axis) % 3
-
-    def to_items(self, arr: np.ndarray) -> np.ndarray:
-        return arr[None] if self.axis is None else np.moveaxis(arr, self.axis, 0)
-
-    def from_items(self, items: np.ndarray) -> np.ndarray:
-        return items[0] if self.axis is None else np.moveaxis(items, 0, self.axis)
+    @property
+    def timestep_median(self) -> float:
+        """The median of :attr:`timestep`."""
+        return float(np.median(self.timestep))
 
 
 def _source(scan: Scan) -> str:
     return str(scan.meta.get("source_path") or "scan")
 
 
-# -- noise ---------------------------------------------------------------------------------------
-def _noise_domain(
-    items: np.ndarray, scan: Scan, noise: str, sigma: float | None, per_slice: bool, slice_wise: bool
-) -> tuple[str, str, noise_lib.NoiseDomain]:
+def _noise_domain(items: np.ndarray, scan: Scan, noise: str, sigma: float | None, per_slice: bool,
+                  layout: SliceLayout) -> tuple[noise_lib.NoiseDomain, str]:
     """Pick the noise model, estimate it (unless ``sigma`` is given) and build its domain."""
-    stack = items if slice_wise else scan.array  # a 3D model sees the volume: one estimate
+    stack = items if layout.slice_wise else scan.array  # a 3D model sees the volume: one estimate
     try:
-        domain, reason = noise_lib.noise_domain(items, stack, noise, sigma=sigma, modality=scan.modality,
-                                                source_format=scan.meta.get("format"), per_item=per_slice and slice_wise)
+        return noise_lib.noise_domain(items, stack, noise, sigma=sigma, modality=scan.modality,
+                                      source_format=scan.meta.get("format"), per_item=per_slice and layout.slice_wise)
     except ValueError as exc:
         raise InvalidScanError(_source(scan), f"cannot estimate its noise: {exc}") from exc
-    return domain.model, reason, domain
 
 
-# -- running the network -------------------------------------------------------------------------
 def _batches(times: np.ndarray, batch_size: int) -> list[list[int]]:
     """Consecutive items with the same time, at most ``batch_size`` per batch (the network takes one t)."""
     out: list[list[int]] = []
@@ -137,21 +146,39 @@ def _batches(times: np.ndarray, batch_size: int) -> list[list[int]]:
     return out
 
 
-def _drain(gen: Generator[Progress, None, torch.Tensor]) -> torch.Tensor:
-    """Run an inner sampler generator to its result (its steps are not reported separately)."""
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
-
-
 def _sample_generators(seed: int, k: int, idx: list[int]) -> list[torch.Generator]:
     from medidiff.core.sampling import sample_generators, sample_seed
 
     # sample k of item j gets its own stream: the same whatever batch_size is
     base = sample_seed(seed, k)
     return sample_generators([sample_seed(base, j) for j in idx])
+
+
+def _check_options(method: str, noise: str, sigma: float | None, strength: float, steps: int, samples: int,
+                   batch_size: int, ensemble: int) -> None:
+    if method not in METHODS:
+        raise DenoiseOptionError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if noise not in NOISE_CHOICES:
+        raise DenoiseOptionError(f"unknown noise model {noise!r}; choose one of {', '.join(NOISE_CHOICES)}")
+    if not strength > 0:
+        raise DenoiseOptionError(f"strength must be > 0, got {strength}")
+    if sigma is not None and not (np.isfinite(sigma) and sigma >= 0):
+        raise DenoiseOptionError(f"sigma must be a finite number >= 0, got {sigma}")
+    if steps < 1 or samples < 2 or batch_size < 1:
+        raise DenoiseOptionError(f"steps and batch_size must be >= 1 and samples >= 2; got steps={steps}, "
+                                 f"samples={samples}, batch_size={batch_size}")
+    if ensemble not in ENSEMBLE_SIZES:
+        raise DenoiseOptionError(f"ensemble must be one of {', '.join(map(str, ENSEMBLE_SIZES))}, got {ensemble}")
+    if ensemble > 1 and method != "tweedie":
+        raise DenoiseOptionError(f"ensemble {ensemble} works with method 'tweedie' only, not {method!r}")
+
+
+def _check_ensemble(ensemble: int, layout: SliceLayout, scan: Scan) -> None:
+    if ensemble == 8:
+        dy, dx = layout.item_spacing(tuple(scan.spacing))[-2:]
+        if abs(dy - dx) > 1e-3 * max(dy, dx):
+            raise DenoiseOptionError(f"{_source(scan)}: ensemble 8 rotates the pixel grid, which needs square pixels; "
+                                     f"these are {dy:.4g} x {dx:.4g} mm (use ensemble 4: flips only)")
 
 
 def denoise_steps(
@@ -165,6 +192,7 @@ def denoise_steps(
     steps: int = 5,
     samples: int = 8,
     per_slice: bool = False,
+    ensemble: int = 1,
     batch_size: int = 8,
     seed: int = 0,
     device: str = "auto",
@@ -179,24 +207,16 @@ def denoise_steps(
                 the gain is still estimated).
     strength:   multiplies the (network-units) noise level: > 1 smooths more, < 1 less.
     per_slice:  estimate sigma per slice (2D model on a volume; not for Poisson-Gaussian).
+    ensemble:   1, 4 (flips) or 8 (flips and 90-degree rotations, square pixels only): the
+                geometric self-ensemble of ``tweedie`` (see ``medidiff.tasks.ensemble``).
     batch_size: slices per network call. ``seed``: seeds ``posterior`` (same seed, same result).
     device:     ``"auto"``, ``"cpu"``, ``"cuda"``, ...
     """
     from medidiff.core.devices import release_memory, resolve_device
-    from medidiff.model_store.registry import resolve_model
     from medidiff.core.sampling import predict, sample
+    from medidiff.model_store.registry import resolve_model
 
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
-    if noise not in NOISE_CHOICES:
-        raise ValueError(f"unknown noise model {noise!r}; choose one of {NOISE_CHOICES}")
-    if not strength > 0:
-        raise ValueError(f"strength must be > 0, got {strength}")
-    if sigma is not None and not (np.isfinite(sigma) and sigma >= 0):
-        raise ValueError(f"sigma must be a finite number >= 0, got {sigma}")
-    if steps < 1 or samples < 2 or batch_size < 1:
-        raise ValueError(f"steps and batch_size must be >= 1 and samples >= 2; got steps={steps}, "
-                         f"samples={samples}, batch_size={batch_size}")
+    _check_options(method, noise, sigma, strength, steps, samples, batch_size, ensemble)
     if not isinstance(scan, Scan):
         raise TypeError(f"denoise expects a Scan, got {type(scan).__name__}")
     dev = resolve_device(device)
@@ -205,24 +225,35 @@ def denoise_steps(
     if method == "posterior" and kind != "ddpm":
         raise ModelError(f"{model.path or 'model'}: posterior sampling needs a DDPM-schedule model; "
                          f"this one is {kind!r} (use method 'tweedie' or 'ddim')")
-
-    layout = _Layout(model, scan)
+    source = _source(scan)
+    layout = SliceLayout.for_model(model, scan)
+    _check_ensemble(ensemble, layout, scan)
+    checks.check_size(model, layout, scan.shape, source)
+    checks.check_constant(scan.array, source)
     items = layout.to_items(scan.array)
-    slice_wise = model.config.spatial_dims == 2
-    noise_model, reason, domain = _noise_domain(items, scan, noise, sigma, per_slice, slice_wise)
+    domain, reason = _noise_domain(items, scan, noise, sigma, per_slice, layout)
+    # the intensity map for this scan: a per-scan rule (MR, microscopy) or the model's fixed units (CT)
+    norm = model.normaliser.for_scan(scan.array, source=source, signal_of_mean=domain.signal_of_mean)
+    checks.check_units(model.normaliser, norm, scan.array, source)
+    noise_model = domain.model
+    checks.check_signal(scan.array, domain.sigma, source)
+    if norm is not model.normaliser:
+        reason = f"{reason}; intensities normalised on this scan ({model.normaliser.kind} rule)"
+    checks.warn_spacing(model, layout, scan, source)
     log.info("denoise: noise model %s (%s)", noise_model, reason)
 
-    norm, sched = model.normaliser, model.schedule
+    sched = model.schedule
     work = domain.to_gaussian(items)
-    s_net = np.asarray(norm.scale_sigma(domain.sigma), dtype=np.float64) * strength
+    s_net = np.asarray(norm.scale_sigma(domain.sigma), dtype=np.float64).reshape(-1) * strength
+    checks.check_noise_range(model, s_net, source)
     times = np.array([sched.timestep_for_noise(float(s)) for s in s_net])
-    if np.any(times >= sched.T - 1):
-        log.warning("denoise: the noise (%.3g network units) is beyond the model's noisiest time; "
-                    "the result will look more like a sample than the scan", float(s_net.max()))
     batches = _batches(times, batch_size)
     k_samples = samples if method == "posterior" else 1
     total = len(batches) * k_samples
     sampler = "euler" if kind == "rflow" else "ddim"
+
+    def tweedie(x_t: torch.Tensor, t: float) -> torch.Tensor:
+        return ensemble_average(lambda x: predict(model, x, t)[0], x_t, ensemble)
 
     out = np.empty(items.shape, dtype=np.float32)
     unc = np.empty(items.shape, dtype=np.float32) if method == "posterior" else None
@@ -231,8 +262,7 @@ def denoise_steps(
         for idx in batches:
             t = float(times[idx[0]])
             y = torch.from_numpy(norm.forward(work[idx])).unsqueeze(1).to(model.device)
-            alpha = sched.alpha_sigma(t)[0]
-            x_t = alpha * y
+            x_t = sched.alpha_sigma(t)[0] * y
             mean_net = torch.zeros_like(y)
             mean_out = np.zeros((len(idx), *items.shape[1:]), dtype=np.float64)
             sq_out = np.zeros_like(mean_out)
@@ -240,22 +270,20 @@ def denoise_steps(
                 if t < 0:  # nothing to remove
                     x0 = y
                 elif method == "tweedie":
-                    x0, _ = predict(model, x_t, t)
+                    x0 = tweedie(x_t, t)
                 elif method == "ddim":
-                    x0 = _drain(sample(model, x_t, sampler=sampler, steps=steps, t_start=t))
+                    x0 = run_to_end(sample(model, x_t, sampler=sampler, steps=steps, t_start=t))
                 else:
-                    x0 = _drain(sample(model, x_t, sampler="ddim", eta=1.0, steps=steps, t_start=t,
-                                       generators=_sample_generators(seed, k, idx)))
+                    x0 = run_to_end(sample(model, x_t, sampler="ddim", eta=1.0, steps=steps, t_start=t,
+                                           generators=_sample_generators(seed, k, idx)))
                 mean_net += (x0 - mean_net) / (k + 1)
                 if unc is not None:  # spread of the samples in scan units, after the inverse transform
-                    arr = norm.inverse(x0[:, 0].float().cpu().numpy())
-                    final = np.stack([domain.from_gaussian(a, j) for a, j in zip(arr, idx)]).astype(np.float64)
-                    delta = final - mean_out
+                    final = domain.from_gaussian_stack(norm.inverse(x0[:, 0].float().cpu().numpy()), idx)
+                    delta = final.astype(np.float64) - mean_out
                     mean_out += delta / (k + 1)
                     sq_out += delta * (final - mean_out)
                 done += 1
-                result = norm.inverse(mean_net[:, 0].float().cpu().numpy())
-                result = np.stack([domain.from_gaussian(a, j) for a, j in zip(result, idx)])
+                result = domain.from_gaussian_stack(norm.inverse(mean_net[:, 0].float().cpu().numpy()), idx)
                 preview = result[len(idx) // 2]
                 if preview.ndim == 3:
                     preview = preview[preview.shape[0] // 2]
@@ -269,20 +297,17 @@ def denoise_steps(
         release_memory(model.device)
 
     meta = dict(scan.meta)
-    meta["description"] = f"medidiff denoise ({method}, {noise_model})"
+    label = method if ensemble == 1 else f"{method} x{ensemble}"
+    meta["description"] = f"medidiff denoise ({label}, {noise_model})"
     out_scan = scan.with_array(layout.from_items(out), meta=meta)
     unc_scan = None
     if unc is not None:
         unc_meta = dict(scan.meta)
         unc_meta["description"] = f"medidiff denoise uncertainty (posterior std, {samples} samples)"
         unc_scan = scan.with_array(layout.from_items(unc), meta=unc_meta)
-    per = per_slice and slice_wise and items.shape[0] > 1
-    sigma_out: float | np.ndarray = domain.sigma.copy() if per else float(domain.sigma[0])
-    t_out: float | np.ndarray = times.copy() if per else float(times[0])
-    return DenoiseResult(out_scan, sigma_out, t_out, unc_scan, noise_model, reason,
-                         gain=domain.gain, sigma_read=domain.sigma_read)
+    return DenoiseResult(out_scan, np.asarray(domain.sigma, dtype=np.float64).copy(), times.copy(), unc_scan,
+                         noise_model, reason, gain=domain.gain, sigma_read=domain.sigma_read,
+                         sigma_normalised=s_net.copy(), normaliser=norm.to_dict())
 
 
-def denoise(model, scan: Scan, *, show: bool = False, **options) -> DenoiseResult:
-    """Run :func:`denoise_steps` to the end (``show``: a progress bar); same options."""
-    return run_to_end(denoise_steps(model, scan, **options), show=show, desc="denoise")
+denoise = plain_twin(denoise_steps, "denoise")

@@ -64,6 +64,24 @@ def test_builtin_model_denoises_heldout_sample_as_its_card_says(name):
         assert np.isclose(gain, recorded, atol=0.2), (gain, recorded)
 
 
+@pytest.mark.parametrize("name", ["0..1", "own units", "0..4095"])
+def test_mr2d_gains_3db_whatever_the_units(name):
+    """The held-out sample stored three ways (issue 12's table): the gain must not depend on it."""
+    from medidiff.builtin.sample_scans import mr_sample
+    from medidiff.core.metrics import psnr
+    from medidiff.core.noise import add_noise
+    from medidiff.tasks.denoise import denoise
+
+    clean = mr_sample()
+    factor = {"0..1": 1.0 / float(clean.array.max()), "own units": 1.0, "0..4095": 4095.0 / float(clean.array.max())}[name]
+    x = clean.array.astype(np.float64) * factor
+    y = add_noise(x, "gaussian", 0.05, np.random.default_rng(0)).astype(np.float32)
+    out = denoise("mr2d", clean.with_array(y, meta={"source_path": ""}), noise="gaussian", device="cpu").scan.array
+    inside, span = x > 0.1 * x.max(), float(x.max() - x.min())
+    gain = psnr(x[inside], out[inside], data_range=span) - psnr(x[inside], y[inside], data_range=span)
+    assert gain >= 3.0, f"mr2d on the sample as {name}: {gain:.2f} dB"
+
+
 def test_denoise_without_model_picks_builtin_for_modality(tmp_path):
     """`medidiff denoise IN OUT` on an MR scan uses mr2d and really denoises."""
     from medidiff.builtin.sample_scans import mr_sample

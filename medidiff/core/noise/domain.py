@@ -32,7 +32,9 @@ class NoiseDomain:
     ``model``: the noise model name. ``sigma``: one std per item, in the domain's units (scan
     units for Gaussian and Rician noise; for Poisson-Gaussian noise the Anscombe domain affinely
     rescaled to scan units). ``gain`` and ``sigma_read``: the Poisson-Gaussian parameters.
-    ``note``: one phrase saying what the maps do (for reports).
+    ``note``: one phrase saying what the maps do (for reports). ``signal_of_mean``: a local mean
+    of the noisy scan (scan units) -> the noise-free signal (the Rician bias correction; the
+    identity where the noise has zero mean), used to fit per-scan intensity normalisers.
     """
 
     model: str
@@ -42,6 +44,7 @@ class NoiseDomain:
     gain: float | None = None
     sigma_read: float | None = None
     note: str = ""
+    signal_of_mean: Callable[[np.ndarray], np.ndarray] = field(default=identity, repr=False)
 
     def to_gaussian(self, items: np.ndarray) -> np.ndarray:
         """Scan units -> the Gaussian-noise domain (the whole stack of items)."""

@@ -187,4 +187,10 @@ def domain(sigma: np.ndarray) -> NoiseDomain:
     def inverse(x: np.ndarray, i: int = 0) -> np.ndarray:
         return from_gaussian(x, float(values[i]))
 
-    return NoiseDomain("rician", values, identity, inverse, note="Rician bias removed after denoising")
+    pooled = float(np.median(values)) if values.size else 0.0
+
+    def signal_of_mean(x: np.ndarray) -> np.ndarray:
+        return rician_bias_correct(x, pooled, method="mean")
+
+    return NoiseDomain("rician", values, identity, inverse, note="Rician bias removed after denoising",
+                       signal_of_mean=signal_of_mean)

@@ -1,0 +1,114 @@
+"""What the denoise task refuses or warns about before any network call.
+
+A diffusion prior only removes noise it was trained on, from images that look like its training
+data in *network units*. Outside that, the output is not a worse denoising but an artefact (a
+grid of window-shaped blobs, a sample instead of the scan), so these inputs get one clear line:
+
+* too small: an item side under half the model's training window (the network would see less
+  than half the context it learned), or under 8 pixels (the noise estimators need 8x8);
+* constant: nothing to normalise or denoise (raised by the per-scan normaliser);
+* no foreground: the scan's intensity spread after in-plane smoothing (0.5th-99.5th
+  percentiles; smoothing leaves ~0.28 of the noise std) is under ``2 x`` the noise std, i.e.
+  the scan is indistinguishable from pure noise (pure Gaussian noise measures ~1.45);
+* outside the model's units: a fixed normaliser (a CT window, given bounds) maps the scan to an
+  almost constant image (spread under 0.02 network units) or far outside [-1, 1] (median beyond
+  +-10) -- e.g. a CT model given a scan stored as 0..1;
+* beyond the trained noise: the noise level in network units reaches the model's noisiest time.
+
+A voxel size far (more than 1.5x) from the model's training spacing gets a one-line warning
+(``UserWarning``; the CLI prints it as ``warning: ...``) saying what to expect; the scan is not
+resampled.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from medidiff.core.intensity import Normaliser, fit_scan_range
+from medidiff.core.slicing import SliceLayout
+from medidiff.errors import InvalidScanError
+
+__all__ = ["check_size", "check_constant", "check_signal", "check_units", "check_noise_range", "warn_spacing",
+           "MIN_SIGNAL_TO_NOISE", "SPACING_TOLERANCE"]
+
+MIN_SIGNAL_TO_NOISE = 2.0  # smoothed intensity spread / noise std below which a scan is noise only
+SPACING_TOLERANCE = 1.5  # voxel size ratio to the training spacing above which we warn
+_MIN_NET_SPREAD = 0.02  # network units: a fixed normaliser maps the scan to (almost) one value
+_MAX_NET_MEDIAN = 10.0
+
+
+def check_size(model, layout: SliceLayout, shape: tuple[int, ...], source: str) -> None:
+    """Refuse items smaller than half the model's window (or 8 pixels) along any axis."""
+    item = layout.item_shape(shape)
+    window = tuple(model.config.image_size)
+    need = tuple(max(8, w // 2) for w in window)
+    if len(item) != len(need) or any(s < n for s, n in zip(item, need)):
+        what = "slices are" if layout.slice_wise else "image is"
+        raise InvalidScanError(source, f"{what} {'x'.join(map(str, item))} voxels; the model needs at least "
+                                       f"{'x'.join(map(str, need))} (half its {'x'.join(map(str, window))} "
+                                       "training window) to denoise without artefacts")
+
+
+def check_constant(array: np.ndarray, source: str) -> None:
+    """Refuse an (almost) constant scan before any noise estimation."""
+    fit_scan_range(array, "percentile", source=source)
+
+
+def check_signal(array: np.ndarray, sigma: np.ndarray, source: str) -> float:
+    """Refuse a constant scan or one with no foreground above the noise; returns the spread."""
+    low, high = fit_scan_range(array, "percentile", source=source)
+    spread = high - low
+    noise = float(np.median(sigma)) if np.size(sigma) else 0.0
+    if noise > 0 and spread < MIN_SIGNAL_TO_NOISE * noise:
+        raise InvalidScanError(source, f"has no foreground above the noise: its intensity spread ({spread:.4g}, "
+                                       f"smoothed) is only {spread / noise:.2f}x the noise std {noise:.4g}; "
+                                       "it looks like noise only")
+    return spread
+
+
+def check_units(norm: Normaliser, scan_norm: Normaliser, array: np.ndarray, source: str) -> None:
+    """Refuse a scan that a fixed normaliser maps to a constant or far out-of-range image."""
+    if norm.per_scan or norm.kind == "identity":
+        return  # a per-scan rule cannot do this; identity models work on network units by design
+    low, high = fit_scan_range(array, "percentile", source=source)
+    net = scan_norm.forward(np.array([low, high], dtype=np.float64))
+    spread, centre = float(net[1] - net[0]), float(net.mean())
+    what = f"{norm.kind} {norm.detail}".strip()
+    if spread < _MIN_NET_SPREAD or abs(centre) > _MAX_NET_MEDIAN:
+        raise InvalidScanError(source, f"its intensities ({low:.4g}..{high:.4g}) do not fit the model's fixed "
+                                       f"normaliser ({what}: [{norm.low:.4g}, {norm.high:.4g}] -> [-1, 1]); "
+                                       "is the scan in the units the model was trained on (HU for CT)?")
+
+
+def check_noise_range(model, s_net: np.ndarray, source: str) -> None:
+    """Refuse noise beyond the model's noisiest training time (network units)."""
+    sched = model.schedule
+    times = np.array([sched.timestep_for_noise(float(s)) for s in np.atleast_1d(s_net)])
+    if np.any(times >= sched.T - 1):
+        raise InvalidScanError(source, f"its noise ({float(np.max(s_net)):.3g} in the model's normalised units) "
+                               "is beyond the noisiest level the model was trained on; lower --strength or "
+                               "--sigma, or use a model trained for this noise")
+
+
+def warn_spacing(model, layout: SliceLayout, scan, source: str) -> str | None:
+    """Warn (one line) when the scan's voxel size is far from the model's training spacing."""
+    trained = tuple(model.config.spacing or ())
+    if not trained or scan.meta.get("unit") == "pixel":
+        return None
+    have = layout.item_spacing(tuple(scan.spacing))
+    if len(have) != len(trained) or min(have) <= 0 or min(trained) <= 0:
+        return None
+    ratios = [h / t for h, t in zip(have, trained)]
+    worst = max(ratios, key=lambda r: max(r, 1 / r))
+    if max(worst, 1 / worst) <= SPACING_TOLERANCE:
+        return None
+    fmt = "x".join(f"{v:.3g}" for v in have)
+    ref = "x".join(f"{v:.3g}" for v in trained)
+    size = "coarser" if worst > 1 else "finer"
+    text = (f"{source}: voxels are {fmt} mm but the model was trained at {ref} mm ({max(worst, 1 / worst):.1f}x {size}); "
+            "structures look a different size to the prior, so expect less noise removed and less faithful fine "
+            f"detail than on scans at {ref} mm (resample to it for the best result)")
+    warnings.warn(text, UserWarning, stacklevel=3)
+    return text
