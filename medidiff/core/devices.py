@@ -71,12 +71,21 @@ def available_devices() -> list[DeviceInfo]:
 
 
 def release_memory(device: torch.device | str | None = None) -> None:
-    """Return cached accelerator memory to the driver after a run."""
-    import gc
+    """Give cached accelerator memory back to the driver after a run; nothing to do on the CPU.
 
-    gc.collect()
-    if torch.cuda.is_available():
+    ``device`` is the device the run used (``None``: whichever accelerator this process has
+    initialised). On CUDA this is ``torch.cuda.empty_cache()``, on MPS ``torch.mps.empty_cache()``.
+    There is deliberately no ``gc.collect()``: a full collection takes most of a second on a big
+    heap and holds the GIL, freezing a GUI (the napari viewer) that calls this after every run;
+    tensors are freed by reference counting as soon as a run's results are dropped.
+    """
+    kind = None if device is None else torch.device(device).type
+    if kind == "cpu":
+        return
+    # is_initialized(): a process that never used CUDA has no cache to empty (and must not create a context)
+    if kind in (None, "cuda") and torch.cuda.is_available() and torch.cuda.is_initialized():
         torch.cuda.empty_cache()
-    mps = getattr(torch, "mps", None)
-    if mps is not None and getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        torch.mps.empty_cache()
+    if kind in (None, "mps"):
+        mps = getattr(torch, "mps", None)
+        if mps is not None and getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            torch.mps.empty_cache()

@@ -125,3 +125,22 @@ def notifications():
             return [str(n.message) for n in notification_manager.records[start:]]
 
     return _View()
+
+
+@pytest.fixture(autouse=True)
+def _isolated_settings(tmp_path, monkeypatch):
+    """Plugin settings and user models in this test's tmp folder, never the real config."""
+    from napari import settings
+
+    settings._clear_plugin_settings_cache()
+    monkeypatch.setattr(settings, "_CFG_PATH", str(tmp_path / "napari" / "settings.yaml"))
+    monkeypatch.setenv("MEDIDIFF_MODELS", str(tmp_path / "user-models"))
+    yield
+    settings._clear_plugin_settings_cache()
+
+
+@pytest.fixture()
+def mr_slices(mr_volume) -> Scan:
+    """Three held-out slices of the real EPI volume (oblique affine), as a small volume."""
+    return Scan(mr_volume.array[18:21].copy(), mr_volume.spacing, mr_volume.affine, "MR",
+                {"source_path": "nibabel:example4d.nii.gz"})

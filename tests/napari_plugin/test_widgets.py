@@ -17,57 +17,12 @@ pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
 from medidiff.io import Scan  # noqa: E402
+from viewer_helpers import add_scan, dock, errors_since, n_records, run_widget, same_geometry  # noqa: E402
 
 pytestmark = pytest.mark.qt
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 README_SHOT = Path(__file__).resolve().parents[2] / "docs" / "images" / "napari-denoise.png"
-RUN_TIMEOUT_MS = 300_000  # generous: the CPU is shared; tests are not timed
-
-
-@pytest.fixture(autouse=True)
-def _isolated_settings(tmp_path, monkeypatch):
-    """Plugin settings and user models in this test's tmp folder, never the real config."""
-    from napari import settings
-
-    settings._clear_plugin_settings_cache()
-    monkeypatch.setattr(settings, "_CFG_PATH", str(tmp_path / "napari" / "settings.yaml"))
-    monkeypatch.setenv("MEDIDIFF_MODELS", str(tmp_path / "user-models"))
-    yield
-    settings._clear_plugin_settings_cache()
-
-
-@pytest.fixture()
-def mr_slices(mr_volume) -> Scan:
-    """Three held-out slices of the real EPI volume (oblique affine), as a small volume."""
-    return Scan(mr_volume.array[18:21].copy(), mr_volume.spacing, mr_volume.affine, "MR",
-                {"source_path": "nibabel:example4d.nii.gz"})
-
-
-def _add_scan(viewer, scan: Scan, name: str):
-    from napari_medidiff.layers import scan_to_layer_data
-
-    data, kwargs, _ = scan_to_layer_data(scan, name, "image")
-    kwargs["metadata"]["study"] = "test-study"  # any extra metadata must ride along to the results
-    return viewer.add_image(data, **kwargs)
-
-
-def _dock(viewer, widget_cls):
-    widget = widget_cls(viewer)
-    viewer.window.add_dock_widget(widget, name=widget.title)
-    return widget
-
-
-def _run(qtbot, widget, timeout=RUN_TIMEOUT_MS):
-    with qtbot.waitSignal(widget.runner.finished, timeout=timeout):
-        widget.controls.run_button.click()
-    return widget.runner.outcome
-
-
-def _same_geometry(out, ref) -> None:
-    np.testing.assert_allclose(out.scale, ref.scale)
-    np.testing.assert_allclose(out.translate, ref.translate)
-    np.testing.assert_allclose(out.affine.affine_matrix, ref.affine.affine_matrix)
 
 
 def _save_shot(widget, name: str) -> Path:
@@ -77,19 +32,6 @@ def _save_shot(widget, name: str) -> Path:
     return path
 
 
-def _errors(start: int) -> list[str]:
-    from napari.utils.notifications import NotificationSeverity, notification_manager
-
-    return [str(n.message) for n in notification_manager.records[start:]
-            if n.severity == NotificationSeverity.ERROR]
-
-
-def _n_records() -> int:
-    from napari.utils.notifications import notification_manager
-
-    return len(notification_manager.records)
-
-
 # ----------------------------------------------------------------------------- denoise
 
 
@@ -97,8 +39,8 @@ def test_denoise_widget_end_to_end(make_napari_viewer, qtbot, tiny_mr_model, mr_
     from napari_medidiff.widgets.denoise import DenoiseWidget
 
     viewer = make_napari_viewer()
-    src = _add_scan(viewer, mr_slices, "epi")
-    widget = _dock(viewer, DenoiseWidget)
+    src = add_scan(viewer, mr_slices, "epi")
+    widget = dock(viewer, DenoiseWidget)
     widget.model_picker.set_spec(str(tiny_mr_model.path))
     widget.device_picker.refresh()  # the real device list (needs torch); cpu is always there
     assert widget.device_picker.findData("cpu") >= 0
@@ -109,13 +51,13 @@ def test_denoise_widget_end_to_end(make_napari_viewer, qtbot, tiny_mr_model, mr_
     widget.noise.setCurrentText("gaussian")
     widget.sigma.setValue(40.0)
 
-    assert _run(qtbot, widget) == "succeeded", widget.controls.status.text()
+    assert run_widget(qtbot, widget) == "succeeded", widget.controls.status.text()
 
     denoised = viewer.layers["epi denoised"]
     unc = viewer.layers["epi uncertainty"]
     for out in (denoised, unc):
         assert out.data.shape == src.data.shape
-        _same_geometry(out, src)
+        same_geometry(out, src)
         assert out.metadata["study"] == "test-study"
     # a real denoiser changed the image but kept it close (not zeros, not a copy)
     diff = np.abs(denoised.data - src.data)
@@ -141,12 +83,12 @@ def test_denoise_on_plain_layer_keeps_scale_and_translate(make_napari_viewer, qt
 
     viewer = make_napari_viewer()
     src = viewer.add_image(mr_slices.array[1], scale=mr_slices.spacing[1:], translate=(5.0, -7.5), name="slice")
-    widget = _dock(viewer, DenoiseWidget)
+    widget = dock(viewer, DenoiseWidget)
     widget.model_picker.set_spec(str(tiny_mr_model.path))
-    assert _run(qtbot, widget) == "succeeded", widget.controls.status.text()
+    assert run_widget(qtbot, widget) == "succeeded", widget.controls.status.text()
     out = viewer.layers["slice denoised"]
     assert out.data.shape == src.data.shape
-    _same_geometry(out, src)
+    same_geometry(out, src)
 
 
 # ----------------------------------------------------------------------------- generate
@@ -159,7 +101,7 @@ def test_generate_widget_end_to_end_keeps_viewer_responsive(make_napari_viewer, 
     from napari_medidiff.widgets.generate import GenerateWidget
 
     viewer = make_napari_viewer()
-    widget = _dock(viewer, GenerateWidget)
+    widget = dock(viewer, GenerateWidget)
     widget.model_picker.set_spec(str(tiny_mr_model.path))
     assert widget.sampler.findText("ddim") >= 0 and widget.sampler.findText("euler") < 0  # a DDPM model
     assert not widget.label.isEnabled()  # no class conditioning on this model
@@ -176,7 +118,7 @@ def test_generate_widget_end_to_end_keeps_viewer_responsive(make_napari_viewer, 
     progress = []
     widget.runner.progress.connect(progress.append)
     try:
-        assert _run(qtbot, widget) == "succeeded", widget.controls.status.text()
+        assert run_widget(qtbot, widget) == "succeeded", widget.controls.status.text()
     finally:
         timer.stop()
     # the run took many timer periods and the main thread served them while the worker computed
@@ -205,7 +147,7 @@ def test_cancel_stops_within_one_step(make_napari_viewer, qtbot, tiny_mr_model):
     from napari_medidiff.widgets.generate import GenerateWidget
 
     viewer = make_napari_viewer()
-    widget = _dock(viewer, GenerateWidget)
+    widget = dock(viewer, GenerateWidget)
     widget.model_picker.set_spec(str(tiny_mr_model.path))
     widget.n.setValue(2)
     widget.steps.setValue(500)  # far more than the test will let it do
@@ -217,7 +159,7 @@ def test_cancel_stops_within_one_step(make_napari_viewer, qtbot, tiny_mr_model):
             widget.controls.cancel_button.click()
 
     widget.runner.progress.connect(on_progress)
-    assert _run(qtbot, widget) == "cancelled"
+    assert run_widget(qtbot, widget) == "cancelled"
     # the worker asked the task for at most one more step after Cancel, and the task was closed
     assert widget.runner.steps_after_cancel is not None and widget.runner.steps_after_cancel <= 1
     assert inspect.getgeneratorstate(widget.runner.job) == inspect.GEN_CLOSED
@@ -234,14 +176,14 @@ def test_anomaly_widget_end_to_end(make_napari_viewer, qtbot, tiny_mr_model, mr_
     from napari_medidiff.widgets.anomaly import AnomalyWidget
 
     viewer = make_napari_viewer()
-    src = _add_scan(viewer, mr_slices, "epi")
-    widget = _dock(viewer, AnomalyWidget)
+    src = add_scan(viewer, mr_slices, "epi")
+    widget = dock(viewer, AnomalyWidget)
     widget.model_picker.set_spec(str(tiny_mr_model.path))
     assert "no calibrated threshold" in widget.controls.status.text()
     widget.method.setCurrentText("ddpm")
     widget.threshold.setValue(30.0)
 
-    assert _run(qtbot, widget) == "succeeded", widget.controls.status.text()
+    assert run_widget(qtbot, widget) == "succeeded", widget.controls.status.text()
     heat = viewer.layers["epi anomaly map"]
     labels = viewer.layers["epi anomalies"]
     import napari.layers
@@ -249,7 +191,7 @@ def test_anomaly_widget_end_to_end(make_napari_viewer, qtbot, tiny_mr_model, mr_
     assert isinstance(labels, napari.layers.Labels)
     for out in (heat, labels):
         assert out.data.shape == src.data.shape
-        _same_geometry(out, src)
+        same_geometry(out, src)
         assert out.metadata["study"] == "test-study"
     assert heat.colormap.name == "inferno" and 0 < heat.opacity < 1
     info = heat.metadata["medidiff_anomaly"]
@@ -275,12 +217,12 @@ def test_bad_model_folder_is_a_notification_not_a_crash(make_napari_viewer, qtbo
     bad.mkdir()
     (bad / "config.json").write_text("{ this is not json")
     viewer = make_napari_viewer()
-    _add_scan(viewer, mr_slices, "epi")
-    widget = _dock(viewer, DenoiseWidget)
+    add_scan(viewer, mr_slices, "epi")
+    widget = dock(viewer, DenoiseWidget)
     widget.model_picker.set_spec(str(bad))
-    start = _n_records()
-    assert _run(qtbot, widget) == "failed"
-    errors = _errors(start)
+    start = n_records()
+    assert run_widget(qtbot, widget) == "failed"
+    errors = errors_since(start)
     assert len(errors) == 1 and str(bad) in errors[0] and "JSON" in errors[0]
     assert [layer.name for layer in viewer.layers] == ["epi"]
     assert widget.controls.run_button.isEnabled()
@@ -291,12 +233,12 @@ def test_no_input_layer_is_a_notification(make_napari_viewer, qtbot, tiny_mr_mod
     from napari_medidiff.widgets.anomaly import AnomalyWidget
 
     viewer = make_napari_viewer()
-    widget = _dock(viewer, AnomalyWidget)
+    widget = dock(viewer, AnomalyWidget)
     widget.model_picker.set_spec(str(tiny_mr_model.path))
-    start = _n_records()
+    start = n_records()
     widget.controls.run_button.click()
     assert not widget.runner.running
-    errors = _errors(start)
+    errors = errors_since(start)
     assert len(errors) == 1 and "choose an image layer" in errors[0]
 
 
@@ -312,12 +254,12 @@ def test_runtime_error_in_a_task_reaches_the_user(qtbot):
     runner = TaskRunner("Denoise")
     failed = []
     runner.failed.connect(failed.append)
-    start = _n_records()
+    start = n_records()
     with qtbot.waitSignal(runner.finished, timeout=30_000):
         runner.start(job())
     assert runner.outcome == "failed"
     assert failed == ["Denoise failed: RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB"]
-    assert _errors(start) == failed
+    assert errors_since(start) == failed
 
 
 # ----------------------------------------------------------------------------- manifest, settings
@@ -382,11 +324,11 @@ def test_viewer_screenshot_with_denoise_widget(make_napari_viewer, qtbot, tiny_m
     scan = Scan(noisy, mr_volume.spacing[1:], mr_volume.affine, "MR", {})
     viewer = make_napari_viewer(show=True)
     viewer.window.resize(1100, 640)
-    _add_scan(viewer, scan, "noisy EPI slice")
-    widget = _dock(viewer, DenoiseWidget)
+    add_scan(viewer, scan, "noisy EPI slice")
+    widget = dock(viewer, DenoiseWidget)
     widget.model_picker.set_spec(str(tiny_mr_model.path))
     widget.noise.setCurrentText("gaussian")
-    assert _run(qtbot, widget) == "succeeded", widget.controls.status.text()
+    assert run_widget(qtbot, widget) == "succeeded", widget.controls.status.text()
     out = viewer.layers["noisy EPI slice denoised"]
     # the model really removed noise: closer to the clean slice than the input was
     assert np.abs(out.data - clean).mean() < 0.7 * np.abs(noisy - clean).mean()
