@@ -224,3 +224,13 @@ def test_3d_model_scores_the_whole_volume(mr_volume):
     assert np.isfinite(res.map.array).all()
     with pytest.raises(InvalidScanError, match="3D"):
         detect_anomalies(model, _scan(mr_volume.array[10, :32, :32]), threshold=1.0, device="cpu")
+
+
+def test_builtin_mr2d_is_calibrated_with_the_current_defaults():
+    from medidiff.model_store.registry import resolve_model
+    from medidiff.tasks.anomaly import resolve_options
+
+    mr2d = resolve_model("mr2d")
+    assert resolve_options(mr2d) == resolve_options(mr2d, use_calibrated=False)
+    assert resolve_options(mr2d).timesteps == (300.0,) * 3 + (450.0,) * 3
+    assert mr2d.config.anomaly["healthy_scores"]  # FDR masks work out of the box

@@ -87,8 +87,7 @@ def calibrate_threshold_steps(
         "sources": sources[:MAX_SOURCES],
         "units": "scan intensity units (|x - reconstruction|)",
         "score": f"{SCORE_PERCENTILE:g}th percentile of the map in the foreground",
-        # 6 significant digits keep config.json small; rounding is monotone, so ranks are kept
-        "healthy_scores": [float(f"{v:.6g}") for v in sample],
+        "healthy_scores": fdr.encode_scores(sample),
     }
     if save and model.path is not None:
         save_calibration(model)
@@ -110,7 +109,7 @@ def calibration_section(cal: dict[str, Any]) -> str:
         f"- calibrated with: method {cal['method']}, options {cal['options']}, seed {cal.get('seed', 0)}",
     ]
     if cal.get("healthy_scores"):
-        lines.append(f"- FDR masks (`--fdr q`): conformal p-values against {len(cal['healthy_scores']):,} sampled healthy "
+        lines.append(f"- FDR masks (`--fdr q`): conformal p-values against {fdr.decode_scores(cal['healthy_scores']).size:,} sampled healthy "
                      "voxel scores, then Benjamini-Hochberg over the scan's foreground voxels")
     return "\n".join(lines) + "\n"
 

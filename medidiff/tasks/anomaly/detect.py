@@ -87,7 +87,7 @@ def _fdr_table(model: DiffusionModel, settings: MapSettings) -> np.ndarray:
     if not table:
         raise ModelError(f"{model.path or 'this model'}: its calibration keeps no healthy voxel scores, which --fdr "
                          "needs; recalibrate it with `medidiff anomaly calibrate MODEL HEALTHY_DIR`")
-    return np.asarray(table, dtype=np.float64)
+    return fdr_maths.decode_scores(table)
 
 
 def detect_anomalies_steps(

@@ -52,6 +52,21 @@ def healthy_sample(values: np.ndarray, size: int = HEALTHY_SAMPLE_SIZE, seed: in
     return np.sort(values)
 
 
+def encode_scores(sorted_scores: np.ndarray) -> str:
+    """The sample as one line of space-separated numbers (6 significant digits) for config.json.
+
+    One string keeps config.json readable (a JSON list would take a line per number); rounding
+    is monotone, so the order of the sample, and so every p-value up to ties, is kept.
+    """
+    return " ".join(f"{v:.6g}" for v in np.asarray(sorted_scores, dtype=np.float64))
+
+
+def decode_scores(stored: str | list[float]) -> np.ndarray:
+    """The sorted sample back from :func:`encode_scores` (a plain list of numbers is read too)."""
+    values = np.array(stored.split() if isinstance(stored, str) else stored, dtype=np.float64)
+    return np.sort(values)
+
+
 def conformal_pvalues(scores: np.ndarray, healthy_sorted: np.ndarray) -> np.ndarray:
     """``(1 + #{healthy >= s}) / (m + 1)`` for each score ``s`` (``healthy_sorted`` ascending)."""
     h = np.asarray(healthy_sorted, dtype=np.float64)
