@@ -1,4 +1,8 @@
-"""``medidiff denoise MODEL IN OUT``: diffusion-prior denoising of a scan or a folder of scans."""
+"""``medidiff denoise [MODEL] IN OUT``: diffusion-prior denoising of a scan or a folder of scans.
+
+The positional forms (``MODEL IN OUT``, ``IN OUT``, ``IN OUT --model M``) are read by
+:mod:`medidiff.cli.denoise_args`, which answers every misread form with one line.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ from medidiff.cli.common import DEVICE, OVERWRITE, SEED, existing_path
 
 def _describe(values, unit: str) -> str:
     arr = np.atleast_1d(np.asarray(values, dtype=np.float64))
-    if arr.size == 1:
+    if arr.size == 1 or np.all(arr == arr[0]):
         return f"{arr[0]:.4g}{unit}"
     return f"{arr.min():.4g}-{arr.max():.4g}{unit} (per slice)"
 
@@ -65,11 +69,14 @@ def _inputs(src: Path) -> tuple[list[Path], bool]:
 
 @app.command()
 def denoise(
-    model: str = typer.Argument(..., metavar="[MODEL]", help="Model folder or name (see `medidiff models`). "
-                                "Leave it out to use the built-in model for the scan's modality (e.g. mr2d for MR)."),
-    src: Path = typer.Argument(..., metavar="IN", help="Noisy scan (NIfTI, DICOM file/series, TIFF, PNG) or a folder of scans."),
-    dst: Path = typer.Argument(None, metavar="OUT", help="Output scan (format from the extension), or a folder when IN is a folder.",
-                               show_default=False),
+    first: str = typer.Argument(None, metavar="[MODEL]", show_default=False,
+                                help="Model folder or name (see `medidiff models`). Leave it out to use the built-in "
+                                "model for the scan's modality (e.g. mr2d for MR), or give it with --model."),
+    second: str = typer.Argument(None, metavar="IN", show_default=False,
+                                 help="Noisy scan (NIfTI, DICOM file/series, TIFF, PNG) or a folder of scans."),
+    third: str = typer.Argument(None, metavar="OUT", show_default=False,
+                                help="Output scan (format from the extension), or a folder when IN is a folder."),
+    model_option: str = typer.Option(None, "--model", help="The model, when the positional arguments are IN OUT."),
     noise: str = typer.Option("auto", "--noise", help="auto (from the modality), gaussian, rician or poisson-gaussian."),
     sigma: float = typer.Option(None, "--sigma", min=0.0, help="Noise std in scan units (default: estimated)."),
     strength: float = typer.Option(1.0, "--strength", min=0.0, help="Scale the noise level: > 1 smooths more, < 1 less."),
@@ -77,6 +84,7 @@ def denoise(
     steps: int = typer.Option(5, "--steps", min=1, help="Sampler steps for ddim and posterior."),
     samples: int = typer.Option(8, "--samples", min=2, help="Posterior samples (K)."),
     per_slice: bool = typer.Option(False, "--per-slice", help="Estimate the noise level slice by slice."),
+    ensemble: int = typer.Option(1, "--ensemble", help="Tweedie self-ensemble: 1, 4 (flips) or 8 (flips and rotations, square pixels)."),
     uncertainty: Path = typer.Option(None, "--uncertainty", help="Write the per-voxel posterior std here (implies --method posterior)."),
     report: Path = typer.Option(None, "--report", help="PNG: input, output, difference, uncertainty (a folder of PNGs for a folder IN)."),
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Slices per network call."),
@@ -92,6 +100,8 @@ def denoise(
 
       medidiff denoise noisy_mr.nii.gz clean.nii.gz        (built-in model chosen from the modality)
 
+      medidiff denoise noisy_mr.nii.gz clean.nii.gz --model mr2d --ensemble 4
+
       medidiff denoise my-model scans/ denoised/ --method posterior --uncertainty sd/
     """
     from medidiff.core.devices import resolve_device
@@ -99,7 +109,7 @@ def denoise(
     from medidiff.io.atomic import atomic_dir, check_output_path
     from medidiff.core.progress import run_to_end
     from medidiff.model_store.registry import resolve_model
-    from medidiff.tasks.denoise import METHODS, NOISE_CHOICES, denoise_steps
+    from medidiff.tasks.denoise import ENSEMBLE_SIZES, METHODS, NOISE_CHOICES, denoise_steps
 
     if method not in METHODS:
         raise typer.BadParameter(f"{method!r}; choose one of {', '.join(METHODS)}", param_hint="--method")
@@ -107,10 +117,14 @@ def denoise(
         raise typer.BadParameter(f"{noise!r}; choose one of {', '.join(NOISE_CHOICES)}", param_hint="--noise")
     if strength <= 0:
         raise typer.BadParameter("must be > 0", param_hint="--strength")
+    if ensemble not in ENSEMBLE_SIZES:
+        raise typer.BadParameter(f"{ensemble}; choose one of {', '.join(map(str, ENSEMBLE_SIZES))}", param_hint="--ensemble")
+    from medidiff.cli.denoise_args import read_arguments
+
     if uncertainty is not None:
         method = "posterior"
-    if dst is None:  # two arguments: IN OUT, model chosen from the scan's modality
-        model, src, dst = None, Path(model), src
+    args = read_arguments(first, second, third, model_option)
+    model, src, dst = args.model, args.src, args.dst
     existing_path(src)
     paths, folder = _inputs(src)
     if model is None:
@@ -122,7 +136,7 @@ def denoise(
 
     net = resolve_model(model, device=str(resolve_device(device)))
     options = dict(method=method, noise=noise, sigma=sigma, strength=strength, steps=steps, samples=samples,
-                   per_slice=per_slice, batch_size=batch_size, seed=seed, device=device)
+                   per_slice=per_slice, ensemble=ensemble, batch_size=batch_size, seed=seed, device=device)
     with ExitStack() as stack:
         # a folder IN gives folder outputs, each built in a temporary folder and moved in at the end
         out_dir = stack.enter_context(atomic_dir(dst, overwrite, [src])) if folder else None

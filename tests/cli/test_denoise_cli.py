@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -84,3 +85,47 @@ def test_folder_in_folder_out(capsys, tmp_path, tiny_mr_model, mr_volume):
 def test_help_has_example():
     result = subprocess.run([sys.executable, "-m", "medidiff", "denoise", "--help"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and "Example:" in result.stdout
+
+
+def _dicom(name: str) -> str:
+    from pydicom.data import get_testdata_file
+
+    return str(get_testdata_file(name))
+
+
+@pytest.mark.parametrize("args, understood", [
+    (["mr2d", "CT_small.dcm"], "understood MODEL=mr2d IN=.*CT_small.dcm but no OUT"),
+    (["MR_small.dcm"], "understood IN=.*MR_small.dcm but no OUT"),
+    (["mr2d"], "understood MODEL=mr2d but no IN and OUT"),
+    (["CT_small.dcm", "MR_small.dcm", "out.nii.gz"], "CT_small.dcm is a scan, not a model"),
+    (["no-such-model", "MR_small.dcm"], "no-such-model: no such scan, model folder or model name"),
+    (["MR_small.dcm", "out.nii.gz", "--model", "mr2d", "--model", "mr2d"], None),  # repeated option: last wins
+    (["--model", "mr2d", "MR_small.dcm"], "understood --model mr2d and IN=.*MR_small.dcm but no OUT"),
+    (["mr2d", "MR_small.dcm", "out.nii.gz", "--model", "mr2d"], "--model mr2d and three arguments"),
+    ([], "name the noisy scan and the output"),
+])
+def test_misread_forms_say_what_was_understood(capsys, tmp_path, args, understood):
+    argv = [_dicom(a) if a.endswith(".dcm") else (str(tmp_path / a) if a == "out.nii.gz" else a) for a in args]
+    if understood is None:  # a valid form: it runs (mr2d on a real MR slice)
+        code, _, err = call(capsys, "denoise", *argv, "--device", "cpu")
+        assert code == 0, err
+        assert (tmp_path / "out.nii.gz").is_file()
+        return
+    code, _, err = call(capsys, "denoise", *argv, "--device", "cpu")
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, err
+    assert re.search(understood, lines[0]), lines[0]
+    assert not (tmp_path / "out.nii.gz").exists()
+
+
+def test_model_option_and_ensemble(capsys, tmp_path, tiny_mr_model, noisy_nifti, clean_slices):
+    out = tmp_path / "ens.nii.gz"
+    code, stdout, err = call(capsys, "denoise", noisy_nifti, out, "--model", tiny_mr_model.path, "--noise", "gaussian",
+                             "--ensemble", "4", "--device", "cpu")
+    assert code == 0, err
+    span = float(clean_slices.max() - clean_slices.min())
+    assert psnr(clean_slices, load_scan(out).array, span) > psnr(clean_slices, load_scan(noisy_nifti).array, span) + 5
+    code, _, err = call(capsys, "denoise", noisy_nifti, tmp_path / "bad.nii.gz", "--model", tiny_mr_model.path,
+                        "--ensemble", "3", "--device", "cpu")
+    assert code == 2 and "--ensemble" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "bad.nii.gz").exists()
