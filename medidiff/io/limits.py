@@ -101,3 +101,41 @@ def check_file_holds(path: str | Path, offset: int, shape: Sequence[int], dtype,
             path, f"is truncated: its {what} header declares {dims} values of {np.dtype(dtype).name} "
             f"({format_bytes(declared)} with the header) but the file holds {format_bytes(size)}",
         )
+
+
+def check_gzip_holds(path: str | Path, offset: int, shape: Sequence[int], dtype, what: str = "scan") -> None:
+    """Refuse a gzip file that inflates to less than ``offset`` + the bytes its header declares.
+
+    Readers allocate the declared size before inflating, so a small gzip declaring a huge
+    volume would cost that memory before failing. The gzip trailer's ISIZE (the inflated
+    size modulo 2**32) settles the usual case for free; only when it disagrees is the
+    stream inflated once, in 1 MiB pieces that are counted and dropped (bounded memory).
+    """
+    import gzip
+    import zlib
+
+    declared = int(offset) + math.prod(int(s) for s in shape) * np.dtype(dtype).itemsize
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(-4, os.SEEK_END)
+            isize = int.from_bytes(fh.read(4), "little")
+    except OSError:
+        return  # too short for a trailer: the reader reports the broken file
+    if isize == declared % 2**32:
+        return
+    inflated = 0
+    try:
+        with gzip.open(path, "rb") as fh:
+            while inflated < declared:
+                piece = fh.read(min(1 << 20, declared - inflated))
+                if not piece:
+                    break
+                inflated += len(piece)
+    except (OSError, EOFError, zlib.error):
+        pass  # a corrupt stream: what inflated so far is what it holds
+    if inflated < declared:
+        dims = " x ".join(str(int(s)) for s in shape)
+        raise InvalidScanError(
+            path, f"is truncated: its {what} header declares {dims} values of {np.dtype(dtype).name} "
+            f"({format_bytes(declared)} with the header) but the compressed data inflates to {format_bytes(inflated)}",
+        )

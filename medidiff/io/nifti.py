@@ -12,6 +12,7 @@ import numpy as np
 
 from medidiff.errors import InvalidScanError
 from medidiff.io.formats import NIFTI_SUFFIXES  # noqa: F401  (one home: io.formats)
+from medidiff.io.limits import check_declared_size, check_file_holds, check_gzip_holds
 from medidiff.io.scan import Scan
 
 
@@ -37,6 +38,13 @@ def read_nifti(path: Path, volume: int | None = None) -> Scan:
     if ndim > 4:
         raise InvalidScanError(path, f"has {ndim} dimensions (shape {shape}); medidiff reads 2D, 3D and 4D NIfTI")
     proxy = img.dataobj
+    stored = img.header.get_data_dtype()
+    check_declared_size(path, shape[:3] if ndim == 4 else shape, stored, what="NIfTI header")
+    offset = int(getattr(proxy, "offset", 0) or 0)
+    if str(path).lower().endswith(".gz"):
+        check_gzip_holds(path, offset, shape, stored, what="NIfTI")
+    else:
+        check_file_holds(path, offset, shape, stored, what="NIfTI")
     if ndim == 4:
         n_vol = shape[3]
         if volume is None:

@@ -16,6 +16,7 @@ import numpy as np
 from medidiff.errors import InvalidScanError
 from medidiff.io._util import rgb_to_gray, warn
 from medidiff.io.formats import IMAGE_SUFFIXES as PNG_SUFFIXES  # noqa: F401  (one home: io.formats)
+from medidiff.io.limits import check_declared_size
 from medidiff.io.scan import Scan, affine_from_spacing
 
 TEXT_KEY = "medidiff"
@@ -26,6 +27,8 @@ def read_png(path: Path) -> Scan:
     from PIL import Image
 
     with Image.open(str(path)) as img:
+        bands = len(img.getbands())
+        check_declared_size(path, (img.height, img.width, bands) if bands > 1 else (img.height, img.width), np.uint8, what="image")
         img.load()  # decode now, so truncated files fail here
         mode = img.mode
         info = dict(img.info)

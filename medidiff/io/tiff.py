@@ -19,6 +19,7 @@ import numpy as np
 from medidiff.errors import InvalidScanError
 from medidiff.io._util import rgb_to_gray, warn
 from medidiff.io.formats import TIFF_SUFFIXES  # noqa: F401  (one home: io.formats)
+from medidiff.io.limits import check_declared_size, check_file_holds
 from medidiff.io.scan import Scan, affine_from_spacing
 
 MEDIDIFF_TAG = 65000  # private tag holding medidiff's JSON (affine, modality, unit)
@@ -114,6 +115,11 @@ def read_tiff(path: Path, volume: int | None = None) -> Scan:
             raise InvalidScanError(path, "TIFF file holds no image")
         series = tif.series[0]
         page = tif.pages.first if hasattr(tif.pages, "first") else tif.pages[0]
+        if any(int(n) == 0 for n in series.shape):
+            raise InvalidScanError(path, f"has a zero-size axis (shape {tuple(series.shape)})")
+        check_declared_size(path, series.shape, series.dtype, what="TIFF")
+        if int(getattr(page, "compression", 1) or 1) == 1:  # uncompressed: the file must hold every declared byte
+            check_file_holds(path, 0, series.shape, series.dtype, what="TIFF")
         data = np.asarray(series.asarray())
         axes = series.axes
         ome = _ome_sizes(tif.ome_metadata) if tif.is_ome and tif.ome_metadata else {}
