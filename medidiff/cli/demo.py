@@ -30,7 +30,7 @@ def demo(
         return
     from medidiff.tasks.demo import demo as run_demo
 
-    result = run_demo(out, quick=quick, device=device, seed=seed, overwrite=overwrite, show=True)
+    result = run_demo(out, quick=quick, device=device, seed=seed, overwrite=overwrite, progress=True)
     for k, v in result.numbers.items():
         typer.echo(f"{k:<26} {v:.4g}")
     typer.echo(f"report: {result.report}")

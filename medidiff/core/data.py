@@ -200,7 +200,11 @@ def prepare_training_data(
     out_masks: list[np.ndarray] | None = [] if mask_scans is not None else None
     axis_used = None
     for k, scan in enumerate(scans):
-        arr = normaliser.forward(scan.array)
+        # a per-scan rule (the default for modalities without absolute units) maps each scan on its
+        # own, exactly as denoising maps each input scan; fixed maps (CT windows, given) apply as they are
+        scan_norm = normaliser.for_scan(scan.array, source=str(scan.meta.get("source_path") or f"training scan {k + 1}")) \
+            if normaliser.kind == "foreground" else normaliser
+        arr = scan_norm.forward(scan.array)
         marr = None
         if mask_scans is not None:
             marr = np.rint(mask_scans[k].array).astype(np.float32)

@@ -19,7 +19,7 @@ import numpy as np
 
 from medidiff.io import Scan, save_scan
 from medidiff.io.atomic import atomic_dir
-from medidiff.core.progress import Progress, run_to_end
+from medidiff.core.progress import Progress, plain_twin, relay, run_to_end
 from medidiff.builtin.sample_scans import microscopy_sample, mr_sample
 
 
@@ -30,18 +30,6 @@ class DemoResult:
     out_dir: Path
     report: Path
     numbers: dict[str, float] = field(default_factory=dict)
-
-
-def _forward(gen: Generator[Progress, None, object], offset: int, total: int, label: str):
-    """Relay a task's progress as steps of the demo."""
-    result = None
-    try:
-        while True:
-            p = next(gen)
-            yield Progress(step=offset, total=total, message=f"{label} {p.step}/{p.total}")
-    except StopIteration as stop:
-        result = stop.value
-    return result
 
 
 def demo_steps(out: str | Path, *, quick: bool = False, device: str = "auto", seed: int = 0,
@@ -70,12 +58,12 @@ def demo_steps(out: str | Path, *, quick: bool = False, device: str = "auto", se
         noisy_arr = add_noise(clean.array, "rician", 0.05, np.random.default_rng(seed)).astype(np.float32)
         noisy = clean.with_array(noisy_arr, meta={"source_path": ""})
         save_scan(noisy, tmp / "mr_noisy.nii.gz")
-        res = yield from _forward(denoise_steps(mr_model, noisy, device=device, seed=seed), 1, total, "denoise MR")
+        res = yield from relay(denoise_steps(mr_model, noisy, device=device, seed=seed), message="denoise MR")
         save_scan(res.scan, tmp / "mr_denoised.nii.gz")
         rng_ = float(clean.array.max() - clean.array.min())
         numbers["mr_psnr_noisy"] = psnr(clean.array, noisy.array, data_range=rng_)
         numbers["mr_psnr_denoised"] = psnr(clean.array, res.scan.array, data_range=rng_)
-        numbers["mr_sigma_estimated"] = float(np.mean(res.sigma))
+        numbers["mr_sigma_estimated"] = res.sigma_median
         numbers["mr_sigma_true"] = 0.05 * rng_
         z = clean.shape[0] // 2
         save_grid([noisy.array[z], res.scan.array[z], clean.array[z], noisy.array[z] - res.scan.array[z]],
@@ -95,7 +83,7 @@ def demo_steps(out: str | Path, *, quick: bool = False, device: str = "auto", se
         noisy_cell = cell.with_array(add_noise(cell.array, "poisson-gaussian", 0.1, np.random.default_rng(seed + 1)).astype(np.float32),
                                      meta={"source_path": ""}, modality="microscopy")
         save_scan(noisy_cell, tmp / "cell_noisy.tif")
-        res_c = yield from _forward(denoise_steps(cell_model, noisy_cell, noise="poisson-gaussian", device=device, seed=seed), 2, total, "denoise microscopy")
+        res_c = yield from relay(denoise_steps(cell_model, noisy_cell, noise="poisson-gaussian", device=device, seed=seed), message="denoise microscopy")
         save_scan(res_c.scan, tmp / "cell_denoised.tif")
         crange = float(cell.array.max() - cell.array.min())
         numbers["cell_psnr_noisy"] = psnr(cell.array, noisy_cell.array, data_range=crange)
@@ -109,7 +97,7 @@ def demo_steps(out: str | Path, *, quick: bool = False, device: str = "auto", se
 
         # 3. synthetic images at the model's training size
         n = 4 if quick else 8
-        gen = yield from _forward(generate_steps(mr_model, n, seed=seed, steps=10 if quick else 25, device=device), 3, total, "generate")
+        gen = yield from relay(generate_steps(mr_model, n, seed=seed, steps=10 if quick else 25, device=device), message="generate")
         save_grid([s.array for s in gen.scans], tmp / "generated.png", titles=[f"seed {s}" for s in range(n)], ncols=min(n, 8),
                   suptitle=f"{n} synthetic MR images at the training size {mr_model.config.image_size}")
         sections.append(("Generating synthetic images (mr2d)", "generated.png",
@@ -124,7 +112,7 @@ def demo_steps(out: str | Path, *, quick: bool = False, device: str = "auto", se
         save_scan(sick, tmp / "mr_lesion.nii.gz")
         save_scan(healthy.with_array(lesion.mask.astype(np.float32)), tmp / "mr_lesion_truth.nii.gz")
         thr = "auto" if mr_model.config.anomaly.get("threshold") is not None else 0.0
-        an = yield from _forward(detect_anomalies_steps(mr_model, sick, threshold=thr, device=device, seed=seed), 4, total, "anomaly")
+        an = yield from relay(detect_anomalies_steps(mr_model, sick, threshold=thr, device=device, seed=seed), message="anomaly")
         an_h = run_to_end(detect_anomalies_steps(mr_model, healthy, threshold=thr, device=device, seed=seed))
         save_scan(an.map, tmp / "mr_lesion_map.nii.gz")
         numbers["anomaly_score_lesion"] = an.score
@@ -144,9 +132,7 @@ def demo_steps(out: str | Path, *, quick: bool = False, device: str = "auto", se
     return DemoResult(out, out / "index.html", numbers)
 
 
-def demo(out: str | Path, *, show: bool = False, **kwargs) -> DemoResult:
-    """Plain twin of :func:`demo_steps`."""
-    return run_to_end(demo_steps(out, **kwargs), show=show, desc="demo")
+demo = plain_twin(demo_steps, "demo")
 
 
 def _html(sections, numbers, quick: bool) -> str:

@@ -19,7 +19,7 @@ def test_demo_quick_writes_report_with_real_improvements(tmp_path):
     n = result.numbers
     assert n["mr_psnr_denoised"] > n["mr_psnr_noisy"] + 1.0
     assert n["cell_psnr_denoised"] > n["cell_psnr_noisy"] + 1.0
-    assert abs(n["mr_sigma_estimated"] - n["mr_sigma_true"]) < 0.5 * n["mr_sigma_true"]
+    assert abs(n["mr_sigma_estimated"] - n["mr_sigma_true"]) < 0.1 * n["mr_sigma_true"], n  # benchmark: ~3% off
     assert n["anomaly_score_lesion"] > n["anomaly_score_healthy"]
     assert n["anomaly_voxel_auroc"] > 0.7
 
