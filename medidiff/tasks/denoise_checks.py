@@ -17,7 +17,10 @@ grid of window-shaped blobs, a sample instead of the scan), so these inputs get 
 
 A voxel size far (more than 1.5x) from the model's training spacing gets a one-line warning
 (``UserWarning``; the CLI prints it as ``warning: ...``) saying what to expect; the scan is not
-resampled.
+resampled, because resampling measured no better overall. Built-in ``mr2d`` (trained at 2 mm) on
+its held-out sample resampled to other voxel sizes, Gaussian noise 5%, PSNR in ``x > 0.1 max``
+(noisy ~26.0 dB): at 2 mm +4.5 dB; at 1 mm +7.2 dB direct vs +7.7 dB resampled to 2 mm and back;
+at 4 mm +2.9 dB direct vs +1.3 dB resampled.
 """
 
 from __future__ import annotations
@@ -106,9 +109,14 @@ def warn_spacing(model, layout: SliceLayout, scan, source: str) -> str | None:
         return None
     fmt = "x".join(f"{v:.3g}" for v in have)
     ref = "x".join(f"{v:.3g}" for v in trained)
-    size = "coarser" if worst > 1 else "finer"
-    text = (f"{source}: voxels are {fmt} mm but the model was trained at {ref} mm ({max(worst, 1 / worst):.1f}x {size}); "
-            "structures look a different size to the prior, so expect less noise removed and less faithful fine "
-            f"detail than on scans at {ref} mm (resample to it for the best result)")
+    factor = max(worst, 1 / worst)
+    if worst > 1:
+        expect = (f"expect a smaller gain than at {ref} mm (mr2d at 2x coarser: +2.9 dB instead of +4.5 dB; "
+                  "resampling first measured worse)")
+    else:
+        expect = (f"expect a little less than resampling to {ref} mm first would give "
+                  "(mr2d at 2x finer: 0.4 dB less)")
+    text = (f"{source}: voxels are {fmt} mm but the model was trained at {ref} mm ({factor:.1f}x "
+            f"{'coarser' if worst > 1 else 'finer'}); {expect}")
     warnings.warn(text, UserWarning, stacklevel=3)
     return text
