@@ -54,6 +54,8 @@ def _info(path: Path, series: str | None, volume: int | None, fill_gaps: bool = 
     from medidiff.io import detect_format, load_scan
 
     fmt = detect_format(path)
+    # read first: a refusal is one line (a folder with several series lists them in that line)
+    scan = load_scan(path, series=series, volume=volume, fill_gaps=fill_gaps)
     if fmt == "dicom" and path.is_dir():
         from medidiff.io.dicom import list_series
 
@@ -61,7 +63,6 @@ def _info(path: Path, series: str | None, volume: int | None, fill_gaps: bool = 
         typer.echo(f"series found: {len(found)}")
         for s in found:
             typer.echo(f"  - {s.describe()}")
-    scan = load_scan(path, series=series, volume=volume, fill_gaps=fill_gaps)
     arr = scan.array
     axes = "z, y, x" if scan.ndim == 3 else "y, x"
     unit = scan.meta.get("unit", "mm")

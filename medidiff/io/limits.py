@@ -111,9 +111,6 @@ def check_gzip_holds(path: str | Path, offset: int, shape: Sequence[int], dtype,
     size modulo 2**32) settles the usual case for free; only when it disagrees is the
     stream inflated once, in 1 MiB pieces that are counted and dropped (bounded memory).
     """
-    import gzip
-    import zlib
-
     declared = int(offset) + math.prod(int(s) for s in shape) * np.dtype(dtype).itemsize
     try:
         with open(path, "rb") as fh:
@@ -123,19 +120,32 @@ def check_gzip_holds(path: str | Path, offset: int, shape: Sequence[int], dtype,
         return  # too short for a trailer: the reader reports the broken file
     if isize == declared % 2**32:
         return
-    inflated = 0
-    try:
-        with gzip.open(path, "rb") as fh:
-            while inflated < declared:
-                piece = fh.read(min(1 << 20, declared - inflated))
-                if not piece:
-                    break
-                inflated += len(piece)
-    except (OSError, EOFError, zlib.error):
-        pass  # a corrupt stream: what inflated so far is what it holds
+    inflated = _inflated_size(path, declared)
     if inflated < declared:
         dims = " x ".join(str(int(s)) for s in shape)
         raise InvalidScanError(
             path, f"is truncated: its {what} header declares {dims} values of {np.dtype(dtype).name} "
             f"({format_bytes(declared)} with the header) but the compressed data inflates to {format_bytes(inflated)}",
         )
+
+
+def _inflated_size(path: str | Path, stop: int) -> int:
+    """Bytes a gzip file inflates to (all members), counted in 1 MiB pieces; stops counting at ``stop``."""
+    import zlib
+
+    inflated = 0
+    inflater = zlib.decompressobj(wbits=31)
+    try:
+        with open(path, "rb") as fh:
+            pending = fh.read(1 << 20)
+            while pending and inflated < stop:
+                out = inflater.decompress(pending, 1 << 20)  # at most 1 MiB out per call: bounded memory
+                inflated += len(out)
+                if inflater.eof:  # end of one member: another may follow
+                    pending = inflater.unused_data or fh.read(1 << 20)
+                    inflater = zlib.decompressobj(wbits=31)
+                else:
+                    pending = inflater.unconsumed_tail or fh.read(1 << 20)
+    except (OSError, zlib.error):
+        pass  # a corrupt stream: what inflated so far is what it holds
+    return inflated

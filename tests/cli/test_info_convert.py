@@ -94,10 +94,11 @@ def test_convert_round_trip_and_series_listing(tmp_path, capsys):
     for f in (tmp_path / "second").iterdir():
         f.rename(series / f"second_{f.name}")
     code, out, err = call(capsys, "info", series)
-    assert code == 2 and "series found: 2" in out and "--series" in err
     number = str(pydicom.dcmread(next(series.glob("second_*"))).SeriesInstanceUID)
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1  # one line that lists both series
+    assert "holds 2 series" in err and "--series" in err and number in err
     code, out, err = call(capsys, "info", series, "--series", number)
-    assert code == 0 and number in out
+    assert code == 0 and number in out and "series found: 2" in out
 
 
 def test_convert_refuses_existing_and_input(tmp_path, capsys):
