@@ -23,7 +23,7 @@ from typing import Any
 from qtpy.QtCore import QEvent, Qt
 from qtpy.QtWidgets import QFormLayout, QLabel, QVBoxLayout, QWidget
 
-from .pickers import DevicePicker, LayerPicker, ModelPicker
+from .pickers import DevicePicker, LayerPicker, ModelPicker, layer_modality, modality_family
 from .preferences import control_value, preferences, set_control_value
 from .run_controls import RunControls
 from .worker import ModelCache, TaskRunner, watch_network
@@ -101,6 +101,25 @@ class TaskWidget(QWidget):
         if layer is None:
             raise MedidiffError(f"{self.title}: no input; open a scan or choose {what} first")
         return layer
+
+    def watch_input(self, picker: LayerPicker, modality: Any | None = None) -> None:
+        """Follow the input layer (and a modality control, if any) with the model picker's default:
+        an MR layer gets an MR model until the user picks a model by hand."""
+
+        def update(*_: Any) -> None:
+            layer = picker.layer()
+            code, fmt = layer_modality(layer) if layer is not None else ("", "")
+            chosen = modality.currentData() if modality is not None else None
+            if chosen:
+                code, fmt = str(chosen), ""
+            if self.model_picker.prefer_modality(modality_family(code, fmt)):
+                self.controls.status.setText(f"model {self.model_picker.name()} chosen for this "
+                                             f"{modality_family(code, fmt)} image")
+
+        picker.currentTextChanged.connect(update)
+        if modality is not None:
+            modality.currentIndexChanged.connect(update)
+        update()
 
     def remember_controls(self, **controls: QWidget) -> None:
         """Remember these controls' values across sessions (saved on Run) and restore them now."""

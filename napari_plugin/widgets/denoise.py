@@ -1,13 +1,16 @@
 """The Denoise widget: an image layer in, a denoised layer (and, for ``posterior``, an uncertainty layer) out.
 
 Runs ``medidiff.tasks.denoise.denoise_steps`` in a worker; the outputs keep the input layer's
-scale, translate, affine and metadata.
+scale, translate, affine and metadata. The *Modality* control says what the scan is when the
+file does not (a NIfTI records no modality): it decides the noise model under ``auto`` and the
+model picked by default. Every control is remembered for the next session.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QComboBox, QDoubleSpinBox, QSpinBox, QWidget
 
@@ -16,17 +19,20 @@ from medidiff.choices import DenoiseMethod, NoiseChoice
 from .base import TaskWidget
 from .pickers import LayerPicker
 from .results import add_scan_layer, input_scan
+from .wording import METHOD_TIPS, MODALITIES, NOISE_TIPS, noise_summary
 
 __all__ = ["DenoiseWidget", "METHODS", "NOISE_CHOICES"]
 
-# mirrors medidiff.tasks.denoise (not imported here: that pulls in torch)
 METHODS = DenoiseMethod.values()
 NOISE_CHOICES = NoiseChoice.values()
-_METHOD_TIPS = {
-    "tweedie": "one network call: the posterior mean (best PSNR for its cost)",
-    "ddim": "a few deterministic steps: sharper, slightly lower PSNR",
-    "posterior": "several stochastic runs: their mean plus a per-voxel uncertainty layer",
-}
+
+
+def _combo(parent: QWidget, items: tuple[str, ...], tips: dict[str, str]) -> QComboBox:
+    combo = QComboBox(parent)
+    for name in items:
+        combo.addItem(name)
+        combo.setItemData(combo.count() - 1, tips[name], Qt.ItemDataRole.ToolTipRole)
+    return combo
 
 
 class DenoiseWidget(TaskWidget):
@@ -39,42 +45,59 @@ class DenoiseWidget(TaskWidget):
     def __init__(self, napari_viewer: Any, parent: QWidget | None = None) -> None:
         super().__init__(napari_viewer, parent)
         self.layer_picker = LayerPicker(napari_viewer, "image", parent=self)
-        self.method = QComboBox(self)
-        for name in METHODS:
-            self.method.addItem(name)
-            self.method.setItemData(self.method.count() - 1, _METHOD_TIPS[name], Qt.ItemDataRole.ToolTipRole)
-        self.noise = QComboBox(self)
-        self.noise.addItems(NOISE_CHOICES)
-        self.noise.setToolTip("auto picks from the modality: MR -> Rician, microscopy -> Poisson-Gaussian, "
-                              "else Gaussian")
+        self.modality = QComboBox(self)
+        for label, code, tip in MODALITIES:
+            self.modality.addItem(label, code)
+            self.modality.setItemData(self.modality.count() - 1, tip, Qt.ItemDataRole.ToolTipRole)
+        self.modality.setToolTip("What the scan is, for files that do not say: decides the noise model "
+                                 "(under auto) and the default model")
+        self.method = _combo(self, METHODS, METHOD_TIPS)
+        self.method.setToolTip("How the noise is removed; hover over each choice for what it does")
+        self.noise = _combo(self, NOISE_CHOICES, NOISE_TIPS)
+        self.noise.setToolTip("What kind of noise the scan has; auto picks it from the modality")
         self.sigma = QDoubleSpinBox(self)
         self.sigma.setRange(0.0, 1e9)
         self.sigma.setDecimals(3)
         self.sigma.setSpecialValueText("auto (estimate)")
-        self.sigma.setToolTip("noise standard deviation in the scan's units; auto estimates it from the image")
+        self.sigma.setToolTip("How strong the noise is (its standard deviation, in the scan's own units); "
+                              "auto measures it on the image")
         self.strength = QDoubleSpinBox(self)
         self.strength.setRange(0.05, 10.0)
         self.strength.setSingleStep(0.1)
         self.strength.setValue(1.0)
-        self.strength.setToolTip("scales the noise level the model removes: > 1 smooths more, < 1 less")
+        self.strength.setToolTip("More than 1 smooths more, less than 1 keeps more texture")
         self.steps = QSpinBox(self)
         self.steps.setRange(1, 1000)
         self.steps.setValue(5)
+        self.steps.setToolTip("Refining passes (ddim, posterior): more is slower")
         self.samples = QSpinBox(self)
         self.samples.setRange(2, 256)
         self.samples.setValue(8)
+        self.samples.setToolTip("Random passes averaged (posterior): more gives a smoother result and "
+                                "a better uncertainty map, and takes longer")
         self.seed = QSpinBox(self)
         self.seed.setRange(0, 2**31 - 1)
+        self.seed.setToolTip("The same seed gives the same result (posterior)")
+        self.batch_size = QSpinBox(self)
+        self.batch_size.setRange(1, 256)
+        self.batch_size.setValue(8)
+        self.batch_size.setToolTip("Slices the network takes at once: lower it if memory runs out")
         self.form.addRow("Image", self.layer_picker)
+        self.form.addRow("Modality", self.modality)
         self.form.addRow("Method", self.method)
         self.form.addRow("Noise model", self.noise)
-        self.form.addRow("Noise σ", self.sigma)
+        self.form.addRow("Noise level", self.sigma)
         self.form.addRow("Strength", self.strength)
         self.form.addRow("Steps", self.steps)
         self.form.addRow("Samples", self.samples)
         self.form.addRow("Seed", self.seed)
+        self.form.addRow("Slices per call", self.batch_size)
         self.method.currentTextChanged.connect(self._method_changed)
+        self.remember_controls(modality=self.modality, method=self.method, noise=self.noise, sigma=self.sigma,
+                               strength=self.strength, steps=self.steps, samples=self.samples, seed=self.seed,
+                               batch_size=self.batch_size)
         self._method_changed(self.method.currentText())
+        self.watch_input(self.layer_picker, self.modality)
 
     def _method_changed(self, method: str) -> None:
         self.steps.setEnabled(method in ("ddim", "posterior"))
@@ -82,7 +105,7 @@ class DenoiseWidget(TaskWidget):
         self.seed.setEnabled(method == "posterior")
 
     def options(self) -> dict[str, Any]:
-        """The task options the controls describe (``denoise_steps`` keyword arguments)."""
+        """The task options the controls describe (``denoise_steps`` keyword arguments, no device)."""
         sigma = self.sigma.value()
         return {
             "method": self.method.currentText(),
@@ -92,13 +115,17 @@ class DenoiseWidget(TaskWidget):
             "steps": self.steps.value(),
             "samples": self.samples.value(),
             "seed": self.seed.value(),
-            "device": self.device_picker.device(),
+            "batch_size": self.batch_size.value(),
         }
 
     def job_arguments(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
         layer = self.chosen_layer(self.layer_picker)
         self._input = layer
-        return (input_scan(layer),), self.options()
+        scan = input_scan(layer)
+        modality = self.modality.currentData()
+        if modality:  # the user says what the scan is: that wins over the file (which may not say)
+            scan = scan.with_array(scan.array, modality=str(modality))
+        return (scan,), self.options()
 
     def show_result(self, result: Any) -> None:
         like = self._input
@@ -110,21 +137,18 @@ class DenoiseWidget(TaskWidget):
                 pass
         if "colormap" in style:
             style["colormap"] = style["colormap"].name
-        info = {"medidiff_denoise": {"noise_model": result.noise_model, "reason": result.reason,
+        summary = noise_summary(result, self._options.get("sigma") is not None)
+        info = {"medidiff_denoise": {"noise_model": result.noise_model, "summary": summary, "reason": result.reason,
                                      "sigma": _plain(result.sigma), "timestep": _plain(result.timestep),
                                      "options": dict(self._options)}}
         add_scan_layer(self.viewer, result.scan, f"{like.name} denoised", "image", like=like, metadata=info, **style)
         if result.uncertainty is not None:
             add_scan_layer(self.viewer, result.uncertainty, f"{like.name} uncertainty", "image", like=like,
                            metadata=info, colormap="magma", visible=False)
-        sigma = _plain(result.sigma)
-        sigma_text = f"{sigma:.4g}" if isinstance(sigma, float) else f"{min(sigma):.4g}–{max(sigma):.4g} (per slice)"
-        self.result_label.setText(f"noise model {result.noise_model}, σ = {sigma_text} ({result.reason})")
+        self.result_label.setText(summary)
+        self.result_label.setToolTip(f"How it was decided: {result.reason}")
 
 
-def _plain(value: Any) -> Any:
-    """A float, or a list of floats for per-slice values (numpy arrays do not belong in metadata)."""
-    try:
-        return float(value)
-    except TypeError:
-        return [float(v) for v in value]
+def _plain(value: Any) -> list[float]:
+    """Per-item values as a list of floats (numpy arrays do not belong in layer metadata)."""
+    return [float(v) for v in np.atleast_1d(np.asarray(value, dtype=np.float64))]

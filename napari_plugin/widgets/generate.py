@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QComboBox, QDoubleSpinBox, QSpinBox, QWidget
 
 from medidiff.choices import SAMPLERS_FOR
@@ -16,6 +17,7 @@ from medidiff.choices import SAMPLERS_FOR
 from .base import TaskWidget
 from .pickers import LayerPicker, model_config, model_label
 from .results import add_stacked_layer, input_scan
+from .wording import SAMPLER_TIPS
 
 __all__ = ["GenerateWidget", "SAMPLERS"]
 
@@ -47,7 +49,7 @@ class GenerateWidget(TaskWidget):
         self.guidance.setRange(0.0, 20.0)
         self.guidance.setSingleStep(0.5)
         self.guidance.setValue(1.0)
-        self.guidance.setToolTip("classifier-free guidance scale (class-conditioned models); 1 = none")
+        self.guidance.setToolTip("How strongly images follow the chosen class (class-conditioned models); 1 = no push")
         self.label = QComboBox(self)
         self.mask_picker = LayerPicker(napari_viewer, "labels", optional=True, parent=self)
         self.mask_picker.setToolTip("label maps to condition on (mask-conditioned models): a 2D labels "
@@ -65,6 +67,8 @@ class GenerateWidget(TaskWidget):
         self.form.addRow("Batch size", self.batch_size)
         self.model_picker.changed.connect(self._model_changed)
         self._model_changed(self.model_picker.spec())
+        self.remember_controls(n=self.n, seed=self.seed, sampler=self.sampler, steps=self.steps,
+                               guidance=self.guidance, batch_size=self.batch_size)
 
     def _model_changed(self, spec: str) -> None:
         """Offer the samplers, classes and mask input this model supports (read from its config.json)."""
@@ -74,6 +78,9 @@ class GenerateWidget(TaskWidget):
         self.sampler.clear()
         self.sampler.addItem(_DEFAULT)
         self.sampler.addItems(SAMPLERS.get(kind, SAMPLERS["ddpm"] + SAMPLERS["rflow"]))
+        for index in range(self.sampler.count()):
+            tip = SAMPLER_TIPS.get(self.sampler.itemText(index), "")
+            self.sampler.setItemData(index, tip, Qt.ItemDataRole.ToolTipRole)
         self.sampler.setCurrentText(current if self.sampler.findText(current) >= 0 else _DEFAULT)
         names = list(cfg.get("class_names") or [])
         k = int(cfg.get("num_classes") or 0)

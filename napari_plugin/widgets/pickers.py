@@ -16,7 +16,8 @@ from qtpy.QtWidgets import QComboBox, QFileDialog, QHBoxLayout, QSizePolicy, QTo
 
 from .preferences import Preferences, preferences
 
-__all__ = ["model_config", "model_label", "modality_family", "ModelPicker", "DevicePicker", "LayerPicker"]
+__all__ = ["model_config", "model_label", "modality_family", "layer_modality", "ModelPicker", "DevicePicker",
+           "LayerPicker"]
 
 LOG = logging.getLogger(__name__)
 _MODALITY_ROLE = Qt.ItemDataRole.UserRole + 1  # the model's modality, on each item
@@ -59,6 +60,17 @@ def modality_family(modality: str | None, source_format: str | None = None) -> s
     if code in _MICROSCOPY or (code in ("", "OT") and (source_format or "").lower().lstrip(".") in ("tif", "tiff")):
         return "microscopy"
     return ""
+
+
+def layer_modality(layer: Any) -> tuple[str, str]:
+    """``(modality, source format)`` a layer's scan record says (``("", "")`` for a plain layer)."""
+    from ..layers import METADATA_KEY
+
+    record = (getattr(layer, "metadata", None) or {}).get(METADATA_KEY)
+    if not isinstance(record, dict):
+        return "", ""
+    meta = record.get("meta") if isinstance(record.get("meta"), dict) else {}
+    return str(record.get("modality") or ""), str(meta.get("format") or "")
 
 
 class ModelPicker(QWidget):

@@ -11,8 +11,9 @@ returns a result to a napari ``GeneratorWorker`` (``napari.qt.threading.create_w
   and counts the calls (``network_call`` signal) so the widget shows life within a step. The
   job is then closed (its ``finally`` blocks run, e.g. a task's own cleanup), its result, if
   any, is discarded, and ``cancelled`` is emitted;
-* ``medidiff`` log warnings raised by the job's thread (e.g. "the scan does not fit the model")
-  are emitted as ``warned`` and shown as napari warning notifications;
+* the warnings the job raises in its thread (``warnings.warn`` or a ``medidiff`` log warning,
+  e.g. "the voxel size is far from the model's training spacing") are emitted as ``warned``
+  and shown as napari warning notifications (``task_warnings``);
 * an exception becomes one readable message, shown with ``napari.utils.notifications.show_error``
   (a ``MedidiffError``'s own message names the file and the problem) and emitted as ``failed``;
 * on success ``succeeded`` carries the job's return value;
@@ -34,6 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from qtpy.QtCore import QObject, Signal
+
+from .task_warnings import relay_warnings
 
 __all__ = ["TaskRunner", "ModelCache", "TaskError", "NetworkCancelled", "watch_network", "error_message"]
 
@@ -181,7 +184,7 @@ class TaskRunner(QObject):
         self.job = job
         self._counter = _Counter()
         self._outcome = ""
-        self._driver = _relay_warnings(_drive(job, self._counter), self.warned)
+        self._driver = relay_warnings(_drive(job, self._counter), self.warned.emit)
         worker = create_worker(_passthrough, self._driver, _start_thread=False, _ignore_errors=True)
         worker.yielded.connect(self._on_yielded)
         worker.returned.connect(self._on_returned)
@@ -239,40 +242,6 @@ class TaskRunner(QObject):
             self._outcome = "cancelled"
             self.cancelled.emit()
         self.finished.emit()
-
-
-class _WarningRelay(logging.Handler):
-    """Emits the ``medidiff`` warnings logged by one thread as a Qt signal (queued to the GUI thread)."""
-
-    def __init__(self, signal: Any, thread: int) -> None:
-        super().__init__(logging.WARNING)
-        self._signal, self._thread = signal, thread
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.thread == self._thread:
-            try:
-                self._signal.emit(record.getMessage())
-            except RuntimeError:  # pragma: no cover - the runner was deleted meanwhile
-                pass
-
-
-def _relay_warnings(gen: Generator[Any, None, Any], signal: Any) -> Generator[Any, None, Any]:
-    """Run ``gen`` with a handler that relays its thread's ``medidiff`` warnings (attached per step)."""
-    logger = logging.getLogger("medidiff")
-    while True:
-        handler = _WarningRelay(signal, threading.get_ident())
-        logger.addHandler(handler)
-        try:
-            event = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        finally:
-            logger.removeHandler(handler)
-        try:
-            yield event
-        except GeneratorExit:
-            gen.close()
-            raise
 
 
 @contextmanager

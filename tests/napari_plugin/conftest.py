@@ -140,7 +140,9 @@ def _isolated_settings(tmp_path, monkeypatch):
 
 
 @pytest.fixture()
-def mr_slices(mr_volume) -> Scan:
+def mr_slices(mr_volume) -> "Scan":
     """Three held-out slices of the real EPI volume (oblique affine), as a small volume."""
+    from medidiff.io import Scan
+
     return Scan(mr_volume.array[18:21].copy(), mr_volume.spacing, mr_volume.affine, "MR",
                 {"source_path": "nibabel:example4d.nii.gz"})

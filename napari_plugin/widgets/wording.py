@@ -1,0 +1,72 @@
+"""Plain words for the widgets: one-line tooltips for every choice, and results people can read.
+
+The choice lists themselves come from ``medidiff.choices`` (the same lists the tasks and the
+command line use); this module only says what each one means to someone who does not know
+diffusion models, and turns a task result into a sentence.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from medidiff.choices import DenoiseMethod, NoiseChoice, Sampler
+
+__all__ = ["METHOD_TIPS", "NOISE_TIPS", "SAMPLER_TIPS", "NOISE_NAMES", "MODALITIES", "noise_summary", "number"]
+
+METHOD_TIPS: dict[str, str] = {
+    DenoiseMethod.TWEEDIE.value: "Fastest: removes the noise in one pass; usually the most faithful result",
+    DenoiseMethod.DDIM.value: "A few refining passes: sharper edges, slightly less faithful (set Steps)",
+    DenoiseMethod.POSTERIOR.value: "Several random passes averaged, plus a map of how unsure each pixel is "
+                                   "(set Samples; slowest)",
+}
+NOISE_TIPS: dict[str, str] = {
+    NoiseChoice.AUTO.value: "Pick from the modality: MR -> Rician, microscopy -> Poisson-Gaussian, else Gaussian",
+    NoiseChoice.GAUSSIAN.value: "The same grain everywhere, independent of brightness (CT, most processed images)",
+    NoiseChoice.RICIAN.value: "MR magnitude images: grain that also lifts dark regions; the lift is removed too",
+    NoiseChoice.POISSON_GAUSSIAN.value: "Microscopy / photon counting: brighter pixels are noisier, plus "
+                                        "camera read noise",
+}
+SAMPLER_TIPS: dict[str, str] = {
+    "default": "What the model was made with (its own default sampler and settings)",
+    Sampler.DDPM.value: "The original sampler: random steps; needs hundreds of steps for clean images",
+    Sampler.DDIM.value: "Deterministic steps: good images in 20-50 steps",
+    Sampler.DPM_SOLVER.value: "A faster solver: good images in 10-20 steps",
+    Sampler.EULER.value: "Straight-line steps for rectified-flow models: good images in 10-30 steps",
+}
+NOISE_NAMES: dict[str, str] = {
+    NoiseChoice.GAUSSIAN.value: "Gaussian",
+    NoiseChoice.RICIAN.value: "Rician",
+    NoiseChoice.POISSON_GAUSSIAN.value: "Poisson-Gaussian",
+}
+# (label, modality code given to the task; "" = what the file says)
+MODALITIES: tuple[tuple[str, str, str], ...] = (
+    ("from the file", "", "Use the modality the file records (NIfTI and TIFF files often record none)"),
+    ("MR", "MR", "Magnetic resonance: Rician noise, MR models"),
+    ("CT", "CT", "Computed tomography: Gaussian noise, CT models"),
+    ("microscopy", "SM", "Fluorescence or light microscopy: Poisson-Gaussian noise, microscopy models"),
+    ("other", "OT", "Anything else: Gaussian noise"),
+)
+
+
+def number(value: float) -> str:
+    """A noise level as people write it: ``8.0``, ``0.0123``, ``1.2e+04``."""
+    v = float(value)
+    return f"{v:.1f}" if 1.0 <= abs(v) < 10_000 else f"{v:.3g}"
+
+
+def noise_summary(result: Any, sigma_given: bool) -> str:
+    """``"noise level 8.0 (Gaussian, estimated)"`` for a ``DenoiseResult``."""
+    name = NOISE_NAMES.get(str(result.noise_model), str(result.noise_model))
+    how = "given" if sigma_given else "estimated"
+    if result.noise_model == NoiseChoice.POISSON_GAUSSIAN.value and result.gain is not None:
+        read = number(result.sigma_read) if result.sigma_read is not None else "?"
+        return f"photon gain {number(result.gain)}, read noise {read} ({name}, {how})"
+    sigma = np.atleast_1d(np.asarray(result.sigma, dtype=np.float64))
+    if sigma.size > 1 and np.ptp(sigma) > 0:
+        level = f"noise level {number(sigma.min())}–{number(sigma.max())} per slice"
+    else:
+        level = f"noise level {number(sigma.flat[0])}"
+    extra = "; MR bias removed" if result.noise_model == NoiseChoice.RICIAN.value else ""
+    return f"{level} ({name}, {how}{extra})"
