@@ -115,3 +115,19 @@ def test_calibrate_bad_percentile_is_one_line(workspace, capsys):
     w = workspace
     code, out, err = call(capsys, "anomaly", "calibrate", w / "model", w / "healthy", "--percentile", "100")
     assert code == 2 and len(err.strip().splitlines()) == 1 and "--percentile" in err
+
+
+def test_fdr_mask_and_its_sidecar(workspace, capsys):
+    w = workspace
+    code, out, err = call(capsys, "anomaly", "calibrate", w / "model", w / "healthy", "--device", "cpu")
+    assert code == 0, err
+    code, out, err = call(capsys, "anomaly", w / "model", w / "case1.nii.gz", w / "maps" / "case1.nii.gz",
+                          "--mask", w / "mask1.nii.gz", "--fdr", "0.1", "--device", "cpu")
+    assert code == 0, err
+    assert "FDR 0.1" in out
+    side = json.loads((w / "maps" / "case1.anomaly.json").read_text())
+    assert side["fdr"]["q"] == 0.1 and "Benjamini-Hochberg" in side["fdr"]["method"]
+    assert side["fdr"]["calibration"]["n_scans"] == 2 and len(side["fdr"]["calibration"]["sources"]) == 2
+    amap, mask = load_scan(w / "maps" / "case1.nii.gz").array, load_scan(w / "mask1.nii.gz").array
+    np.testing.assert_array_equal(mask, ((amap > side["threshold"]) & (amap != 0)).astype(np.float32))
+    assert mask.sum() > 0
