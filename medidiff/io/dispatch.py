@@ -194,6 +194,9 @@ def save_scan(
                writes one file for a 2D scan), ``"tiff"`` (OME-TIFF) or ``"png"`` (2D);
                by default from the extension, and a path without one is a DICOM folder.
     overwrite: replace an existing output; without it an existing path is refused.
+               Missing parent folders are created. An output that is, holds or lies inside
+               an input, sits under a file, or cannot be written (read-only, ``/proc``, disk
+               full) raises ``OutputError`` (one line) and leaves no temporary file.
     inputs:    paths that must never be written onto (the scan's own ``meta["source_path"]``
                and ``source``'s are added).
     source:    the scan this one was derived from: its ``meta`` (DICOM patient/study tags,
