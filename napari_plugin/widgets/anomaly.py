@@ -69,6 +69,9 @@ class AnomalyWidget(TaskWidget):
         self.threshold.valueChanged.connect(self._threshold_changed)
         self.model_picker.changed.connect(self._model_changed)
         self._model_changed(self.model_picker.spec())
+        self.remember_controls(method=self.method, direction=self.direction, threshold=self.threshold,
+                               seed=self.seed, batch_size=self.batch_size)
+        self.watch_input(self.layer_picker)
 
     def _model_changed(self, spec: str) -> None:
         cfg = model_config(spec)
