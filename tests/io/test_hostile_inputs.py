@@ -100,7 +100,7 @@ def _digest(path: Path) -> dict[str, str]:
     return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
 
 
-@pytest.mark.parametrize("command", ["info", "convert"])
+@pytest.mark.parametrize("command", ["info", "convert", "convert-dicom"])
 @pytest.mark.parametrize("case", list(CASES))
 def test_hostile_input_is_refused_in_one_line(tmp_path, capsys, monkeypatch, case, command):
     inputs = tmp_path / "in"
@@ -112,7 +112,8 @@ def test_hostile_input_is_refused_in_one_line(tmp_path, capsys, monkeypatch, cas
     outputs = tmp_path / "out"
     outputs.mkdir()
     monkeypatch.chdir(outputs)  # nothing may appear in the working folder either
-    args = ["info", path] if command == "info" else ["convert", path, outputs / "out.nii.gz"]
+    target = {"convert": outputs / "out.nii.gz", "convert-dicom": outputs / "series"}.get(command)
+    args = ["info", path] if target is None else ["convert", path, target]
     code, out, err = call(capsys, *args)
     lines = (out + err).strip().splitlines()
     assert code == 2, (case, out, err)
