@@ -104,3 +104,20 @@ def test_a_gzip_nifti_that_really_holds_its_data_is_read(tmp_path):
     # a second gzip member (allowed by gzip) makes ISIZE disagree: the stream is counted instead
     path.write_bytes(path.read_bytes() + __import__("gzip").compress(b""))
     np.testing.assert_array_equal(load_scan(path).array, data)
+
+
+def test_needed_bytes_matches_the_measured_peak_of_an_honest_read(tmp_path):
+    """The limit compares like with like: reading a 256^3 float32 .nii.gz peaks at about needed_bytes (2 x 64 MiB)."""
+    import nibabel
+
+    big, tiny = tmp_path / "big.nii.gz", tmp_path / "tiny.nii.gz"
+    nibabel.save(nibabel.Nifti1Image(np.zeros((256, 256, 256), np.float32), np.eye(4)), str(big))
+    nibabel.save(nibabel.Nifti1Image(np.zeros((4, 4, 4), np.float32), np.eye(4)), str(tiny))
+    script = "import sys\nfrom medidiff.io import load_scan\nload_scan(sys.argv[1])\n"
+    peaks = {}
+    for path in (big, tiny):
+        code, peaks[path], stderr = _run_measured(sys.executable, "-c", script, str(path), env={ENV_VAR: "1G"})
+        assert code == 0, stderr
+    needed_mb = needed_bytes((256, 256, 256), np.float32) / 2**20
+    assert needed_mb == 128
+    assert 0.7 * needed_mb <= peaks[big] - peaks[tiny] <= 1.15 * needed_mb + 16, peaks
