@@ -70,7 +70,7 @@ def _options(**given) -> "AnomalyOptions":
 def detect(
     model: Path = typer.Argument(..., help="A model trained on healthy scans: a folder, a built-in name (mr2d) or a user model name."),
     input: Path = typer.Argument(..., metavar="IN", help="The scan to examine (NIfTI, DICOM, TIFF, PNG)."),
-    out_map: Path = typer.Argument(..., metavar="OUT_MAP", help="Where to write the anomaly map (scan units, the input's geometry)."),
+    out_map: Path = typer.Argument(..., metavar="OUT_MAP", help="Where to write the anomaly map (the model's intensity units, so the same for a rescaled scan; the input's geometry)."),
     mask: Path = typer.Option(None, "--mask", help="Also write the binary mask map > threshold here."),
     threshold: str = typer.Option("auto", "--threshold", help="'auto' (the model's calibration) or a value in the map's units."),
     fdr: float = typer.Option(None, "--fdr", help="Instead of a threshold: a mask whose expected share of false voxels is at most this rate, e.g. 0.05 (conformal p-values against the calibration's healthy voxels + Benjamini-Hochberg)."),

@@ -325,16 +325,23 @@ def test_fdr_is_controlled_under_exchangeability():
     assert np.mean(fdps) > 0.02 and np.mean(found) > 0.3  # not trivially empty
 
 
-def test_fdr_mask_on_real_slices(tiny_mr_model, mr_heldout_slices, tmp_path):
+@pytest.fixture(scope="module")
+def calibrated(tiny_mr_model, mr_heldout_slices, tmp_path_factory):
+    """A copy of the tiny model calibrated on held-out healthy slices 3 and 4 (default options)."""
+    folder = tmp_path_factory.mktemp("calibrated") / "model"
+    shutil.copytree(tiny_mr_model.path, folder)
+    model = DiffusionModel.load(folder)
+    calibrate_threshold(model, [_scan(mr_heldout_slices[k]) for k in (3, 4)], 99.0, device="cpu")
+    return DiffusionModel.load(folder)
+
+
+def test_fdr_mask_on_real_slices(calibrated, mr_heldout_slices):
     """Calibrated on held-out healthy slices 3, 4: the FDR mask flags (almost) nothing on other healthy
     slices, while a per-voxel test at the same level flags about q of them; a planted lesion is flagged."""
     from medidiff.tasks.anomaly.fdr import conformal_pvalues, decode_scores
 
-    folder = tmp_path / "model"
-    shutil.copytree(tiny_mr_model.path, folder)
-    model = DiffusionModel.load(folder)
-    calibrate_threshold(model, [_scan(mr_heldout_slices[k]) for k in (3, 4)], 99.0, device="cpu")
-    table = decode_scores(DiffusionModel.load(folder).config.anomaly["healthy_scores"])
+    model = calibrated
+    table = decode_scores(model.config.anomaly["healthy_scores"])
     q = 0.1
     flagged = per_voxel = total = 0
     for k in (0, 1, 5):
@@ -357,3 +364,15 @@ def test_fdr_mask_on_real_slices(tiny_mr_model, mr_heldout_slices, tmp_path):
     assert res.fdr["calibration"]["n_scans"] == 2 and res.fdr["calibration"]["healthy_scores"] == table.size
     with pytest.raises(ModelError, match="other options"):
         detect_anomalies(model, _scan(planted.image), fdr=q, timesteps=(100,), device="cpu")
+
+
+def test_map_does_not_change_when_the_scan_is_rescaled(calibrated, lesioned):
+    scan, mask = lesioned
+    assert calibrated.normaliser.per_scan and calibrated.config.anomaly["tissue_level"] > 0  # an MR model
+    a = detect_anomalies(calibrated, scan, device="cpu")  # the calibrated threshold, in the model's units
+    assert _fg_auroc(a, mask) > 0.85 and a.mask.array[mask].mean() > 0.5
+    for factor in (0.01, 7.5):
+        b = detect_anomalies(calibrated, scan.with_array(scan.array * factor), device="cpu")
+        np.testing.assert_allclose(b.map.array, a.map.array, rtol=1e-3, atol=1e-3 * float(a.map.array.max()))
+        np.testing.assert_array_equal(b.mask.array, a.mask.array)
+        assert b.score == pytest.approx(a.score, rel=1e-3)

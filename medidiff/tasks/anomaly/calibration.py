@@ -24,7 +24,7 @@ from medidiff.io import Scan
 
 from . import fdr
 from .detect import use_model
-from .maps import map_steps, plan_scan
+from .maps import map_steps, plan_scan, tissue_fraction
 from .options import SCORE_PERCENTILE, AnomalyOptionError, AnomalyOptions
 
 MAX_SOURCES = 20  # calibration scans named in config.json (the count is always complete)
@@ -63,7 +63,11 @@ def calibrate_threshold_steps(
         raise InvalidScanError(None, "no healthy scans to calibrate on")
     settings = opts.resolve(model, use_calibrated=False)
     model.network.eval()
-    plans = [plan_scan(model, s, settings, opts.batch_size) for s in scans]
+    tissue_level = None
+    if model.normaliser.per_scan:  # unit-free maps: anchor each scan on its tissue (see maps)
+        tissue_level = float(np.median([tissue_fraction(model, s.array, str(s.meta.get("source_path") or "scan"))
+                                        for s in scans]))
+    plans = [plan_scan(model, s, settings, opts.batch_size, tissue_level) for s in scans]
     total = sum(p.calls for p in plans)
     values = []
     step = 0
@@ -84,8 +88,8 @@ def calibrate_threshold_steps(
     model.config.anomaly = {
         "threshold": threshold, "percentile": float(percentile), "method": settings.method,
         "options": settings.to_dict(), "n_voxels": int(pooled.size), "n_scans": len(scans), "seed": int(opts.seed),
-        "sources": sources[:MAX_SOURCES],
-        "units": "scan intensity units (|x - reconstruction|)",
+        "sources": sources[:MAX_SOURCES], "tissue_level": tissue_level,
+        "units": "the model's reference intensity units (|x - reconstruction|; see medidiff.tasks.anomaly.maps)",
         "score": f"{SCORE_PERCENTILE:g}th percentile of the map in the foreground",
         "healthy_scores": fdr.encode_scores(sample),
     }
@@ -104,7 +108,7 @@ def calibration_section(cal: dict[str, Any]) -> str:
     lines = [
         "## Anomaly calibration",
         "",
-        f"- threshold: {cal['threshold']:.6g} (scan units), the {cal['percentile']:g}th percentile of the map over "
+        f"- threshold: {cal['threshold']:.6g} (map units), the {cal['percentile']:g}th percentile of the map over "
         f"{cal['n_voxels']:,} foreground voxels of {cal['n_scans']} healthy scans" + (f" ({names}{more})" if names else ""),
         f"- calibrated with: method {cal['method']}, options {cal['options']}, seed {cal.get('seed', 0)}",
     ]

@@ -116,7 +116,7 @@ def detect_anomalies_steps(
         thr = float(_calibration(model, settings, "a threshold (--threshold VALUE)")["threshold"]) \
             if opts.threshold == "auto" else float(opts.threshold)
     model.network.eval()
-    plan = plan_scan(model, scan, settings, opts.batch_size)
+    plan = plan_scan(model, scan, settings, opts.batch_size, model.config.anomaly.get("tissue_level"))
     try:
         amap = yield from map_steps(model, plan, settings, opts.seed, opts.batch_size)
     finally:

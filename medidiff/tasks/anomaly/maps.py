@@ -19,7 +19,20 @@ model cannot explain as healthy anatomy (a lesion) comes back changed, so the re
 Reconstruction is one Tweedie step (``predict``: one network call) or a few DDIM steps from
 ``t`` (``recon="ddim"``). Residuals are averaged over ``timesteps``, median filtered, kept
 inside the foreground (Otsu), and optionally one-signed (``direction="bright"`` keeps only
-voxels brighter than the reconstruction). Maps are in the scan's intensity units. A 2D model
+voxels brighter than the reconstruction).
+
+Units. MR and microscopy have no absolute units (a model with a per-scan normaliser). A
+calibrated model of that kind normalises each scan on its own, anchored on its tissue:
+``low`` is the dark end the model's rule fits on the scan (:meth:`Normaliser.for_scan`), and
+``high = low + (m - low) / k`` with ``m`` the median of the scan's Otsu foreground and ``k``
+the median of ``(m_h - low_h) / (high_h - low_h)`` over the healthy calibration scans (stored as
+``tissue_level``). For a healthy scan this is the model's own per-scan map; a bright lesion,
+which moves the top percentile the rule uses, hardly moves a median. Every step commutes
+with ``x -> a x`` (``a > 0``), and residuals (computed in network units) are expressed in the
+model's reference units (``model.normaliser.half_range`` per network unit), so the map of
+``a * x`` equals the map of ``x`` and a calibrated threshold holds for scans stored in other
+units. Without a calibration, and for fixed normalisers (a CT window: HU are absolute), the
+model's stored normaliser is used as it is, and maps are in the scan's units. A 2D model
 runs slice by slice (slices batched, slices without foreground skipped), a 3D model on the
 whole volume.
 """
@@ -34,6 +47,7 @@ import numpy as np
 import torch
 from scipy import ndimage as ndi
 
+from medidiff.core.intensity import Normaliser
 from medidiff.core.lesions import foreground as otsu_foreground
 from medidiff.core.model import DiffusionModel
 from medidiff.core.progress import Progress, relay
@@ -57,6 +71,7 @@ class Plan:
     patches: list[tuple[slice, ...]]
     context: list[tuple[slice, ...]]
     calls: int
+    normaliser: Normaliser  # scan units -> network units for this scan
 
     def restore(self, stack: np.ndarray) -> np.ndarray:
         """A (n, *spatial) stack back in the scan's axis order."""
@@ -92,8 +107,33 @@ def patch_grid(spatial: tuple[int, ...], patch: tuple[int, ...], window: tuple[i
     return patches, contexts
 
 
-def plan_scan(model: DiffusionModel, scan: Scan, s: MapSettings, batch_size: int) -> Plan:
-    """Cut ``scan`` into the network items of ``model`` and count the network calls."""
+def tissue_fraction(model: DiffusionModel, array: np.ndarray, source: str = "scan") -> float:
+    """``(m - low) / (high - low)`` of a healthy scan under the model's per-scan rule (``m``: median tissue)."""
+    norm = model.normaliser.for_scan(array, source=source)
+    fg = otsu_foreground(array)
+    level = float(np.median(array[fg])) if fg.any() else float(np.median(array))
+    return (level - norm.low) / (norm.high - norm.low)
+
+
+def scan_normaliser(model: DiffusionModel, array: np.ndarray, tissue_level: float | None, source: str = "scan") -> Normaliser:
+    """The scan's map to network units: anchored on its tissue (per-scan models with a calibration), else the model's."""
+    if tissue_level is None or not model.normaliser.per_scan:
+        return model.normaliser
+    low = model.normaliser.for_scan(array, source=source).low
+    fg = otsu_foreground(array)
+    level = float(np.median(array[fg])) if fg.any() else float(np.median(array))
+    if not level > low or not tissue_level > 0:
+        raise InvalidScanError(source, "its tissue is not brighter than its background; cannot normalise it")
+    return Normaliser(low, low + (level - low) / tissue_level, kind="fixed", detail="anchored on this scan's tissue")
+
+
+def plan_scan(model: DiffusionModel, scan: Scan, s: MapSettings, batch_size: int,
+              tissue_level: float | None = None) -> Plan:
+    """Cut ``scan`` into the network items of ``model`` and count the network calls.
+
+    ``tissue_level``: the calibration's, for a per-scan normalisation anchored on the tissue
+    (see the module docstring); ``None`` uses the model's stored normaliser.
+    """
     dims = model.config.spatial_dims
     arr = scan.array
     source = scan.meta.get("source_path")
@@ -121,7 +161,8 @@ def plan_scan(model: DiffusionModel, scan: Scan, s: MapSettings, batch_size: int
         calls = len(items) * len(s.timesteps) * math.ceil(len(patches) / batch_size) * per_recon
     else:
         calls = math.ceil(len(items) / batch_size) * len(s.timesteps) * per_recon
-    return Plan(stack, fg, items, axis, squeeze, patches, context, calls)
+    norm = scan_normaliser(model, arr, tissue_level, str(source or "scan"))
+    return Plan(stack, fg, items, axis, squeeze, patches, context, calls, norm)
 
 
 def _draw(method: str, gen: torch.Generator, spatial: tuple[int, ...]) -> torch.Tensor:
@@ -168,9 +209,9 @@ def map_steps(
     generator (``sample_seed(seed, i)``), so the map does not depend on ``batch_size``.
     """
     total = plan.calls if total is None else total
-    norm = model.normaliser
+    norm = plan.normaliser
     device = model.device
-    half = float(norm.half_range)
+    half = float(model.normaliser.half_range)  # residuals in the model's reference units
     out = np.zeros(plan.stack.shape, dtype=np.float32)
     ts = s.timesteps
     step = step0
