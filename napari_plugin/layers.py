@@ -50,12 +50,14 @@ __all__ = [
     "napari_world_matrix",
     "is_label_like",
     "use_radiological_view",
+    "dicom_window",
 ]
 
 METADATA_KEY = "medidiff_scan"
 _AXIS_LABELS = {3: ("z", "y", "x"), 2: ("y", "x")}
 # a napari layer's pint unit name -> the unit string medidiff keeps in ``meta["unit"]``
-_UNIT_NAMES = {"millimeter": "mm", "micrometer": "µm", "meter": "m", "centimeter": "cm", "nanometer": "nm"}
+_UNIT_NAMES = {"millimeter": "mm", "micrometer": "µm", "meter": "m", "centimeter": "cm", "nanometer": "nm",
+               "pixel": "pixel"}
 _IDENTITY_TOL = 1e-12
 
 
@@ -191,7 +193,37 @@ def scan_to_layer_data(scan: Scan, name: str, layer_type: str = "image") -> tupl
         data = arr.astype(_label_dtype(arr))
     else:
         data = scan.array
+        window = dicom_window(scan)
+        if window is not None:
+            kwargs["contrast_limits"] = window
     return data, kwargs, layer_type
+
+
+def _first_number(value: Any) -> float | None:
+    if isinstance(value, (list, tuple)):
+        value = value[0] if value else None
+    if isinstance(value, str):
+        value = value.split("\\")[0]  # a multi-valued DICOM string: "40\\400"
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return number if np.isfinite(number) else None
+
+
+def dicom_window(scan: Scan) -> tuple[float, float] | None:
+    """The scan's DICOM display window (the first WindowCenter/WindowWidth pair) as contrast limits.
+
+    The window is in rescaled values (HU for CT), which is what ``Scan.array`` holds. None when
+    the scan records no usable window.
+    """
+    tags = scan.meta.get("dicom")
+    if not isinstance(tags, Mapping):
+        return None
+    center, width = _first_number(tags.get("WindowCenter")), _first_number(tags.get("WindowWidth"))
+    if center is None or width is None or width <= 0:
+        return None
+    return (center - width / 2.0, center + width / 2.0)
 
 
 # ----------------------------------------------------------------------------- layer -> Scan

@@ -1,7 +1,11 @@
 """npe2 reader: NIfTI, DICOM (files and series folders) and (OME-)TIFF -> napari layers.
 
 ``get_reader(path)`` returns ``None`` for paths medidiff does not read, so napari can try
-another plugin. The reader function reads with ``medidiff.io.load_scan`` and converts with
+another plugin. It claims NIfTI, DICOM files (also without an extension: by their ``DICM``
+preamble), DICOM series folders, and only those TIFFs it reads better than napari's own reader
+(with physical pixel sizes). napari offers a file to a reader by its name pattern alone, so
+``napari.yaml`` lists ``*.ome.tif(f)`` but not ``*.tif``, and names without a dot or with a
+numeric suffix (``IM000001``, ``1.2.840.113619.2.55.3.1``) for extension-less DICOM files. The reader function reads with ``medidiff.io.load_scan`` and converts with
 ``layers.scan_to_layer_data``; a DICOM folder holding several series gives one layer per
 series.
 
@@ -22,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from medidiff.errors import InvalidScanError, MedidiffError
-from medidiff.io.formats import VOLUME_SUFFIXES as FILE_SUFFIXES, is_dicom_folder  # napari reads pictures itself
+from medidiff.io.formats import TIFF_SUFFIXES, has_dicom_preamble, is_dicom_folder
+from medidiff.io.formats import VOLUME_SUFFIXES as FILE_SUFFIXES  # napari reads pictures itself
 
 from .layers import is_label_like, scan_to_layer_data
 
@@ -50,10 +55,34 @@ def _is_dicom_folder(path: str) -> bool:
     return is_dicom_folder(path, max_depth=4, max_files=500)
 
 
+def _tiff_we_handle_better(path: str) -> bool:
+    """A TIFF whose physical pixel size medidiff reads (OME-TIFF, or ImageJ ``unit``/``spacing``).
+
+    napari's own reader opens any other TIFF just as well (pixels, no scale), so medidiff leaves
+    those to it: claiming every ``.tif`` is what made napari ask "which reader?" for each one.
+    """
+    if path.lower().endswith((".ome.tif", ".ome.tiff")):
+        return True
+    try:
+        import tifffile
+
+        with tifffile.TiffFile(path) as tif:
+            if tif.is_ome:
+                return True
+            imagej = tif.imagej_metadata if tif.is_imagej else None
+            return bool(imagej and (imagej.get("unit") or imagej.get("spacing")))
+    except Exception:  # not readable as TIFF here: let napari's reader say so
+        return False
+
+
 def _supported(path: str) -> bool:
     if os.path.isdir(path):
         return _is_dicom_folder(path)
-    return _suffix_ok(path)
+    if path.lower().endswith(TIFF_SUFFIXES):
+        return _tiff_we_handle_better(path)
+    if _suffix_ok(path):
+        return True
+    return has_dicom_preamble(path)  # DICOM files often have no extension (IM000001, UID names)
 
 
 def get_reader(path: str | Sequence[str]) -> Callable[..., list[LayerDataTuple]] | None:

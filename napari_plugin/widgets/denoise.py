@@ -143,8 +143,9 @@ class DenoiseWidget(TaskWidget):
                                      "options": dict(self._options)}}
         add_scan_layer(self.viewer, result.scan, f"{like.name} denoised", "image", like=like, metadata=info, **style)
         if result.uncertainty is not None:
+            top = float(np.max(result.uncertainty.array)) if result.uncertainty.array.size else 0.0
             add_scan_layer(self.viewer, result.uncertainty, f"{like.name} uncertainty", "image", like=like,
-                           metadata=info, colormap="magma", visible=False)
+                           metadata=info, colormap="magma", visible=False, contrast_limits=(0.0, max(top, 1e-6)))
         self.result_label.setText(summary)
         self.result_label.setToolTip(f"How it was decided: {result.reason}")
 

@@ -15,14 +15,17 @@ def test_manifest_is_valid_and_complete():
     contrib = manifest.contributions
     assert [r.command for r in contrib.readers] == ["medidiff.get_reader"]
     assert contrib.readers[0].accepts_directories
-    assert {"*.nii", "*.nii.gz", "*.dcm", "*.tif", "*.tiff"} <= set(contrib.readers[0].filename_patterns)
+    patterns = set(contrib.readers[0].filename_patterns)
+    assert {"*.nii", "*.nii.gz", "*.dcm", "*.ome.tif", "*.ome.tiff"} <= patterns
+    assert not {"*.tif", "*.tiff"} & patterns  # plain TIFFs go to napari's reader without a dialog
     writers = {(w.command, tuple(w.layer_types)) for w in contrib.writers}
     for fmt in ("nifti", "dicom", "tiff"):
         assert (f"medidiff.write_{fmt}_image", ("image",)) in writers
         assert (f"medidiff.write_{fmt}_labels", ("labels",)) in writers
-    assert [s.key for s in contrib.sample_data] == ["brain_mri"]
+    assert [s.key for s in contrib.sample_data] == ["brain_mri", "cell_microscopy"]
     props = contrib.configurations["medidiff"].properties
     assert props["model_folder"].default == "" and props["device"].default == "auto"
+    assert props["parameters"].default == "{}"
     for command in contrib.commands:  # every python_name resolves
         module, attr = command.python_name.split(":")
         assert callable(getattr(__import__(module, fromlist=[attr]), attr)), command.python_name
@@ -44,3 +47,17 @@ def test_import_is_light():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, f"plugin import pulled in {result.stdout.strip()} {result.stderr[-500:]}"
+
+
+def test_napari_offers_files_to_the_reader_by_name_as_intended():
+    """npe2 picks candidate readers by file name only: check which names reach medidiff."""
+    pm = npe2.PluginManager.instance()
+    pm.discover()
+
+    def offered(name: str) -> bool:
+        return "medidiff" in {r.plugin_name for r in pm.iter_compatible_readers([name])}
+
+    for name in ("brain.nii.gz", "ct.dcm", "cells.ome.tif", "IM000001", "1.2.840.113619.2.55.3.604688"):
+        assert offered(name), name
+    for name in ("photo.tif", "stack.tiff", "photo.png", "movie.mp4", "table.csv", "data.h5"):
+        assert not offered(name), name

@@ -11,7 +11,7 @@ import pytest
 
 from medidiff.io import load_scan
 from napari_medidiff.layers import METADATA_KEY
-from napari_medidiff.reader import get_reader
+from napari_medidiff.reader import get_reader, read
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -36,8 +36,39 @@ def test_get_reader_accepts_scans_and_dicom_folders(oblique_nifti, ct_series, tm
     assert callable(get_reader(str(oblique_nifti)))
     assert callable(get_reader(str(ct_series)))
     assert callable(get_reader([str(oblique_nifti), str(oblique_nifti)]))
-    for name in ("a.tif", "b.ome.tiff", "c.dcm", "d.NII.GZ"):
+    for name in ("b.ome.tiff", "c.dcm", "d.NII.GZ"):
         assert callable(get_reader(str(tmp_path / name))), name
+
+
+def test_get_reader_claims_extensionless_dicom_and_only_tiffs_with_physical_sizes(ct_series, tmp_path):
+    import tifffile
+
+    one_slice = sorted(p for p in ct_series.iterdir() if p.is_file())[0]
+    bare = tmp_path / "IM000001"
+    bare.write_bytes(one_slice.read_bytes())
+    text = tmp_path / "Makefile"
+    text.write_text("all:\n\techo no scan\n")
+    assert callable(get_reader(str(bare)))
+    assert get_reader(str(text)) is None
+    image = np.arange(64, dtype=np.uint16).reshape(8, 8)
+    plain = tmp_path / "photo.tif"
+    tifffile.imwrite(plain, image)
+    calibrated = tmp_path / "cells.tif"
+    tifffile.imwrite(calibrated, image, imagej=True, resolution=(1 / 0.25, 1 / 0.25), metadata={"unit": "um"})
+    assert get_reader(str(plain)) is None  # napari's reader opens it just as well
+    assert callable(get_reader(str(calibrated)))
+    [(data, kwargs, _)] = read(str(calibrated))
+    np.testing.assert_allclose(kwargs["scale"], (0.25, 0.25))
+
+
+@pytest.mark.qt
+def test_viewer_opens_an_extensionless_dicom_file(make_napari_viewer, ct_series, tmp_path):
+    one_slice = sorted(p for p in ct_series.iterdir() if p.is_file())[0]
+    bare = tmp_path / "IM000001"
+    bare.write_bytes(one_slice.read_bytes())
+    viewer = make_napari_viewer()
+    [layer] = viewer.open(str(bare), plugin=None)  # as File > Open: napari finds medidiff by the name
+    assert layer.data.ndim == 2 and layer.metadata["medidiff_scan"]["modality"] == "CT"
 
 
 def test_get_reader_refuses_other_paths(tmp_path):

@@ -28,3 +28,16 @@ def test_sample_opens_in_viewer_with_the_right_scale(make_napari_viewer, anatomi
         np.testing.assert_allclose(layer.data_to_world(idx), ras_world(anatomical_affine, idx), atol=1e-9)
     # the x axis runs right to left (LAS): world R falls as the column index grows
     assert layer.data_to_world((0, 0, 1))[2] - layer.data_to_world((0, 0, 0))[2] == pytest.approx(-2.0)
+
+
+@pytest.mark.qt
+def test_microscopy_sample_opens_in_pixels_beside_the_mri(make_napari_viewer):
+    from medidiff.builtin.sample_scans import microscopy_sample
+
+    viewer = make_napari_viewer()
+    [layer] = viewer.open_sample("medidiff", "cell_microscopy")
+    scan = microscopy_sample()
+    np.testing.assert_array_equal(layer.data, scan.array)
+    assert layer.data.shape == (660, 275)
+    assert [str(u) for u in layer.units] == ["pixel", "pixel"]  # the file gives no physical size
+    assert layer.metadata["medidiff_scan"]["modality"] == "microscopy"
