@@ -130,7 +130,15 @@ def train_autoencoder(train: Scan, normaliser, steps: int, seed: int, image_size
 
 
 # -- evaluation -------------------------------------------------------------------------------------------
-def evaluate(name: str, fn: Callable[[Scan], tuple[np.ndarray, np.ndarray]], calib, test, calibrated: float | None = None) -> dict:
+FDR_LEVELS = (0.05, 0.1)
+
+
+def evaluate(name: str, fn: Callable[[Scan], tuple[np.ndarray, np.ndarray]], calib, test, calibrated: float | None = None,
+             healthy_scores: np.ndarray | None = None) -> dict:
+    """Pooled voxel and scan metrics; with ``healthy_scores`` (a calibration's sample) also the false-discovery
+    proportion of the ``--fdr q`` masks, averaged over scans (the FDR), on all test scans and on the healthy ones."""
+    from medidiff.tasks.anomaly.fdr import bh_mask
+
     if calibrated is None:
         vals = []
         for s in calib:
@@ -138,9 +146,17 @@ def evaluate(name: str, fn: Callable[[Scan], tuple[np.ndarray, np.ndarray]], cal
             vals.append(m[fg])
         calibrated = float(np.percentile(np.concatenate(vals), 99.0))
     scores, labels, preds, scan_s, scan_y = [], [], [], [], []
+    fdp: dict[float, list[float]] = {q: [] for q in FDR_LEVELS}
+    found: dict[float, list[float]] = {q: [] for q in FDR_LEVELS}
     t0 = time.perf_counter()
     for _, s, truth in test:
         m, fg = fn(s)
+        if healthy_scores is not None:
+            for q in FDR_LEVELS:
+                mask, _ = bh_mask(m, fg, healthy_scores, q)
+                fdp[q].append(float((mask & ~truth).sum() / max(int(mask.sum()), 1)))
+                if truth.any():
+                    found[q].append(float((mask & truth).sum() / truth.sum()))
         scores.append(m[fg])
         labels.append(truth[fg])
         preds.append(m[fg] > calibrated)
@@ -151,6 +167,12 @@ def evaluate(name: str, fn: Callable[[Scan], tuple[np.ndarray, np.ndarray]], cal
     row = {"method": name, "voxel_auroc": auroc(s, y), "voxel_auprc": auprc(s, y), "best_dice": best_dice(s, y, None)[0],
            "dice_at_calibrated": dice(p, y), "scan_auroc": auroc(np.array(scan_s), np.array(scan_y)),
            "sec_per_slice": secs, "threshold": calibrated}
+    if healthy_scores is not None:
+        healthy = [not t[2].any() for t in test]
+        for q in FDR_LEVELS:
+            row[f"fdr@{q:g}"] = float(np.mean(fdp[q]))  # achieved FDR: mean false-discovery proportion
+            row[f"fdr@{q:g}_healthy"] = float(np.mean([f for f, h in zip(fdp[q], healthy) if h]))
+            row[f"lesion_found@{q:g}"] = float(np.mean(found[q]))
     print(f"  {name}: " + ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "method"), flush=True)
     return row
 
@@ -211,18 +233,28 @@ def main() -> None:
             print(f"  skipped {label}: the model was trained with {trained_noise(model)} noise, simplex needs simplex training")
             continue
         thr = calibrate_threshold(model, [s for s in calib], 99.0, save=False, device="cpu", **opts)
+        from medidiff.tasks.anomaly.fdr import decode_scores
+
+        healthy_table = decode_scores(model.config.anomaly["healthy_scores"])
 
         def fn(scan: Scan, opts=opts) -> tuple[np.ndarray, np.ndarray]:
             r = detect_anomalies(model, scan, threshold=thr, device="cpu", **opts)
             return r.map.array, r.foreground.array > 0
 
-        rows.append(evaluate(label, fn, calib, test, calibrated=thr))
+        rows.append(evaluate(label, fn, calib, test, calibrated=thr, healthy_scores=healthy_table))
 
     lines = ["| method | voxel AUROC | voxel AUPRC | best Dice | Dice @ calibrated (p99 healthy) | scan AUROC | s / slice |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['method']} | {r['voxel_auroc']:.3f} | {r['voxel_auprc']:.3f} | {r['best_dice']:.3f} | "
                      f"{r['dice_at_calibrated']:.3f} | {r['scan_auroc']:.3f} | {r['sec_per_slice']:.3f} |")
+    fdr_rows = [r for r in rows if "fdr@0.05" in r]
+    if fdr_rows:
+        lines += ["", "| method | " + " | ".join(f"FDR @ q={q:g} (all / healthy scans) | lesion voxels found @ {q:g}" for q in FDR_LEVELS) + " |",
+                  "|---|" + "---|---|" * len(FDR_LEVELS)]
+        for r in fdr_rows:
+            lines.append(f"| {r['method']} | " + " | ".join(
+                f"{r[f'fdr@{q:g}']:.3f} / {r[f'fdr@{q:g}_healthy']:.3f} | {r[f'lesion_found@{q:g}']:.3f}" for q in FDR_LEVELS) + " |")
     table = "\n".join(lines)
     print(table)
     (args.out / "table.md").write_text(table + "\n")

@@ -52,7 +52,7 @@ class AnomalyWidget(TaskWidget):
         self.threshold.setDecimals(3)
         self.threshold.setSpecialValueText("auto (calibrated)")
         self.threshold.setValue(_AUTO)
-        self.threshold.setToolTip("map value (scan intensity units) above which a voxel is anomalous; "
+        self.threshold.setToolTip("map value (the model's intensity units) above which a voxel is anomalous; "
                                   "auto uses the threshold calibrated on healthy scans")
         self.seed = QSpinBox(self)
         self.seed.setRange(0, 2**31 - 1)
