@@ -36,7 +36,11 @@ def generate(
     guidance: float = typer.Option(1.0, "--guidance", help="Classifier-free guidance scale (1 = none; 2-4 follows the condition more)."),
     label: list[str] = typer.Option(None, "--label", help="Class (name or index) for every sample; repeat to give one per sample. Default: classes in turn."),
     masks: Path = typer.Option(None, "--masks", help="Folder (or file) of label maps: one sample per mask (mask-conditioned models)."),
-    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Samples per network call (GPU; the CPU runs one at a time for bit-identical files)."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Samples per network call."),
+    bit_identical: bool = typer.Option(False, "--bit-identical", help="CPU: one sample per network call, oneDNN off, so files are "
+                                       "identical for any batch size or process count (about 2x slower; default: batched, equal to ~1e-5)."),
+    real_pixels: bool = typer.Option(False, "--report-real-pixels", help="With --real: let quality.png show real and training images "
+                                     "(default: samples only, so the data set carries no real patient pixels)."),
     device: str = DEVICE,
     real: Path = typer.Option(None, "--real", help="Real images to compare with: adds a quality report to the data card."),
     training: Path = typer.Option(None, "--training", help="The model's training images: adds the memorisation check (with --real)."),
@@ -48,7 +52,8 @@ def generate(
     Example:  medidiff generate mr2d --n 100 --out synth/
     """
     from medidiff.errors import MedidiffError
-    from medidiff.tasks.generate import generate_dataset
+    from medidiff.model_store.registry import is_explicit_path
+    from medidiff.tasks.dataset import generate_dataset
 
     if masks is not None:
         existing_path(masks)
@@ -58,12 +63,18 @@ def generate(
         if p is not None:
             existing_path(p)
     # the command as typed (rebuilt from the values, so it is right in-process and under torchrun too)
-    command = ["medidiff", "generate", model, "--n" if n is not None else "", str(n) if n is not None else "", "--out", str(out)]
+    # (folders by their names only: the command goes into a data card meant for sharing)
+    name = Path(model).name if is_explicit_path(model) else model
+    command = ["medidiff", "generate", name, "--n" if n is not None else "", str(n) if n is not None else "", "--out", out.name]
     for flag, value, default in (("--format", format, "nifti"), ("--seed", seed, 0), ("--sampler", sampler, None),
-                                 ("--steps", steps, 20), ("--guidance", guidance, 1.0), ("--masks", masks, None),
-                                 ("--batch-size", batch_size, 8), ("--device", device, "auto"), ("--real", real, None),
-                                 ("--training", training, None), ("--threshold", threshold, 0.95)):
-        if value != default:
+                                 ("--steps", steps, 20), ("--guidance", guidance, 1.0),
+                                 ("--masks", masks.name if masks else None, None),
+                                 ("--batch-size", batch_size, 8), ("--bit-identical", bit_identical, False),
+                                 ("--device", device, "auto"), ("--real", real.name if real else None, None),
+                                 ("--training", training.name if training else None, None), ("--threshold", threshold, 0.95)):
+        if value is True:
+            command.append(flag)
+        elif value != default:
             command += [flag, str(value)]
     for value in label or []:
         command += ["--label", value]
@@ -78,7 +89,8 @@ def generate(
     result = generate_dataset(
         model, out, n, format=format, seed=seed, sampler=sampler, steps=steps, guidance=guidance, labels=labels,
         masks_dir=masks, batch_size=batch_size, device=device, overwrite=overwrite, command=line,
-        real=real, training=training, threshold=threshold, show_progress=True,
+        real=real, training=training, threshold=threshold, bit_identical=bit_identical,
+        real_pixels_in_report=real_pixels, progress=True,
     )
     done = f"wrote {result.written} samples, kept {result.skipped} finished ones in {result.out_dir}"
     if result.complete:

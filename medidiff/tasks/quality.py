@@ -217,12 +217,15 @@ def evaluate_generated(
     threshold: float = 0.95,
     report: str | Path | None = None,
     seed: int = 0,
+    real_pixels: bool = True,
 ) -> QualityReport:
     """Fidelity, diversity and memorisation of generated ``samples`` against ``real`` (and ``training``) images.
 
     Each set is a folder (a generated folder's ``manifest.csv`` is followed), a list of files,
     Scans or arrays. ``report`` writes a PNG contact sheet: samples, real images, and each flagged
-    sample beside its nearest training image. ``seed`` fixes the KID subsets and MS-SSIM pairs.
+    sample beside its nearest training image; ``real_pixels=False`` leaves the real and training
+    images out of it (only the samples, flagged ones marked), for a sheet shipped inside a data
+    set meant for sharing. ``seed`` fixes the KID subsets and MS-SSIM pairs.
     """
     from medidiff.core import metrics
 
@@ -262,14 +265,25 @@ def evaluate_generated(
         n_training=len(t_imgs), neighbours=neighbours, flagged=flagged,
     )
     if report is not None:
-        result.report = str(contact_sheet(s_stack, r_stack, t_imgs, neighbours, flagged, report, seed=seed))
+        result.report = str(contact_sheet(s_stack, r_stack, t_imgs, neighbours, flagged, report, seed=seed,
+                                          real_pixels=real_pixels))
     return result
 
 
 def contact_sheet(samples: np.ndarray, real: np.ndarray, training: list[np.ndarray], neighbours: list[Neighbour],
-                  flagged: list[int], path: str | Path, ncols: int = 8, seed: int = 0) -> Path:
-    """PNG: a row of samples, a row of real images, then flagged samples beside their training match."""
+                  flagged: list[int], path: str | Path, ncols: int = 8, seed: int = 0, real_pixels: bool = True) -> Path:
+    """PNG: a row of samples, a row of real images, then flagged samples beside their training match.
+
+    With ``real_pixels=False`` no real or training pixel is drawn: rows of samples, flagged ones titled.
+    """
     from medidiff.reporting.figures import save_grid
+
+    if not real_pixels:
+        ncols = max(2, min(ncols, len(samples)))
+        n = min(len(samples), 2 * ncols)
+        titles = [f"FLAGGED sample {i}" if i in flagged else f"sample {i}" for i in range(n)]
+        return save_grid([samples[i] for i in range(n)], path, titles=titles, ncols=ncols,
+                         suptitle="generated samples (no real or training pixels are shown)")
 
     rng = np.random.default_rng(seed)
     ncols = max(2, min(ncols, max(len(samples), len(real))))  # no empty columns for small sets

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from cli_runner import call
-from medidiff.tasks.generate import generate_dataset
+from medidiff.tasks.dataset import generate_dataset
 
 
 def rows(folder: Path) -> list[dict[str, str]]:
@@ -47,13 +47,13 @@ def test_torchrun_two_processes_match_one(tiny_mr_model, tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(2)  # torchrun gives each process 1 thread: the files must not depend on that
     try:
-        generate_dataset(tiny_mr_model, one, 5, steps=3, device="cpu", batch_size=2)
+        generate_dataset(tiny_mr_model, one, 5, steps=3, device="cpu", batch_size=2, bit_identical=True)
     finally:
         torch.set_num_threads(threads)
     two = tmp_path / "two"
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "medidiff",
-           "generate", str(tiny_mr_model.path), "-n", "5", "--steps", "3", "--out", str(two), "--device", "cpu"]
+           "generate", str(tiny_mr_model.path), "-n", "5", "--steps", "3", "--out", str(two), "--device", "cpu", "--bit-identical"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert sorted(p.name for p in two.glob("manifest.part-*.csv")) == ["manifest.part-0.csv", "manifest.part-1.csv"]

@@ -23,7 +23,8 @@ from medidiff.errors import MedidiffError, OutputError
 from medidiff.io import Scan, affine_from_spacing, load_scan, save_scan
 from medidiff.core.model import DiffusionModel
 from medidiff.core.progress import run_to_end
-from medidiff.tasks.generate import generate, generate_dataset, generate_dataset_steps, generate_steps
+from medidiff.tasks.dataset import generate_dataset, generate_dataset_steps
+from medidiff.tasks.generate import generate, generate_steps
 from medidiff.tasks.quality import evaluate_generated
 
 IDENTIFIERS = {
@@ -102,9 +103,10 @@ def test_generate_gives_scans_in_training_geometry(tiny_mr_model):
 
 
 def test_start_continues_the_same_sequence(tiny_mr_model):
-    whole = generate(tiny_mr_model, 3, seed=5, steps=3, device="cpu", batch_size=2)
+    whole = generate(tiny_mr_model, 3, seed=5, steps=3, device="cpu", batch_size=2, bit_identical=True)
     events = []
-    tail = run_to_end(generate_steps(tiny_mr_model, 1, seed=5, steps=3, device="cpu", start=2), callback=events.append)
+    tail = run_to_end(generate_steps(tiny_mr_model, 1, seed=5, steps=3, device="cpu", start=2, bit_identical=True),
+                      callback=events.append)
     assert events[-1].step == events[-1].total == 3 and events[-1].preview is not None
     assert tail.seeds == whole.seeds[2:]
     assert np.array_equal(tail.scans[0].array, whole.scans[2].array)
@@ -112,8 +114,8 @@ def test_start_continues_the_same_sequence(tiny_mr_model):
 
 # -- data set folders -------------------------------------------------------------------------------------
 def test_same_files_and_sha256_across_batch_sizes(tiny_mr_model, tmp_path):
-    a = generate_dataset(tiny_mr_model, tmp_path / "a", 4, steps=4, batch_size=1, device="cpu")
-    b = generate_dataset(tiny_mr_model, tmp_path / "b", 4, steps=4, batch_size=3, device="cpu")
+    a = generate_dataset(tiny_mr_model, tmp_path / "a", 4, steps=4, batch_size=1, device="cpu", bit_identical=True)
+    b = generate_dataset(tiny_mr_model, tmp_path / "b", 4, steps=4, batch_size=3, device="cpu", bit_identical=True)
     assert a.complete and b.complete and a.written == b.written == 4
     assert manifest(tmp_path / "a") == manifest(tmp_path / "b")
     for row in manifest(tmp_path / "a"):
@@ -141,9 +143,10 @@ def test_formats_share_pixel_hashes_and_read_back(tiny_mr_model, tmp_path):
 
 def test_resume_after_cancel_and_damage(tiny_mr_model, tmp_path):
     ref = tmp_path / "ref"
-    generate_dataset(tiny_mr_model, ref, 5, steps=3, device="cpu")
+    exact = dict(steps=3, device="cpu", bit_identical=True)  # the resumed files must equal an uninterrupted run's
+    generate_dataset(tiny_mr_model, ref, 5, **exact)
     out = tmp_path / "out"
-    gen = generate_dataset_steps(tiny_mr_model, out, 5, steps=3, device="cpu")
+    gen = generate_dataset_steps(tiny_mr_model, out, 5, **exact)
     for event in gen:  # cancel once two samples are on disk, as the napari widget would
         if len(list(out.glob("sample_*.nii.gz"))) >= 2:
             break
@@ -154,23 +157,23 @@ def test_resume_after_cancel_and_damage(tiny_mr_model, tmp_path):
     (out / "sample_00001.nii.gz").unlink()
     stale = out / ".sample_00003.nii.gz.abc123.part.nii.gz"
     stale.write_bytes(b"half a file")
-    result = generate_dataset(tiny_mr_model, out, 5, steps=3, device="cpu")
+    result = generate_dataset(tiny_mr_model, out, 5, **exact)
     assert result.complete and result.skipped == 1 and result.written == 4
     assert not stale.exists()
     rows = manifest(out)
     assert [int(r["index"]) for r in rows] == list(range(5))  # no gaps, no duplicates
     assert rows == manifest(ref)
     # a complete folder is left alone by a rerun
-    again = generate_dataset(tiny_mr_model, out, 5, steps=3, device="cpu")
+    again = generate_dataset(tiny_mr_model, out, 5, **exact)
     assert again.written == 0 and again.skipped == 5
 
 
 def test_corrupted_file_is_regenerated(tiny_mr_model, tmp_path):
     out = tmp_path / "out"
-    generate_dataset(tiny_mr_model, out, 2, steps=3, device="cpu")
+    generate_dataset(tiny_mr_model, out, 2, steps=3, device="cpu", bit_identical=True)
     good = (out / "sample_00000.nii.gz").read_bytes()
     (out / "sample_00000.nii.gz").write_bytes(good[: len(good) // 2])  # truncated: sha256 no longer matches
-    result = generate_dataset(tiny_mr_model, out, 2, steps=3, device="cpu")
+    result = generate_dataset(tiny_mr_model, out, 2, steps=3, device="cpu", bit_identical=True)
     assert result.written == 1 and result.skipped == 1
     assert (out / "sample_00000.nii.gz").read_bytes() == good
 
@@ -191,10 +194,10 @@ def test_other_settings_or_foreign_folder_refused(tiny_mr_model, tmp_path):
 
 
 def test_shards_union_equals_one_process(tiny_mr_model, tmp_path):
-    generate_dataset(tiny_mr_model, tmp_path / "one", 5, steps=3, device="cpu")
-    r1 = generate_dataset(tiny_mr_model, tmp_path / "two", 5, steps=3, device="cpu", rank=1, world=2)
+    generate_dataset(tiny_mr_model, tmp_path / "one", 5, steps=3, device="cpu", bit_identical=True)
+    r1 = generate_dataset(tiny_mr_model, tmp_path / "two", 5, steps=3, device="cpu", rank=1, world=2, bit_identical=True)
     assert not r1.complete and r1.written == 2  # indices 1 and 3; rank 0 has not run yet
-    r0 = generate_dataset(tiny_mr_model, tmp_path / "two", 5, steps=3, device="cpu", rank=0, world=2)
+    r0 = generate_dataset(tiny_mr_model, tmp_path / "two", 5, steps=3, device="cpu", rank=0, world=2, bit_identical=True)
     assert r0.complete and r0.written == 3
     assert manifest(tmp_path / "two") == manifest(tmp_path / "one")
 
@@ -315,7 +318,7 @@ def test_data_card_has_counts_command_and_template_sections(class_model, mr_trai
     card = (out / "DATA_CARD.md").read_text()
     assert "| class:lower | 2 |" in card and "| class:upper | 2 |" in card
     assert "medidiff generate M --n 4 --out cards" in card
-    assert str(class_model.path) in card and "slice_00.dcm" in card  # model and its training sources
+    assert f"`{class_model.path.parent.name}/model`" in card and "slice_00.dcm" in card  # model and its training sources
     template = Path(__file__).resolve().parents[2] / "data_cards" / "TEMPLATE.md"
     headings = [line for line in template.read_text().splitlines() if line.startswith("## ")] if template.is_file() else [
         "## Description", "## Provenance", "## How medidiff uses it", "## Limitations"]
@@ -324,3 +327,112 @@ def test_data_card_has_counts_command_and_template_sections(class_model, mr_trai
     assert card.startswith("---\nname: ") and "licence:" in card and "used_by:" in card
     assert "## Quality" in card and "KID" in card and result.quality is not None
     assert (out / "quality.png").is_file()
+
+
+# -- batched CPU generation (issue 18) -------------------------------------------------------------------
+def test_batched_equals_per_sample_within_tolerance_and_bit_identical_when_asked(tiny_mr_model):
+    per_sample = generate(tiny_mr_model, 4, seed=1, steps=20, device="cpu", batch_size=1, bit_identical=True)
+    exact = generate(tiny_mr_model, 4, seed=1, steps=20, device="cpu", batch_size=4, bit_identical=True)
+    batched = generate(tiny_mr_model, 4, seed=1, steps=20, device="cpu", batch_size=4)  # the default
+    span = tiny_mr_model.normaliser.high - tiny_mr_model.normaliser.low
+    for a, b, c in zip(per_sample.scans, exact.scans, batched.scans):
+        assert np.array_equal(a.array, b.array)
+        # stated tolerance: 1e-3 of the training intensity range (measured ~1e-5 in network units)
+        assert np.abs(a.array - c.array).max() <= 1e-3 * span
+    assert per_sample.seeds == batched.seeds
+
+
+def test_progress_comes_before_the_first_network_call(tiny_mr_model, tmp_path):
+    import torch
+
+    for make in (lambda: generate_steps(tiny_mr_model, 1, steps=2, device="cpu"),
+                 lambda: generate_dataset_steps(tiny_mr_model, tmp_path / "one", 1, steps=2, device="cpu")):
+        calls: list[str] = []
+        hook = tiny_mr_model.network.register_forward_pre_hook(lambda m, a: calls.append("forward"))
+        try:
+            gen = make()
+            first = next(gen)
+            assert first.step == 0 and first.total == 2 and calls == []
+            run_to_end(gen)
+            assert calls  # the network did run afterwards
+        finally:
+            hook.remove()
+    assert torch.is_tensor(torch.zeros(1))
+
+
+def test_two_concurrent_generate_runs_into_one_folder(tiny_mr_model, tmp_path):
+    """Two real processes, different seeds, one folder: the second is refused in one line."""
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "shared"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "medidiff", "generate", str(tiny_mr_model.path), "--n", "400", "--steps", "50",
+           "--out", str(out), "--device", "cpu"]
+    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while not any(out.glob(".medidiff-lock*")):
+            assert first.poll() is None and time.monotonic() < deadline, first.communicate()[1][-2000:]
+            time.sleep(0.05)
+        second = subprocess.run([*cmd[:-4], "--seed", "1", "--n", "2", "--steps", "2", "--out", str(out), "--device", "cpu"],
+                                capture_output=True, text=True, env=env, timeout=120)
+        assert second.returncode == 2, second.stderr[-2000:]
+        assert "another medidiff generate" in second.stderr and len(second.stderr.strip().splitlines()) == 1
+        assert first.poll() is None
+    finally:
+        first.kill()
+        first.communicate()
+    from medidiff.core.sampling import sample_seed
+
+    rows = [r for p in out.glob("manifest.part-*.csv") for r in csv.DictReader(open(p))]
+    theirs = {str(sample_seed(1, j)) for j in range(2)}
+    assert not theirs & {r["seed"] for r in rows} and not (out / "manifest.csv").exists()  # nothing of the second run
+
+
+# -- provenance and privacy (issues 16, 17) ---------------------------------------------------------------
+def _paths_in(text: str) -> list[str]:
+    import re
+
+    return re.findall(r"(?<![\w.])(/(?:[\w.+-]+/)+[\w.+-]*)", text)
+
+
+def test_no_card_or_manifest_names_a_path_that_does_not_exist(mr_train_scan, tmp_path):
+    from medidiff.tasks.train import train
+
+    data = tmp_path / "patient-4711"  # a folder name that must not leak
+    save_scan(mr_train_scan, data / "scan.nii.gz")
+    run = tmp_path / "run"
+    train([data], run, steps=2, image_size=32, batch_size=2, device="cpu", data_card="my-study card v1",
+          licence="CC-BY 4.0", command="medidiff train DATA --out run")
+    written = [run / "model" / "config.json", run / "model" / "MODEL_CARD.md"]
+    for model, out in ((run / "model", tmp_path / "synth"), ("mr2d", tmp_path / "synth_builtin")):
+        generate_dataset(model, out, 2, steps=2, device="cpu", command="medidiff generate M --n 2 --out synth")
+        written += [out / "DATA_CARD.md", out / "manifest.csv"]
+    for path in written:
+        text = path.read_text()
+        assert "patient-4711" not in text and str(tmp_path) not in text  # files relative to the data folder
+        missing = [p for p in _paths_in(text) if not Path(p).exists()]
+        assert not missing, f"{path} names {missing}"
+        assert "/tmp/builtin-data" not in text
+    card = (tmp_path / "synth" / "DATA_CARD.md").read_text()
+    assert "CC-BY 4.0" in card and "my-study card v1" in card and "scan.nii.gz" in card
+    builtin = (tmp_path / "synth_builtin" / "DATA_CARD.md").read_text()
+    assert "MIT" in builtin and "nibabel-test-data" in builtin and "not recorded" not in builtin
+    assert "built-in model `mr2d`" in builtin
+
+
+def test_quality_sheet_in_a_data_set_shows_no_real_pixels(tiny_mr_model, mr_heldout_slices, tmp_path):
+    from matplotlib.image import imread
+
+    samples = generate(tiny_mr_model, 3, steps=3, device="cpu").scans
+    real_a = list(mr_heldout_slices)
+    real_b = [np.flipud(s) * 0.5 for s in mr_heldout_slices]  # other real pixels
+    sheets = {}
+    for name, real, show in (("a", real_a, False), ("b", real_b, False), ("a_real", real_a, True), ("b_real", real_b, True)):
+        evaluate_generated([s.array for s in samples], real, report=tmp_path / f"{name}.png", real_pixels=show)
+        sheets[name] = imread(tmp_path / f"{name}.png")
+    # without real pixels the sheet does not depend on the real images at all; with them it does
+    assert np.array_equal(sheets["a"], sheets["b"])
+    assert sheets["a_real"].shape != sheets["b_real"].shape or not np.array_equal(sheets["a_real"], sheets["b_real"])
