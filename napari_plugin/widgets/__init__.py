@@ -1,4 +1,4 @@
-"""The medidiff task widgets (denoise, generate, anomaly) for napari.
+"""The medidiff task widgets (denoise, generate, anomaly, train) for napari.
 
 Each widget is a thin ``QWidget``: it turns layers into ``Scan``s, runs the task's generator
 (``medidiff.tasks.*_steps``) in a napari thread worker (``worker.TaskRunner``), and turns the
