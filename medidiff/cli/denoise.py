@@ -69,7 +69,7 @@ def _inputs(src: Path) -> tuple[list[Path], bool]:
 
 @app.command()
 def denoise(
-    first: str = typer.Argument(None, metavar="[MODEL]", show_default=False,
+    first: str = typer.Argument(None, metavar="MODEL", show_default=False,
                                 help="Model folder or name (see `medidiff models`). Leave it out to use the built-in "
                                 "model for the scan's modality (e.g. mr2d for MR), or give it with --model."),
     second: str = typer.Argument(None, metavar="IN", show_default=False,
