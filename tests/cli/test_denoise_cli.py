@@ -129,3 +129,14 @@ def test_model_option_and_ensemble(capsys, tmp_path, tiny_mr_model, noisy_nifti,
                         "--ensemble", "3", "--device", "cpu")
     assert code == 2 and "--ensemble" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "bad.nii.gz").exists()
+
+
+@pytest.mark.parametrize("kind, message", [("constant", "constant"), ("noise only", "no foreground above the noise")])
+def test_unusable_scan_exits_2_with_one_line_and_no_output(capsys, tmp_path, tiny_mr_model, mr_volume, kind, message):
+    array = np.full((96, 128), 7.0) if kind == "constant" else np.random.default_rng(0).normal(100.0, 10.0, (96, 128))
+    src = save_scan(Scan(array.astype(np.float32), mr_volume.spacing[1:], mr_volume.affine, "MR"), tmp_path / "bad.nii.gz")
+    out = tmp_path / "out.nii.gz"
+    code, _, err = call(capsys, "denoise", tiny_mr_model.path, src, out, "--device", "cpu")
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "bad.nii.gz" in lines[0] and message in lines[0], err
+    assert not out.exists()
