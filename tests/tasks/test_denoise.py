@@ -253,12 +253,28 @@ def test_3d_model_takes_the_whole_volume(mr_volume):
     np.testing.assert_allclose(result.scan.array, volume.array, rtol=1e-4, atol=1e-2)
 
 
-def test_rflow_model_uses_euler_and_refuses_posterior(noisy):
-    from medidiff.errors import ModelError
-    from medidiff.core.model import DiffusionModel
+def test_rflow_model_uses_euler_and_refuses_posterior(noisy, span):
+    import torch
 
-    model = DiffusionModel.create(2, (32, 32), preset="tiny", schedule="rflow", seed=0)  # untrained: layout only
-    result = denoise(model, _scan(noisy), method="ddim", noise="gaussian", steps=2, device="cpu")
-    assert result.scan.shape == noisy.shape and 0 < result.timestep_median < model.schedule.T
+    from medidiff.core.intensity import Normaliser
+    from medidiff.core.model import DiffusionModel
+    from medidiff.core.sampling import sample
+    from medidiff.errors import ModelError
+
+    norm = Normaliser(float(noisy.min()), float(noisy.max()), kind="given")
+    model = DiffusionModel.create(2, (32, 32), preset="tiny", schedule="rflow", normaliser=norm, seed=0)
+    torch.manual_seed(0)
+    with torch.no_grad():  # untrained nets predict 0; random weights make each sampler's path distinct
+        for p in model.network.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    sigma = 0.1 * span
+    result = denoise(model, _scan(noisy), method="ddim", noise="gaussian", sigma=sigma, steps=2, device="cpu")
+    t = float(result.timestep[0])
+    assert 0 < t < model.schedule.T
+    # the same two Euler steps by hand, from the matched time
+    x_t = model.schedule.alpha_sigma(t)[0] * torch.from_numpy(norm.forward(noisy))[None, None]
+    euler = norm.inverse(run_to_end(sample(model, x_t, sampler="euler", steps=2, t_start=t))[0, 0].numpy())
+    np.testing.assert_allclose(result.scan.array, euler, rtol=0, atol=1e-4 * span)
+    assert not np.allclose(result.scan.array, noisy, atol=1e-2 * span)  # the steps did change the image
     with pytest.raises(ModelError, match="posterior"):
         denoise(model, _scan(noisy), method="posterior", noise="gaussian", device="cpu")
