@@ -29,6 +29,7 @@ from __future__ import annotations
 import inspect
 import logging
 import threading
+import time
 from collections.abc import Generator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -41,6 +42,7 @@ from .task_warnings import relay_warnings
 __all__ = ["TaskRunner", "ModelCache", "TaskError", "NetworkCancelled", "watch_network", "error_message"]
 
 LOG = logging.getLogger(__name__)
+REPORT_INTERVAL_S = 0.05  # the most often a job's network-call count is reported to the GUI
 
 
 class TaskError(Exception):
@@ -84,6 +86,7 @@ class _Counter:
         self.cancel_at: int | None = None
         self.calls = 0  # network calls made by the job
         self.calls_at_cancel: int | None = None
+        self.last_report = 0.0  # when network_call was last emitted (time.monotonic)
         self.cancelled = threading.Event()
 
 
@@ -159,14 +162,30 @@ class TaskRunner(QObject):
         """Whether ``cancel()`` was called for the current (or last) job."""
         return self._counter.cancelled.is_set()
 
+    @property
+    def network_calls(self) -> int:
+        """Network calls the current (or last) job has started (counted by ``watch_network``)."""
+        with self._counter.lock:
+            return self._counter.calls
+
     def before_network_call(self) -> None:
-        """Called (by ``watch_network``, in the worker thread) before each network call."""
+        """Called (by ``watch_network``, in the worker thread) before each network call.
+
+        Raises ``NetworkCancelled`` after Cancel; otherwise counts the call and reports the count
+        (``network_call``), at most every ``REPORT_INTERVAL_S`` so fast GPU calls cannot flood
+        the GUI thread with events.
+        """
+        now = time.monotonic()
         with self._counter.lock:
             if self._counter.cancelled.is_set():
                 raise NetworkCancelled()
             self._counter.calls += 1
             calls = self._counter.calls
-        self.network_call.emit(calls)
+            due = calls == 1 or now - self._counter.last_report >= REPORT_INTERVAL_S
+            if due:
+                self._counter.last_report = now
+        if due:
+            self.network_call.emit(calls)
 
     @property
     def outcome(self) -> str:
