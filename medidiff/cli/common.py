@@ -8,7 +8,8 @@ import typer
 
 OVERWRITE = typer.Option(False, "--overwrite", help="Replace an existing output (never an input).")
 DEVICE = typer.Option("auto", "--device", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, mps.")
-SEED = typer.Option(0, "--seed", help="Random seed; the same seed gives the same result.")
+SEED = typer.Option(0, "--seed", min=0, max=2**63 - 1,
+                    help="Random seed (a whole number >= 0); the same seed gives the same result.")
 
 
 def existing_path(path: Path) -> Path:
