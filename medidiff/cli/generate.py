@@ -86,12 +86,16 @@ def generate(
     labels = None
     if label:
         labels = label[0] if len(label) == 1 else list(label)
-    result = generate_dataset(
-        model, out, n, format=format, seed=seed, sampler=sampler, steps=steps, guidance=guidance, labels=labels,
-        masks_dir=masks, batch_size=batch_size, device=device, overwrite=overwrite, command=line,
-        real=real, training=training, threshold=threshold, bit_identical=bit_identical,
-        real_pixels_in_report=real_pixels, progress=True,
-    )
+    try:
+        result = generate_dataset(
+            model, out, n, format=format, seed=seed, sampler=sampler, steps=steps, guidance=guidance, labels=labels,
+            masks_dir=masks, batch_size=batch_size, device=device, overwrite=overwrite, command=line,
+            real=real, training=training, threshold=threshold, bit_identical=bit_identical,
+            real_pixels_in_report=real_pixels, progress=True,
+        )
+    except KeyboardInterrupt:
+        typer.echo(f"\ninterrupted; the finished samples in {out} are kept: run the same command again to finish", err=True)
+        raise typer.Exit(code=130) from None
     done = f"wrote {result.written} samples, kept {result.skipped} finished ones in {result.out_dir}"
     if result.complete:
         typer.echo(f"{done}; manifest {result.manifest.name}, data card {result.data_card.name}")

@@ -188,8 +188,14 @@ def train(
     if mask_files is not None and len(mask_files) != len(files):
         raise MedidiffError(f"--masks: got {len(mask_files)} mask files for {len(files)} scans; give one per scan, in DATA order")
 
-    gen = train_steps(files, out, config, labels=label_ids, masks=mask_files, resume=resume, overwrite=overwrite)
+    import warnings
+
+    from medidiff.tasks.run_folder import has_checkpoint
+
     main = _rank() == 0
+    if resume and main and not has_checkpoint(out):
+        typer.secho(f"warning: {out}: no checkpoint to resume from; starting at step 0", err=True, fg=typer.colors.YELLOW)
+    gen = train_steps(files, out, config, labels=label_ids, masks=mask_files, resume=resume, overwrite=overwrite)
     stop = {"signal": 0}
 
     def on_signal(signum, frame) -> None:  # noqa: ARG001
@@ -208,7 +214,9 @@ def train(
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        result = run_to_end(gen, show=main, desc=None, callback=between_steps)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*no checkpoint to resume from.*")  # said above, in one line
+            result = run_to_end(gen, show=main, desc=None, callback=between_steps)
     except _Interrupted as exc:
         if main:
             step = exc.args[0]

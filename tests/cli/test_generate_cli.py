@@ -95,3 +95,28 @@ def test_bad_input_one_line_exit_2(tiny_mr_model, capsys, tmp_path, monkeypatch,
     assert code == 2
     assert words in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "x").exists()
+
+
+def test_ctrl_c_during_generate_says_what_is_kept(tiny_mr_model, tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "synth"
+    cmd = [sys.executable, "-m", "medidiff", "generate", str(tiny_mr_model.path), "--n", "400", "--steps", "50",
+           "--out", str(out), "--device", "cpu"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.monotonic() + 120
+        while not any(out.glob(".medidiff-lock*")):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-2000:]
+            time.sleep(0.05)
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130
+    assert "interrupted; the finished samples" in err and "Traceback" not in err
+    assert not any(out.glob(".medidiff-lock*"))  # the lock went with the run
