@@ -135,3 +135,17 @@ def test_cli_says_which_file_was_skipped_in_one_line(tmp_path, capsys):
     assert code == 0, err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("warning: ") and "junk.dcm" in lines[0] and "skipped" in lines[0]
+
+
+def test_images_without_positions_still_stack_by_number(tmp_path):
+    """No IPP/IOP (secondary capture): no gap test applies; the images stack in InstanceNumber order."""
+    folder = write_series(tmp_path / "sc", [0.0, 2.0, 4.0])
+    for f in sorted(folder.iterdir()):
+        ds = pydicom.dcmread(f)
+        del ds.ImagePositionPatient, ds.ImageOrientationPatient
+        ds.save_as(f)
+    with pytest.warns(UserWarning, match="no patient geometry"):
+        scan = load_scan(folder)
+    assert scan.shape == (3, ROWS, COLS) and "filled_slices" not in scan.meta
+    for k, z in enumerate([0.0, 2.0, 4.0]):
+        np.testing.assert_array_equal(scan.array[k], _slice_values(z).astype(np.float32) - 1000)

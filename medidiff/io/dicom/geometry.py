@@ -120,8 +120,8 @@ def _describe_gaps(dist: np.ndarray, steps: np.ndarray, step: float, bad: np.nda
     return "; ".join(parts) + more
 
 
-def slice_slots(dist: np.ndarray | None, path: Path, fill_gaps: bool = False) -> tuple[np.ndarray, int]:
-    """Where each image goes in a volume with a uniform slice step: ``(slot of each image, slices)``.
+def slice_slots(dist: np.ndarray | None, n: int, path: Path, fill_gaps: bool = False) -> tuple[np.ndarray, int]:
+    """Where each of ``n`` images goes in a volume with a uniform slice step: ``(slot of each image, slices)``.
 
     The step is the median distance between neighbouring positions along the normal. A
     series whose positions are all whole multiples of it from the first slice but skip
@@ -129,8 +129,7 @@ def slice_slots(dist: np.ndarray | None, path: Path, fill_gaps: bool = False) ->
     keeps its real position and the missing slots are left for blank slices. Positions
     that are not whole multiples of the step cannot be stacked with one affine: refused.
     """
-    n = 1 if dist is None else len(dist)
-    if dist is None or n < 2:
+    if dist is None or n < 2:  # no positions (stacked by numbering) or a single image
         return np.arange(n), n
     steps = np.diff(dist)
     step = float(np.median(steps))

@@ -59,7 +59,7 @@ def read_dicom(path: Path, series: str | int | None = None, volume: int | None =
         images.extend(images_of(ds, file))
     images = geometry_groups(images, path)
     images, dist = order_images(images, path, volume)
-    slots, n_slices = slice_slots(dist, path, fill_gaps)
+    slots, n_slices = slice_slots(dist, len(images), path, fill_gaps)
     affine, spacing = affine_of(images, dist, path, slots)
 
     volume_arr, first_ds, n_files = read_values(images, slots, n_slices)
