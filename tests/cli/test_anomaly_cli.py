@@ -131,3 +131,11 @@ def test_fdr_mask_and_its_sidecar(workspace, capsys):
     amap, mask = load_scan(w / "maps" / "case1.nii.gz").array, load_scan(w / "mask1.nii.gz").array
     np.testing.assert_array_equal(mask, ((amap > side["threshold"]) & (amap != 0)).astype(np.float32))
     assert mask.sum() > 0
+
+
+@pytest.mark.parametrize("option,value", [("--ddim-steps", "99999999999999999999"), ("--median-size", "99999999999999999999"),
+                                          ("--seed", "-7"), ("--fdr", "nan"), ("--threshold", "nan")])
+def test_absurd_values_are_refused_before_any_work(workspace, capsys, option, value):
+    w = workspace
+    code, out, err = call(capsys, "anomaly", w / "model", w / "case1.nii.gz", w / "m.nii.gz", "--device", "cpu", option, value)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and option in err

@@ -20,12 +20,12 @@ import numpy as np
 from medidiff.core.devices import release_memory, resolve_device
 from medidiff.core.model import DiffusionModel
 from medidiff.core.progress import Progress, plain_twin
-from medidiff.errors import ModelError
+from medidiff.errors import InvalidScanError, ModelError
 from medidiff.io import Scan
 
 from . import fdr as fdr_maths
 from .maps import map_steps, plan_scan, scan_score
-from .options import SCORE_PERCENTILE, AnomalyOptionError, AnomalyOptions, MapSettings
+from .options import SCORE_PERCENTILE, AnomalyOptions, MapSettings
 
 
 @dataclass
@@ -107,7 +107,7 @@ def detect_anomalies_steps(
     map, whatever ``batch_size``.
     """
     if not isinstance(scan, Scan):
-        raise AnomalyOptionError("scan", f"detect_anomalies expects a Scan, got {type(scan).__name__}")
+        raise InvalidScanError(None, f"detect_anomalies expects a medidiff.io.Scan (see load_scan), got {type(scan).__name__}")
     opts = (options or AnomalyOptions()).with_(**overrides) if overrides else (options or AnomalyOptions())
     model = use_model(model, opts.device)
     settings = opts.resolve(model)

@@ -34,6 +34,11 @@ DEFAULT_DRAWS = 3
 WHITE_NOISE = "gaussian"
 
 
+MAX_DDIM_STEPS = 1000  # more steps than a 1000-step schedule has times is no reconstruction
+MAX_MEDIAN = 31  # voxels; a wider median filter erases lesions
+MAX_BATCH = 4096
+
+
 class AnomalyOptionError(MedidiffError, ValueError):
     """An anomaly option out of range or unfit for the model (a ``ValueError`` too, for older callers)."""
 
@@ -50,11 +55,13 @@ def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> str | None:
     return str(value)
 
 
-def _int(name: str, value: Any, low: int) -> int | None:
+def _int(name: str, value: Any, low: int, high: int | None = None) -> int | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) or int(value) < low:
-        raise AnomalyOptionError(name, f"must be a whole number >= {low}, got {value!r}")
+    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value) and value == int(value)
+    if not ok or int(value) < low or (high is not None and int(value) > high):
+        span = f"between {low} and {high}" if high is not None else f">= {low}"
+        raise AnomalyOptionError(name, f"must be a whole number {span}, got {value!r}")
     return int(value)
 
 
@@ -135,9 +142,9 @@ class AnomalyOptions:
         set_(self, "method", _choice("method", self.method, METHODS))
         set_(self, "recon", _choice("recon", self.recon, RECONS))
         set_(self, "direction", _choice("direction", self.direction, DIRECTIONS))
-        set_(self, "ddim_steps", _int("ddim_steps", self.ddim_steps, 1))
-        set_(self, "median_size", _int("median_size", self.median_size, 0))
-        set_(self, "batch_size", _int("batch_size", self.batch_size, 1))
+        set_(self, "ddim_steps", _int("ddim_steps", self.ddim_steps, 1, MAX_DDIM_STEPS))
+        set_(self, "median_size", _int("median_size", self.median_size, 0, MAX_MEDIAN))
+        set_(self, "batch_size", _int("batch_size", self.batch_size, 1, MAX_BATCH))
         set_(self, "seed", _int("seed", self.seed, 0))
         if self.timesteps is not None:
             ts = [self.timesteps] if isinstance(self.timesteps, (int, float, str)) else list(self.timesteps)
