@@ -3,7 +3,8 @@
 Runs ``medidiff.tasks.train.train_steps`` in a worker on the chosen image layers (as ``Scan``s,
 modality from the *Modality* control or the layers). The loss is drawn as it goes. Training
 stops at whichever comes first: the step limit or the time budget (the task's generator is then
-closed, which writes its checkpoint). The model is copied into the user model folder under the
+closed, which writes its checkpoint). Every *Preview every* steps the task draws a few samples from the model so far (a PNG in the run
+folder), shown under the loss. The model is copied into the user model folder under the
 name given, so it appears, by name, in every medidiff widget's model list. Cancel stops at the
 next step and adds no model. The run folder (log, checkpoint) is kept next to the user models
 in ``napari-runs/NAME``.
@@ -11,6 +12,7 @@ in ``napari-runs/NAME``.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import shutil
 import time
@@ -19,13 +21,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from qtpy.QtCore import QPointF, Qt
-from qtpy.QtGui import QPainter, QPen, QPolygonF
+from qtpy.QtGui import QImage, QPainter, QPen, QPixmap, QPolygonF
 from qtpy.QtWidgets import (
     QAbstractItemView,
     QApplication,
     QComboBox,
     QDoubleSpinBox,
+    QLabel,
     QLineEdit,
     QListWidget,
     QSpinBox,
@@ -86,6 +90,17 @@ class LossCurve(QWidget):
         painter.drawPolyline(points)
 
 
+def _with_preview(event: Any, png: Path) -> Any:
+    """``event`` with the sample grid the task just saved as its preview (8-bit gray), if there is one."""
+    if not png.is_file():
+        return event
+    from PIL import Image
+
+    with Image.open(png) as img:
+        preview = np.asarray(img.convert("L"))
+    return dataclasses.replace(event, preview=preview)
+
+
 def _default_name(layer_name: str) -> str:
     stem = re.sub(r"[^A-Za-z0-9_-]+", "-", layer_name).strip("-")[:40] or "my"
     return f"{stem}-model"
@@ -134,7 +149,16 @@ class TrainWidget(TaskWidget):
         self.seed = QSpinBox(self)
         self.seed.setRange(0, 2**31 - 1)
         self.seed.setToolTip("The same seed and settings give the same model")
+        self.preview_every = QSpinBox(self)
+        self.preview_every.setRange(0, 1_000_000)
+        self.preview_every.setValue(200)
+        self.preview_every.setSpecialValueText("never")
+        self.preview_every.setToolTip("Draw a few sample images from the model every this many steps, to see "
+                                      "what it has learnt (takes a moment each time)")
         self.loss_curve = LossCurve(self)
+        self.preview = QLabel(self)
+        self.preview.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.preview.setToolTip("Samples drawn from the model so far")
         self.form.addRow("Images", self.layers)
         self.form.addRow("Name", self.name)
         self.form.addRow("Modality", self.modality)
@@ -143,14 +167,17 @@ class TrainWidget(TaskWidget):
         self.form.addRow("Patch size", self.image_size)
         self.form.addRow("Batch size", self.batch_size)
         self.form.addRow("Seed", self.seed)
+        self.form.addRow("Preview every", self.preview_every)
         self.form.addRow("Loss", self.loss_curve)
+        self.form.addRow("Samples", self.preview)
         self.runner.progress.connect(self._progress)
         events = napari_viewer.layers.events
         for event in (events.inserted, events.removed, events.moved, events.changed):
             event.connect(self._refresh_layers)
         self._refresh_layers()
         self.remember_controls(modality=self.modality, minutes=self.minutes, max_steps=self.max_steps,
-                               image_size=self.image_size, batch_size=self.batch_size, seed=self.seed)
+                               image_size=self.image_size, batch_size=self.batch_size, seed=self.seed,
+                               preview_every=self.preview_every)
 
     def _image_layers(self) -> list[Any]:
         import napari.layers
@@ -192,7 +219,8 @@ class TrainWidget(TaskWidget):
         if modality:
             scans = [s.with_array(s.array, modality=str(modality)) for s in scans]
         self.loss_curve.clear()
-        options = {"name": name, "minutes": self.minutes.value(), "steps": self.max_steps.value(),
+        self.preview.clear()
+        options = {"preview_every": self.preview_every.value(), "name": name, "minutes": self.minutes.value(), "steps": self.max_steps.value(),
                    "image_size": self.image_size.value(), "batch_size": self.batch_size.value(),
                    "seed": self.seed.value(), "modality": str(modality) if modality else None,
                    "layers": [layer.name for layer in layers]}
@@ -210,6 +238,7 @@ class TrainWidget(TaskWidget):
         config = TrainConfig(dims=2, preset="tiny", image_size=options["image_size"], steps=options["steps"],
                              batch_size=options["batch_size"], seed=options["seed"], device=options["device"],
                              modality=options["modality"], checkpoint_every=0, checkpoint_minutes=0.0,
+                             sample_every=options["preview_every"],
                              command=f"napari Train widget on layers {', '.join(options['layers'])}")
         steps = train_steps(scans, run_dir, config, overwrite=True)
         budget = 60.0 * float(options["minutes"])
@@ -226,6 +255,7 @@ class TrainWidget(TaskWidget):
                     if not losses:
                         start = time.monotonic()
                     losses.append(float(event.values["loss"]))
+                    event = _with_preview(event, run_dir / "samples" / f"step_{event.step:07d}.png")
                 yield event
                 if losses and time.monotonic() - start >= budget:
                     by_budget = True
@@ -254,6 +284,11 @@ class TrainWidget(TaskWidget):
         loss = (event.values or {}).get("loss")
         if loss is not None:
             self.loss_curve.add(float(loss))
+        if event.preview is not None:
+            image = np.ascontiguousarray(event.preview, dtype=np.uint8)
+            h, w = image.shape
+            qimage = QImage(image.data, w, h, w, QImage.Format.Format_Grayscale8).copy()
+            self.preview.setPixmap(QPixmap.fromImage(qimage).scaledToWidth(min(4 * w, 320)))
 
     def show_result(self, result: TrainOutcome) -> None:
         for widget in QApplication.allWidgets():  # every model list in the viewer learns the new model

@@ -42,11 +42,14 @@ def test_train_on_an_open_layer_then_denoise_with_it(make_napari_viewer, qtbot, 
     widget.modality.setCurrentText("MR")
     widget.minutes.setValue(0.05)  # 3 s
     widget.max_steps.setValue(100_000)
+    widget.preview_every.setValue(2)
     losses = []
     widget.runner.progress.connect(lambda e: losses.append(e.values["loss"]) if "loss" in (e.values or {}) else None)
     assert run_widget(qtbot, widget) == "succeeded", widget.controls.status.text()
     assert len(losses) >= 2 and len(widget.loss_curve.values) == len(losses)
     assert "time budget reached" in widget.result_label.text()
+    shown = widget.preview.pixmap()
+    assert shown is not None and not shown.isNull() and shown.width() > 0  # samples drawn as it trained
     entry = {e.name: e for e in list_models()}["epi-train-model"]
     assert entry.source == "user" and entry.modality == "MR"
     combo = denoiser.model_picker.combo
@@ -73,6 +76,7 @@ def test_cancelled_training_adds_no_model(make_napari_viewer, qtbot, mr_train_la
     add_scan(viewer, mr_train_layer_scan, "epi train")
     widget = _train_widget(viewer)
     widget.name.setText("never-made")
+    widget.preview_every.setValue(0)
     seen = []
 
     def on_progress(event):
