@@ -1,0 +1,109 @@
+"""The settings of a training run: :class:`TrainConfig` and the checks made before any data is read."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from medidiff.errors import MedidiffError
+
+DEFAULT_STEPS = 1000
+# settings a resumed run must share with the run it continues (they shape the model or the data order)
+SAME_ON_RESUME = ("batch_size", "seed", "dims", "preset", "image_size", "schedule", "prediction")
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run (stored in ``RUN/state/train.json``).
+
+    ``steps=None`` means 1000 for a new run and the run's own total when resuming.
+    ``checkpoint_minutes`` checkpoints by wall time as well as every ``checkpoint_every`` steps
+    (0 turns either off). ``full_paths`` records the training files' full paths in the model;
+    by default they are recorded relative to the data folder they came from.
+    """
+
+    dims: int = 2
+    preset: str = "tiny"
+    image_size: int | tuple[int, ...] = 64
+    steps: int | None = None
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup: int | None = None
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    condition_dropout: float = 0.1
+    seed: int = 0
+    device: str = "auto"
+    schedule: str = "ddpm"
+    prediction: str | None = None
+    class_names: tuple[str, ...] = ()
+    mask_classes: int | None = None
+    slice_axis: int | None = None
+    ct_window: str | None = None
+    modality: str | None = None
+    augment: bool = True
+    checkpoint_every: int = 500
+    checkpoint_minutes: float = 5.0
+    sample_every: int = 0
+    data_card: str | None = None
+    licence: str | None = None
+    command: str | None = None
+    full_paths: bool = False
+
+    @property
+    def total_steps(self) -> int:
+        return DEFAULT_STEPS if self.steps is None else int(self.steps)
+
+    @property
+    def warmup_steps(self) -> int:
+        return self.warmup if self.warmup is not None else min(500, max(1, self.total_steps // 20))
+
+    def lr_at(self, step: int) -> float:
+        """Linear warm-up, then cosine decay to 5% of ``lr``."""
+        w = self.warmup_steps
+        if step < w:
+            return self.lr * (step + 1) / w
+        progress = (step - w) / max(1, self.total_steps - w)
+        return self.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        size = self.image_size
+        d["image_size"] = [int(s) for s in size] if isinstance(size, (tuple, list)) else [int(size)] * self.dims
+        d["class_names"] = list(self.class_names)
+        d["device"] = str(self.device)
+        return d
+
+
+def check_config(cfg: TrainConfig) -> None:
+    """One-line ``MedidiffError`` for a setting that cannot work (before any data is read)."""
+    from medidiff.core.model import PRESETS
+    from medidiff.core.schedule import KINDS, PREDICTIONS
+
+    if cfg.dims not in (2, 3):
+        raise MedidiffError(f"dims {cfg.dims}: choose 2 or 3")
+    if cfg.preset not in PRESETS:
+        raise MedidiffError(f"preset {cfg.preset!r}: choose one of {', '.join(PRESETS)}")
+    if cfg.schedule not in KINDS:
+        raise MedidiffError(f"schedule {cfg.schedule!r}: choose one of {', '.join(KINDS)}")
+    if cfg.prediction is not None and cfg.prediction not in PREDICTIONS[cfg.schedule]:
+        raise MedidiffError(f"prediction {cfg.prediction!r} does not fit schedule {cfg.schedule}; "
+                            f"choose one of {', '.join(PREDICTIONS[cfg.schedule])}")
+    sizes = (cfg.image_size,) * cfg.dims if isinstance(cfg.image_size, int) else tuple(cfg.image_size)
+    if len(sizes) != cfg.dims or any(int(s) < 1 for s in sizes):
+        raise MedidiffError(f"image size {cfg.image_size}: give one positive size or {cfg.dims}")
+    multiple = 2 ** (len(PRESETS[cfg.preset]["channels"]) - 1)
+    if any(int(s) % multiple for s in sizes):
+        raise MedidiffError(f"image size {cfg.image_size}: preset {cfg.preset!r} needs sizes divisible by {multiple}")
+    for name, low in (("steps", 1), ("batch_size", 1), ("checkpoint_every", 0), ("sample_every", 0)):
+        value = getattr(cfg, name)
+        if value is not None and (not isinstance(value, int) or value < low):
+            raise MedidiffError(f"{name} must be an integer >= {low}, got {value!r}")
+    for name in ("lr", "checkpoint_minutes", "weight_decay", "grad_clip"):
+        value = getattr(cfg, name)
+        if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            raise MedidiffError(f"{name} must be a finite number >= 0, got {value!r}")
+    if not 0 <= cfg.ema_decay < 1 or not 0 <= cfg.condition_dropout <= 1:
+        raise MedidiffError("ema_decay must be in [0, 1) and condition_dropout in [0, 1]")
