@@ -3,7 +3,8 @@
 Runs ``medidiff.tasks.denoise.denoise_steps`` in a worker; the outputs keep the input layer's
 scale, translate, affine and metadata. The *Modality* control says what the scan is when the
 file does not (a NIfTI records no modality): it decides the noise model under ``auto`` and the
-model picked by default. Every control is remembered for the next session.
+model picked by default. Left at "from the file", a scan whose file records no modality is
+taken to be what the chosen model is for (an MR NIfTI with an MR model gets Rician noise). Every control is remembered for the next session.
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ from qtpy.QtWidgets import QComboBox, QDoubleSpinBox, QSpinBox, QWidget
 from medidiff.choices import DenoiseMethod, NoiseChoice
 
 from .base import TaskWidget
-from .pickers import LayerPicker
+from .pickers import LayerPicker, modality_family
 from .results import add_scan_layer, input_scan
-from .wording import METHOD_TIPS, MODALITIES, NOISE_TIPS, noise_summary
+from .wording import FAMILY_CODES, METHOD_TIPS, MODALITIES, NOISE_TIPS, noise_summary
 
 __all__ = ["DenoiseWidget", "METHODS", "NOISE_CHOICES"]
 
@@ -125,6 +126,11 @@ class DenoiseWidget(TaskWidget):
         modality = self.modality.currentData()
         if modality:  # the user says what the scan is: that wins over the file (which may not say)
             scan = scan.with_array(scan.array, modality=str(modality))
+        elif modality_family(scan.modality, scan.meta.get("format")) == "":
+            # the file does not say (a NIfTI): take the scan to be what the chosen model is for
+            code = FAMILY_CODES.get(self.model_picker.modality())
+            if code:
+                scan = scan.with_array(scan.array, modality=code)
         return (scan,), self.options()
 
     def show_result(self, result: Any) -> None:

@@ -13,7 +13,7 @@ import numpy as np
 
 from medidiff.choices import DenoiseMethod, NoiseChoice, Sampler
 
-__all__ = ["METHOD_TIPS", "NOISE_TIPS", "SAMPLER_TIPS", "NOISE_NAMES", "MODALITIES", "noise_summary", "number"]
+__all__ = ["METHOD_TIPS", "NOISE_TIPS", "SAMPLER_TIPS", "NOISE_NAMES", "MODALITIES", "FAMILY_CODES", "noise_summary", "number"]
 
 METHOD_TIPS: dict[str, str] = {
     DenoiseMethod.TWEEDIE.value: "Fastest: removes the noise in one pass; usually the most faithful result",
@@ -40,9 +40,11 @@ NOISE_NAMES: dict[str, str] = {
     NoiseChoice.RICIAN.value: "Rician",
     NoiseChoice.POISSON_GAUSSIAN.value: "Poisson-Gaussian",
 }
-# (label, modality code given to the task; "" = what the file says)
+# (label, modality code given to the task, tooltip); "" = what the file says
+FAMILY_CODES = {"MR": "MR", "CT": "CT", "microscopy": "SM"}  # modality_family -> the code a task is given
 MODALITIES: tuple[tuple[str, str, str], ...] = (
-    ("from the file", "", "Use the modality the file records (NIfTI and TIFF files often record none)"),
+    ("from the file", "", "Use the modality the file records; a file that records none (NIfTI) is taken "
+                          "to be what the chosen model is for"),
     ("MR", "MR", "Magnetic resonance: Rician noise, MR models"),
     ("CT", "CT", "Computed tomography: Gaussian noise, CT models"),
     ("microscopy", "SM", "Fluorescence or light microscopy: Poisson-Gaussian noise, microscopy models"),

@@ -39,13 +39,15 @@ def test_modality_control_changes_the_noise_model(make_napari_viewer, qtbot, tin
     widget.model_picker.set_spec(str(tiny_mr_model.path))
     assert widget.noise.currentText() == "auto"
     found = {}
-    for label in ("from the file", "MR", "CT"):
+    for label in ("from the file", "MR", "CT", "other"):
         widget.modality.setCurrentText(label)
         assert run_widget(qtbot, widget) == "succeeded", widget.controls.status.text()
         layer = viewer.layers["slice denoised"]
         found[label] = (layer.metadata["medidiff_denoise"]["noise_model"], widget.result_label.text())
         viewer.layers.remove(layer)
-    assert found["MR"][0] == "rician" and found["CT"][0] == "gaussian" and found["from the file"][0] == "gaussian"
+    assert found["MR"][0] == "rician" and found["CT"][0] == "gaussian" and found["other"][0] == "gaussian"
+    # the file records no modality: the scan is taken to be what the (MR) model is for
+    assert found["from the file"][0] == "rician"
     # plain words, not jargon
     assert re.fullmatch(r"noise level \d+\.\d \(Rician, estimated; MR bias removed\)", found["MR"][1]), found["MR"][1]
     assert re.fullmatch(r"noise level \d+\.\d \(Gaussian, estimated\)", found["CT"][1]), found["CT"][1]
