@@ -225,7 +225,7 @@ def save_scan(
         from medidiff.io.nifti import write_nifti
 
         with atomic_file(path, overwrite=overwrite, inputs=protected) as tmp:
-            write_nifti(scan, tmp)
+            write_nifti(scan, tmp, label=path)
     elif fmt == "tiff":
         from medidiff.io.tiff import write_tiff
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medidiff.errors import InvalidScanError
+from medidiff.errors import InvalidScanError, OutputError
 from medidiff.io.formats import NIFTI_SUFFIXES  # noqa: F401  (one home: io.formats)
 from medidiff.io.limits import check_declared_size, check_file_holds, check_gzip_holds
 from medidiff.io.scan import Scan
@@ -98,17 +98,36 @@ def read_nifti(path: Path, volume: int | None = None) -> Scan:
     return Scan(array=array, spacing=spacing, affine=affine, modality=modality, meta=meta)
 
 
-def write_nifti(scan: Scan, path: Path) -> None:
-    """Write ``scan`` as float32 NIfTI-1 with qform and sform set to its affine (code 1, scanner)."""
+def label_dtype(values: np.ndarray, path: str | Path | None = None) -> np.dtype:
+    """The smallest integer type (uint8, int16, uint16, int32) that holds a label map's values exactly."""
+    if values.size and not np.all(np.equal(np.mod(values, 1), 0)):
+        raise OutputError(f"{path}: a label map (meta['labels']) must hold whole numbers; round it first")
+    lo, hi = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    for dtype in (np.uint8, np.int16, np.uint16, np.int32):
+        info = np.iinfo(dtype)
+        if lo >= info.min and hi <= info.max:
+            return np.dtype(dtype)
+    raise OutputError(f"{path}: label values {lo:g} to {hi:g} do not fit a 32-bit integer")
+
+
+def write_nifti(scan: Scan, path: Path, label: str | Path | None = None) -> None:
+    """Write ``scan`` as float32 NIfTI-1 with qform and sform set to its affine (code 1, scanner).
+
+    A label map (``scan.meta["labels"]`` true) is stored in the smallest integer type that
+    holds its values exactly (``label_dtype``), so viewers open it as labels.
+    """
     import nibabel as nib
 
     data = scan.array.T
     if data.ndim == 2:
         data = data[:, :, None]
-    img = nib.Nifti1Image(np.asarray(data, dtype=np.float32), scan.affine)
+    dtype = label_dtype(scan.array, label or path) if scan.meta.get("labels") else np.dtype(np.float32)
+    img = nib.Nifti1Image(np.asarray(data, dtype=dtype), scan.affine)
     img.set_sform(scan.affine, code=1)
     img.set_qform(scan.affine, code=1)  # nearest rigid+zoom fit; the sform keeps the exact affine
-    img.header.set_data_dtype(np.float32)
+    img.header.set_data_dtype(dtype)
+    if dtype != np.float32:
+        img.header.set_slope_inter(1.0, 0.0)  # stored values are the labels themselves
     unit = _UNIT_CODES.get(str(scan.meta.get("unit", "mm")), "mm")
     img.header.set_xyzt_units(xyz=unit)
     descrip = f"medidiff modality={scan.modality}" + (" SYNTHETIC" if scan.meta.get("synthetic") else "")

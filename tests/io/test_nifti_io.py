@@ -6,7 +6,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from medidiff.errors import InvalidScanError
+from medidiff.errors import InvalidScanError, OutputError
 from medidiff.io import Scan, load_scan, save_scan
 
 
@@ -114,3 +114,20 @@ def test_zero_size_axis(tmp_path):
     nib.save(nib.Nifti1Image(np.zeros((0, 4, 4), dtype=np.float32), np.eye(4)), tmp_path / "empty.nii")
     with pytest.raises(InvalidScanError, match="zero-size axis"):
         load_scan(tmp_path / "empty.nii")
+
+
+def test_label_maps_are_stored_as_integers(tmp_path):
+    """meta["labels"]: the smallest integer type that holds the values exactly; plain scans stay float32."""
+    labels = np.zeros((4, 6, 5), dtype=np.float32)
+    labels[1:3, 2:4, 1:4] = 3
+    geometry = ((2.0, 1.0, 1.0), np.diag([1.0, 1.0, 2.0, 1.0]))
+    for values, dtype in ((labels, np.uint8), (labels * 100, np.int16), (labels - 1, np.int16), (labels * 20000, np.uint16)):
+        out = save_scan(Scan(values, *geometry, meta={"labels": True}), tmp_path / f"l{dtype.__name__}{values.min():g}.nii.gz")
+        img = nib.load(out)
+        assert img.get_data_dtype() == dtype
+        np.testing.assert_array_equal(np.asarray(img.dataobj).T, values)
+        np.testing.assert_array_equal(load_scan(out).array, values)
+    assert nib.load(save_scan(Scan(labels, *geometry), tmp_path / "plain.nii")).get_data_dtype() == np.float32
+    with pytest.raises(OutputError, match="whole numbers"):
+        save_scan(Scan(labels + 0.5, *geometry, meta={"labels": True}), tmp_path / "half.nii")
+    assert not (tmp_path / "half.nii").exists()
