@@ -131,6 +131,12 @@ class DenoiseWidget(TaskWidget):
             code = FAMILY_CODES.get(self.model_picker.modality())
             if code:
                 scan = scan.with_array(scan.array, modality=code)
+        scan_family = modality_family(scan.modality, scan.meta.get("format"))
+        model_family = self.model_picker.modality()
+        if scan_family and model_family and scan_family != model_family:
+            self._show_warning(f"the model {self.model_picker.name()} is for {model_family} images but this scan "
+                               f"is {scan_family}: expect a poor result; choose a {scan_family} model (or set "
+                               "Modality if the scan is mislabelled)")
         return (scan,), self.options()
 
     def show_result(self, result: Any) -> None:

@@ -127,3 +127,15 @@ def test_task_warning_becomes_a_notification_every_run(make_napari_viewer, qtbot
     warned = [str(n.message) for n in notifications if n.severity == NotificationSeverity.WARNING]
     spacing = [m for m in warned if m.startswith("Denoise: ") and "trained at 2x2 mm" in m]
     assert len(spacing) == 2, warned
+
+
+def test_a_model_for_another_modality_is_a_warning(make_napari_viewer, qtbot, plain_slice, notifications):
+    from napari.utils.notifications import NotificationSeverity
+
+    viewer = make_napari_viewer()
+    add_scan(viewer, plain_slice.with_array(plain_slice.array, modality="MR"), "mr")
+    widget = _denoise(viewer)
+    widget.model_picker.set_spec("micro2d")
+    assert run_widget(qtbot, widget) in ("succeeded", "failed")  # the warning comes first either way
+    warned = [str(n.message) for n in notifications if n.severity == NotificationSeverity.WARNING]
+    assert any("micro2d is for microscopy images but this scan is MR" in m for m in warned), warned
