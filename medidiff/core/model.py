@@ -7,8 +7,14 @@ A model is a folder::
     weights.safetensors  (EMA) weights -- never a pickle
     MODEL_CARD.md        what it was trained on and how good it is
 
-``DiffusionModel.load`` never unpickles, checks the hash, and raises ``ModelError`` with a
-clear message for anything that is not a medidiff model of a version it understands.
+``DiffusionModel.load`` never unpickles, checks the hash, checks every config value for sense
+(:mod:`medidiff.core.config_check`), and raises ``ModelError`` with a clear message for anything
+that is not a medidiff model of a version it understands.
+
+What the hash protects: the sha256 in config.json catches weights that were corrupted, truncated
+or swapped by mistake. It is no signature: whoever can replace the weights can rewrite
+config.json too. Safety against hostile folders comes from never unpickling (safetensors holds
+only tensors) and from the value checks, not from the hash.
 """
 
 from __future__ import annotations

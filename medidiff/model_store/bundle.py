@@ -25,15 +25,33 @@ def _read_config(bundle: Path) -> tuple[Path, dict]:
     for name in ("inference.json", "train.json", "inference.yaml", "train.yaml"):
         path = bundle / "configs" / name
         if path.is_file():
-            text = path.read_text()
-            if path.suffix == ".json":
-                return path, json.loads(text)
             try:
-                import yaml
-            except ImportError:
-                raise ModelError(f"{path}: reading YAML bundle configs needs PyYAML (pip install pyyaml)") from None
-            return path, yaml.safe_load(text)
+                text = path.read_text()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ModelError(f"{path}: cannot read the bundle config ({_first_line(exc)})") from None
+            if path.suffix == ".json":
+                try:
+                    cfg = json.loads(text)
+                except json.JSONDecodeError as exc:
+                    raise ModelError(f"{path}: not valid JSON ({_first_line(exc)})") from None
+            else:
+                try:
+                    import yaml
+                except ImportError:
+                    raise ModelError(f"{path}: reading YAML bundle configs needs PyYAML (pip install pyyaml)") from None
+                try:
+                    cfg = yaml.safe_load(text)
+                except yaml.YAMLError as exc:
+                    raise ModelError(f"{path}: not valid YAML ({_first_line(exc)})") from None
+            if not isinstance(cfg, dict):
+                raise ModelError(f"{path}: a bundle config must be a mapping of names to values, got {type(cfg).__name__}")
+            return path, cfg
     raise ModelError(f"{bundle}: not a MONAI bundle (no configs/inference.json or train.json)")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _find_network_def(cfg: dict) -> dict | None:
@@ -59,15 +77,24 @@ def _resolve(value, cfg: dict):
 def convert_bundle(bundle: str | Path, image_size: tuple[int, ...], normaliser: Normaliser,
                    modality: str = "OT", spacing: tuple[float, ...] = ()):
     """A ``DiffusionModel`` built from a MONAI bundle folder (not saved)."""
-    from medidiff.core.model import DiffusionModel, ModelConfig
-    from medidiff.core.schedule import ScheduleConfig
-
     bundle = Path(bundle)
     cpath, cfg = _read_config(bundle)
     net_def = _find_network_def(cfg)
     if net_def is None:
         raise ModelError(f"{cpath}: no {_UNET} network definition found; only image-space diffusion bundles convert")
     args = {k: _resolve(v, cfg) for k, v in net_def.items() if k != "_target_"}
+    try:
+        return _convert(bundle, cpath, cfg, args, image_size, normaliser, modality, spacing)
+    except ModelError:
+        raise
+    except (TypeError, ValueError, KeyError) as exc:  # a field of the wrong type or size
+        raise ModelError(f"{cpath}: the network definition does not describe a usable network ({_first_line(exc)})") from None
+
+
+def _convert(bundle: Path, cpath: Path, cfg: dict, args: dict, image_size, normaliser, modality, spacing):
+    from medidiff.core.model import DiffusionModel, ModelConfig
+    from medidiff.core.schedule import ScheduleConfig
+
     if args.get("with_conditioning") or args.get("cross_attention_dim"):
         raise ModelError(f"{cpath}: cross-attention conditioning is not supported by medidiff")
     if int(args.get("in_channels", 1)) != 1 or int(args.get("out_channels", 1)) != 1:
@@ -96,7 +123,7 @@ def convert_bundle(bundle: str | Path, image_size: tuple[int, ...], normaliser: 
                          schedule=schedule.to_dict(), normaliser=normaliser.to_dict(),
                          num_classes=int(args["num_class_embeds"]) - 1 if args.get("num_class_embeds") else 0,
                          spacing=tuple(spacing), modality=modality,
-                         training={"converted_from": str(bundle.resolve())})
+                         training={"converted_from": f"MONAI bundle {bundle.resolve().name}"})
     model = DiffusionModel(config)
     weights = _read_weights(bundle)
     try:
@@ -122,7 +149,9 @@ def _read_weights(bundle: Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(pt, map_location="cpu", weights_only=True)
     except Exception as exc:  # the restricted loader refuses anything but tensors and containers
-        raise ModelError(f"{pt}: not a plain state dict (refused by the safe loader: {exc})") from None
+        # torch's message runs to several lines of advice (weights_only=False) that must not be followed here
+        raise ModelError(f"{pt}: not a plain state dict of tensors; refused by the safe loader, which never "
+                         f"runs code from a bundle ({_first_line(exc)[:160]})") from None
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
     if not isinstance(state, dict):

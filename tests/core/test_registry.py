@@ -85,8 +85,24 @@ def test_bundle_with_pickled_objects_is_refused(tmp_path, user_dir):
 
     # any object beyond tensors and containers: the restricted loader must not build it
     b = _bundle(tmp_path, {"obj": datetime.datetime(2020, 1, 1)})
-    with pytest.raises(ModelError, match="safe loader|state dict"):
+    with pytest.raises(ModelError, match="safe loader|state dict") as info:
         import_model(b, "evil", image_size=(16, 16), low=0, high=1)
+    assert len(str(info.value).splitlines()) == 1 and "weights_only=False" not in str(info.value)
+
+
+@pytest.mark.parametrize("text", ["{ not json", "[1, 2, 3]", '{"network_def": {"_target_": "DiffusionModelUNet", "channels": 7}}'])
+def test_bundle_configs_that_do_not_parse_or_fit_are_one_line(tmp_path, user_dir, text):
+    b = _bundle(tmp_path, _small_model().network.state_dict())
+    (b / "configs" / "inference.json").write_text(text)
+    with pytest.raises(ModelError) as info:
+        import_model(b, "bad", image_size=(16, 16), low=0, high=1)
+    assert "inference.json" in str(info.value) and len(str(info.value).splitlines()) == 1
+
+
+def test_a_converted_bundle_records_no_local_path(tmp_path, user_dir):
+    b = _bundle(tmp_path, _small_model().network.state_dict())
+    dest = import_model(b, "fromBundle", image_size=(16, 16), low=0.0, high=1.0)
+    assert str(tmp_path) not in (dest / "config.json").read_text()
 
 
 def test_latent_bundle_is_refused_with_reason(tmp_path, user_dir):
@@ -160,6 +176,7 @@ def test_one_broken_user_model_does_not_break_the_others(tmp_path, user_dir):
     warns = [ln for ln in listing.stderr.splitlines() if ln.strip()]
     assert len(warns) == 2 and all(ln.startswith("warning: skipped a broken model") for ln in warns), listing.stderr
     assert "Traceback" not in listing.stderr
+    resolve_model("mr2d")  # what `denoise mr2d` does
     show = _cli("models", "show", "mr2d", env=env)
     assert show.returncode == 0 and "sha256 verified" in show.stdout
     broken = _cli("models", "show", bad, env=env)  # named by its path: refused, not reported as fine
