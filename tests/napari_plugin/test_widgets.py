@@ -363,3 +363,6 @@ def test_preferences_fall_back_to_a_json_file(tmp_path, monkeypatch):
     prefs.set("model_folder", "/models/mr")
     again = Preferences()
     assert again.get("device") == "cpu" and again.get("model_folder") == "/models/mr"
+    prefs.set_parameters("Denoise", {"method": "ddim", "steps": 3})
+    assert Preferences().parameters("Denoise") == {"method": "ddim", "steps": 3}
+    assert Preferences().parameters("Train") == {}
