@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from medidiff.cli.common import existing_path
+from medidiff.cli.common import OVERWRITE, existing_path
 from medidiff.cli.evaluate import evaluate_app
 
 
@@ -20,6 +20,7 @@ def generated(
     report: Path = typer.Option(None, "--report", help="Write a PNG contact sheet (samples, real, flagged pairs)."),
     json_out: Path = typer.Option(None, "--json", help="Also write all numbers (and every sample's nearest training image) as JSON."),
     seed: int = typer.Option(0, "--seed", help="Seed of the KID subsets and MS-SSIM pairs."),
+    overwrite: bool = OVERWRITE,
 ) -> None:
     """KID, intensity-histogram distance, MS-SSIM diversity and a memorisation check of generated images.
 
@@ -28,9 +29,10 @@ def generated(
     from medidiff.io.atomic import atomic_file
     from medidiff.tasks.quality import evaluate_generated
 
-    for p in (samples, real, training):
-        if p is not None:
-            existing_path(p)
+    inputs = [p for p in (samples, real, training) if p is not None]
+    for p in inputs:
+        existing_path(p)
+    check_outputs([p for p in (report, json_out) if p is not None], inputs, overwrite)
     q = evaluate_generated(samples, real, training, threshold=threshold, report=report, seed=seed)
     width = max(len(k) for k, _ in q.lines())
     for name, value in q.lines():
@@ -41,5 +43,23 @@ def generated(
     if report is not None:
         typer.echo(f"contact sheet: {report}")
     if json_out is not None:
-        with atomic_file(json_out, overwrite=True) as tmp:
+        with atomic_file(json_out, overwrite=True, inputs=inputs) as tmp:
             tmp.write_text(json.dumps(q.to_dict(), indent=2, default=float) + "\n")
+
+
+def check_outputs(outputs: list[Path], inputs: list[Path], overwrite: bool) -> None:
+    """Before anything is computed: no output is, or lies inside, an input; no two outputs clash."""
+    from medidiff.errors import OutputError
+    from medidiff.io.atomic import check_output_path
+
+    seen: dict[Path, Path] = {}
+    for out in outputs:
+        key = out.expanduser().resolve()
+        if key in seen:
+            raise OutputError(f"{out}: given for two outputs (--report and --json); choose two paths")
+        seen[key] = out
+        for src in inputs:
+            s = src.expanduser().resolve()
+            if key == s or s in key.parents:
+                raise OutputError(f"{out}: is (or lies inside) the input {src}; write reports elsewhere (inputs are never changed)")
+        check_output_path(out, overwrite=overwrite, inputs=inputs)

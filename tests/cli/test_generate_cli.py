@@ -80,6 +80,19 @@ def test_evaluate_generated_cli(tiny_mr_model, mr_train_scan, mr_heldout_slices,
     assert "KID" in out and "MS-SSIM" in out and "flagged" in out
     assert report.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert '"flagged"' in (tmp_path / "q.json").read_text()
+    # outputs onto inputs, into input folders, onto each other or onto existing files: refused before any work
+    import hashlib
+
+    def digest(p):
+        return hashlib.sha256(p.read_bytes()).hexdigest()
+
+    before = {p: digest(p) for p in [train, *real.iterdir(), *synth.iterdir()] if p.is_file()}
+    for extra in (["--json", real / "r0.nii.gz"], ["--report", train], ["--report", synth / "sheet.png"],
+                  ["--report", tmp_path / "same", "--json", tmp_path / "same"], ["--report", report]):
+        code, _, err = call(capsys, "evaluate", "generated", synth, "--real", real, "--training", train, *extra)
+        assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert {p: digest(p) for p in before} == before
+    assert not (synth / "sheet.png").exists() and not (tmp_path / "same").exists()
 
 
 @pytest.mark.parametrize("args, words", [
