@@ -151,11 +151,23 @@ def find_model(spec: str | Path) -> Path:
 
 
 def resolve_model(spec, device: str = "cpu"):
-    """Load a model given a ``DiffusionModel``, a built-in or user model name, or a folder path."""
+    """Load a model given a ``DiffusionModel``, a built-in or user model name, or a folder path.
+
+    A loaded model already on ``device`` is used as it is; one on another device is copied there,
+    so the caller's model never moves behind its back.
+    """
+    import copy
+
+    from medidiff.core.devices import resolve_device
     from medidiff.core.model import DiffusionModel
 
     if isinstance(spec, DiffusionModel):
-        return spec.to(device)
+        want, have = resolve_device(device), spec.device
+        if want.type == have.type and (want.index is None or have.index is None or want.index == have.index):
+            return spec
+        clone = copy.deepcopy(spec)
+        clone.path = spec.path
+        return clone.to(want)
     return DiffusionModel.load(find_model(spec), device=device)
 
 

@@ -192,3 +192,9 @@ def test_a_folder_named_like_a_built_in_does_not_shadow_it(tmp_path, user_dir, m
         assert find_model("mr2d") == BUILTIN_DIR / "mr2d"
     assert find_model("./mr2d") == Path("./mr2d")
     assert find_model(tmp_path / "mr2d") == tmp_path / "mr2d"
+
+
+def test_a_loaded_model_is_used_as_it_is_and_never_moved(user_dir):
+    m = _small_model()
+    assert resolve_model(m, device="cpu") is m
+    assert m.device.type == "cpu"
