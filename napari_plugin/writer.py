@@ -4,7 +4,8 @@ Each writer is napari's single-layer API ``write(path, data, meta) -> [written p
 ``meta`` is the layer state napari hands over (scale, translate, affine, metadata, ...),
 ``layers.layer_to_scan`` turns it back into a ``Scan`` (exact geometry when the layer came
 from medidiff) and ``medidiff.io.save_scan`` writes it. Labels layers are written with their
-integer values (rounded, never rescaled).
+integer values (rounded, never rescaled; ``meta["labels"]`` makes NIfTI store them in an integer
+type, so segmentation tools open them as label maps).
 
 napari's save dialog has already asked before replacing an existing file, so the writers
 pass ``overwrite=True``; the output is written atomically by ``medidiff.io``.
@@ -37,6 +38,8 @@ def _save(path: str, data: Any, meta: dict[str, Any], layer_type: str, fmt: str)
     from medidiff.io import save_scan
 
     scan = layer_to_scan(data, meta, layer_type=layer_type)
+    if layer_type == "labels":  # stored as integers (NIfTI: the smallest exact integer type)
+        scan = scan.with_array(scan.array, meta={**scan.meta, "labels": True})
     target = dicom_folder_for(path) if fmt == "dicom" else Path(path)
     written = save_scan(scan, target, format=fmt, overwrite=True)
     return [os.fspath(written)]

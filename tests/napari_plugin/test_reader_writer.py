@@ -205,6 +205,9 @@ def test_viewer_labels_saved_as_integers(make_napari_viewer, oblique_nifti, tmp_
     back = load_scan(out)
     np.testing.assert_array_equal(back.array, mask.astype(np.float32))
     np.testing.assert_allclose(back.affine, original.affine, atol=1e-6)
+    import nibabel
+
+    assert nibabel.load(out).get_data_dtype() == np.uint8  # an integer label file, not float32
 
     [labels] = viewer.open(str(out), plugin="medidiff")  # "labels" in the name + integer values
     assert labels._type_string == "labels"

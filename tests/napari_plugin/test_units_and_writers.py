@@ -84,8 +84,6 @@ def test_dicom_output_keeps_the_source_modality(make_napari_viewer, qtbot, tiny_
     assert first.SOPClassUID == SecondaryCaptureImageStorage
 
 
-@pytest.mark.xfail(strict=True, reason="medidiff.io.nifti.write_nifti writes every scan as float32; "
-                                       "integer label maps need a change there (see the napari report)")
 def test_labels_layer_saves_as_an_integer_nifti(tmp_path):
     import nibabel
 
