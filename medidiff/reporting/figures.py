@@ -14,6 +14,40 @@ import numpy as np
 from medidiff.io.atomic import atomic_file
 
 
+_MEDICAL = {"MR", "CT", "PT", "NM", "US", "CR", "DX", "MG", "XA", "RF"}
+
+
+def radiological(image: np.ndarray, affine: np.ndarray, modality: str) -> np.ndarray:
+    """A 2D slice ``(y, x)`` turned as radiologists view it: anterior (or superior) up, patient's
+    right on the left of the picture.
+
+    Only medical modalities (MR, CT, PET, ...) are turned: microscopy and plain images have no
+    patient axes, and neither does a file that does not say what it is (modality ``OT``, e.g. most
+    NIfTI files), so those are drawn as stored. ``affine`` is the scan's (the nibabel convention: column ``k`` of its top-left 3x3 is the RAS
+    direction of array axis ``-1-k``). The picture's vertical axis is the world
+    axis the rows run along most (S if the slice contains it, else A), drawn increasing upwards;
+    the horizontal one is drawn increasing to the left (R, or A on a sagittal slice).
+    """
+    img = np.asarray(image)
+    if img.ndim != 2 or str(modality).upper() not in _MEDICAL:
+        return img
+    a = np.asarray(affine, dtype=float)[:3, :3]
+    col, row = a[:, 0], a[:, 1]  # RAS direction of +1 along x (columns) and y (rows)
+    if not (np.any(col) and np.any(row)):
+        return img
+    col_axis, row_axis = int(np.argmax(np.abs(col))), int(np.argmax(np.abs(row)))
+    if col_axis == row_axis:
+        return img
+    vertical = 2 if 2 in (col_axis, row_axis) else 1  # S if in plane, else A
+    if col_axis == vertical:  # columns run along the vertical world axis: transpose
+        img, col, row, col_axis, row_axis = img.T, row, col, row_axis, col_axis
+    if row[row_axis] > 0:  # row index grows up the world axis, but rows are drawn downwards
+        img = img[::-1, :]
+    if col[col_axis] > 0:  # column index grows along R (or A): draw it growing to the left
+        img = img[:, ::-1]
+    return np.ascontiguousarray(img)
+
+
 def _display_range(img: np.ndarray) -> tuple[float, float]:
     lo, hi = np.percentile(img, [0.5, 99.5]) if img.size else (0.0, 1.0)
     return float(lo), float(hi if hi > lo else lo + 1)

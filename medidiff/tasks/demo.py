@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import html
 import json
+import shlex
 from collections.abc import Generator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +38,7 @@ def demo_steps(out: str | Path, *, quick: bool = False, device: str = "auto", se
     """Run the quickstart into ``out`` (a new folder, written atomically)."""
     from medidiff.core.metrics import auroc, psnr
     from medidiff.core.noise import add_noise
-    from medidiff.reporting.figures import save_grid
+    from medidiff.reporting.figures import radiological, save_grid
     from medidiff.model_store.registry import resolve_model
     from medidiff.core.lesions import plant_lesion
     from medidiff.tasks.anomaly import detect_anomalies_steps
@@ -45,6 +46,7 @@ def demo_steps(out: str | Path, *, quick: bool = False, device: str = "auto", se
     from medidiff.tasks.generate import generate_steps
 
     out = Path(out)
+    d = shlex.quote(str(out))  # the "by hand" commands work from any folder and name only files written here
     total = 4
     numbers: dict[str, float] = {}
     sections: list[tuple[str, str, str, str]] = []  # title, image, text, command
@@ -66,7 +68,11 @@ def demo_steps(out: str | Path, *, quick: bool = False, device: str = "auto", se
         numbers["mr_sigma_estimated"] = res.sigma_median
         numbers["mr_sigma_true"] = 0.05 * rng_
         z = clean.shape[0] // 2
-        save_grid([noisy.array[z], res.scan.array[z], clean.array[z], noisy.array[z] - res.scan.array[z]],
+        def shown(a: np.ndarray) -> np.ndarray:  # anterior up, patient's right on the left
+            return radiological(a, clean.affine, clean.modality)
+
+        save_grid([shown(noisy.array[z]), shown(res.scan.array[z]), shown(clean.array[z]),
+                   shown(noisy.array[z] - res.scan.array[z])],
                   tmp / "mr_denoise.png", titles=["noisy (Rician)", "medidiff", "clean (held out)", "removed noise"],
                   ncols=4, suptitle=f"sigma estimated {numbers['mr_sigma_estimated']:.1f} (true {numbers['mr_sigma_true']:.1f}); "
                   f"PSNR {numbers['mr_psnr_noisy']:.1f} -> {numbers['mr_psnr_denoised']:.1f} dB")
@@ -74,7 +80,7 @@ def demo_steps(out: str | Path, *, quick: bool = False, device: str = "auto", se
                          f"PSNR {numbers['mr_psnr_noisy']:.2f} dB (noisy) → {numbers['mr_psnr_denoised']:.2f} dB (denoised); "
                          f"noise sigma estimated {numbers['mr_sigma_estimated']:.2f}, true {numbers['mr_sigma_true']:.2f}; "
                          f"noise model {res.noise_model} ({res.reason}).",
-                         "medidiff denoise mr2d mr_noisy.nii.gz mr_denoised.nii.gz --report mr_report.png"))
+                         f"medidiff denoise mr2d {d}/mr_noisy.nii.gz {d}/mr_denoised_by_hand.nii.gz --report {d}/mr_report_by_hand.png"))
 
         # 2. microscopy denoising: held-out half of a real microscopy image, Poisson-Gaussian noise
         cell = microscopy_sample()
@@ -93,16 +99,16 @@ def demo_steps(out: str | Path, *, quick: bool = False, device: str = "auto", se
                   suptitle=f"PSNR {numbers['cell_psnr_noisy']:.1f} -> {numbers['cell_psnr_denoised']:.1f} dB")
         sections.append(("Denoising a microscopy image (micro2d)", "cell_denoise.png",
                          f"PSNR {numbers['cell_psnr_noisy']:.2f} dB → {numbers['cell_psnr_denoised']:.2f} dB.",
-                         "medidiff denoise micro2d cell_noisy.tif cell_denoised.tif --noise poisson-gaussian"))
+                         f"medidiff denoise micro2d {d}/cell_noisy.tif {d}/cell_denoised_by_hand.tif --noise poisson-gaussian"))
 
         # 3. synthetic images at the model's training size
         n = 4 if quick else 8
         gen = yield from relay(generate_steps(mr_model, n, seed=seed, steps=10 if quick else 25, device=device), message="generate")
-        save_grid([s.array for s in gen.scans], tmp / "generated.png", titles=[f"seed {s}" for s in range(n)], ncols=min(n, 8),
+        save_grid([shown(s.array) for s in gen.scans], tmp / "generated.png", titles=[f"seed {s}" for s in range(n)], ncols=min(n, 8),
                   suptitle=f"{n} synthetic MR images at the training size {mr_model.config.image_size}")
         sections.append(("Generating synthetic images (mr2d)", "generated.png",
                          f"{n} samples at the model's training size; a full run also writes a manifest and a data card.",
-                         f"medidiff generate mr2d --n {n} --out synthetic/ --seed {seed}"))
+                         f"medidiff generate mr2d --n {n} --out {d}/synthetic_by_hand --seed {seed}"))
 
         # 4. anomaly detection: a planted lesion in a held-out slice vs the same slice healthy
         full = mr_sample()
@@ -118,14 +124,14 @@ def demo_steps(out: str | Path, *, quick: bool = False, device: str = "auto", se
         numbers["anomaly_score_lesion"] = an.score
         numbers["anomaly_score_healthy"] = an_h.score
         numbers["anomaly_voxel_auroc"] = auroc(an.map.array.ravel(), lesion.mask.ravel())
-        save_grid([sick.array, an.map.array, an.mask.array], tmp / "anomaly.png",
+        save_grid([shown(sick.array), shown(an.map.array), shown(an.mask.array)], tmp / "anomaly.png",
                   titles=["held-out slice + planted lesion", "anomaly map", "mask (red: truth)"], ncols=3,
-                  cmaps=["gray", "inferno", "gray"], overlays=[None, None, lesion.mask.astype(np.float32)],
+                  cmaps=["gray", "inferno", "gray"], overlays=[None, None, shown(lesion.mask.astype(np.float32))],
                   suptitle=f"score {an.score:.3g} (same slice healthy: {an_h.score:.3g}); voxel AUROC {numbers['anomaly_voxel_auroc']:.3f}")
         sections.append(("Detecting an anomaly (mr2d)", "anomaly.png",
                          f"Scan score with the lesion {an.score:.4g} vs healthy {an_h.score:.4g}; "
                          f"voxel AUROC {numbers['anomaly_voxel_auroc']:.3f}.",
-                         "medidiff anomaly mr2d mr_lesion.nii.gz mr_lesion_map.nii.gz --mask mr_lesion_mask.nii.gz"))
+                         f"medidiff anomaly mr2d {d}/mr_lesion.nii.gz {d}/mr_lesion_map_by_hand.nii.gz --mask {d}/mr_lesion_mask_by_hand.nii.gz"))
         (tmp / "numbers.json").write_text(json.dumps(numbers, indent=2))
         (tmp / "index.html").write_text(_html(sections, numbers, quick))
     yield Progress(step=total, total=total, message="report written")

@@ -97,7 +97,7 @@ class AnomalyEvaluation:
         sup = f"voxel AUROC {s['voxel_auroc']:.3f}, AUPRC {s['voxel_auprc']:.3f}, best Dice {s['best_dice']:.3f}"
         if thr is not None:
             sup += f", Dice@{thr:.4g} {s['dice_at_threshold']:.3f}"
-        return save_grid(images, path, titles=titles, ncols=4, cmaps=cmaps, overlays=overlays, suptitle=sup, overwrite=overwrite)
+        return save_grid(images, path, titles=titles, ncols=min(4, len(images)), cmaps=cmaps, overlays=overlays, suptitle=sup, overwrite=overwrite)
 
 
 def _fmt(v: Any) -> Any:

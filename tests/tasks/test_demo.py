@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 
 def test_demo_quick_writes_report_with_real_improvements(tmp_path):
@@ -16,6 +17,19 @@ def test_demo_quick_writes_report_with_real_improvements(tmp_path):
         assert (out / png).stat().st_size > 1000
         assert png in html
     assert "medidiff denoise mr2d" in html  # the command to do it by hand
+    # the "by hand" commands name the demo folder itself (they work from any folder): every
+    # input they name exists there, and no output they name would clash with a demo file
+    import html as html_lib
+    import re
+    import shlex
+
+    commands = [html_lib.unescape(c) for c in re.findall(r"<pre>(medidiff [^<]+)</pre>", html)]
+    assert len(commands) == 4, commands
+    for command in commands:
+        paths = [Path(t) for t in shlex.split(command) if t.startswith(str(out))]
+        assert paths, command
+        for path in paths:
+            assert path.exists() != ("by_hand" in path.name), (command, path)
     n = result.numbers
     assert n["mr_psnr_denoised"] > n["mr_psnr_noisy"] + 1.0
     assert n["cell_psnr_denoised"] > n["cell_psnr_noisy"] + 1.0
