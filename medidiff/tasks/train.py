@@ -116,7 +116,7 @@ def train_steps(
                 warnings.warn(f"{run_dir}: no checkpoint to resume from; starting at step 0", stacklevel=2)
             continuing = run_folder.prepare(run_dir, resume=resume, overwrite=overwrite)
         elif run_dir is not None:
-            continuing = resume and run_folder.has_checkpoint(run_dir)
+            continuing = resume and not overwrite and run_folder.has_checkpoint(run_dir)  # as rank 0 decides
         meta = run_folder.read_meta(run_dir) if continuing else None
         if meta is not None:
             cfg = _resumed_config(cfg, meta, run_dir)
