@@ -59,7 +59,8 @@ def run_to_end(
                 if bar is None:
                     from tqdm.auto import tqdm
 
-                    bar = tqdm(total=event.total, desc=desc, unit="step", dynamic_ncols=True)
+                    # shown after 0.5 s: quick jobs and early refusals stay one clean line
+                    bar = tqdm(total=event.total, desc=desc, unit="step", dynamic_ncols=True, delay=0.5)
                 if bar.total != event.total:
                     bar.total = event.total
                 bar.n = event.step

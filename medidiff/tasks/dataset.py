@@ -211,7 +211,20 @@ def generate_dataset_steps(
             written += 1
 
         if todo:
-            yield from _sample_jobs(model, todo, write, sampler=sampler_name, steps=steps, guidance=guidance,
+            # Batches lie on a fixed grid over *all* of this shard's jobs, and a batch with any
+            # missing file is computed whole (only its missing files are written). So a resumed
+            # run computes exactly the batches an uninterrupted one did, and batched CPU files
+            # stay bit-identical across kill and resume (on the same machine and thread count).
+            per_call = 1 if (bit_identical and model.device.type == "cpu") else max(1, int(batch_size))
+            missing = {job.index for job in todo}
+            chunks = [jobs[k:k + per_call] for k in range(0, len(jobs), per_call)]
+            wanted = [job for chunk in chunks if any(j.index in missing for j in chunk) for job in chunk]
+
+            def write_missing(job: _Job, scan: Scan, mask: Scan | None, pixels: np.ndarray) -> None:
+                if job.index in missing:
+                    write(job, scan, mask, pixels)
+
+            yield from _sample_jobs(model, wanted, write_missing, sampler=sampler_name, steps=steps, guidance=guidance,
                                     batch_size=batch_size, bit_identical=bit_identical)
         yield Progress(step=1, total=1, message="manifest")
         merged, card, quality = merge_dataset(out_dir, n, model=model, format=fmt, command=command, real=real,
