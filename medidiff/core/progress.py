@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -17,6 +18,8 @@ from typing import Any, TypeVar
 import numpy as np
 
 T = TypeVar("T")
+
+_BAR_DELAY_S = 0.5
 
 TaskGenerator = Generator["Progress", None, T]
 
@@ -59,8 +62,9 @@ def run_to_end(
                 if bar is None:
                     from tqdm.auto import tqdm
 
-                    # shown after 0.5 s: quick jobs and early refusals stay one clean line
-                    bar = tqdm(total=event.total, desc=desc, unit="step", dynamic_ncols=True, delay=0.5)
+                    # shown after a moment: quick jobs and early refusals stay one clean line
+                    bar = tqdm(total=event.total, desc=desc, unit="step", dynamic_ncols=True, delay=_BAR_DELAY_S)
+                    started = time.monotonic()
                 if bar.total != event.total:
                     bar.total = event.total
                 bar.n = event.step
@@ -69,7 +73,8 @@ def run_to_end(
                     bar.set_description_str(f"{desc or ''} {event.message}".strip(), refresh=False)
                 if postfix:
                     bar.set_postfix({k: f"{v:.4g}" for k, v in postfix.items()}, refresh=False)
-                bar.refresh()
+                if time.monotonic() - started >= _BAR_DELAY_S:
+                    bar.refresh()
     finally:
         if bar is not None:
             bar.close()
