@@ -68,7 +68,7 @@ def _options(**given) -> "AnomalyOptions":
 
 @anomaly_app.command()
 def detect(
-    model: Path = typer.Argument(..., help="A model trained on healthy scans: a folder, a built-in name (mr2d) or a user model name."),
+    model: str = typer.Argument(..., help="A model trained on healthy scans: a folder, a built-in name (mr2d) or a user model name."),
     input: Path = typer.Argument(..., metavar="IN", help="The scan to examine (NIfTI, DICOM, TIFF, PNG)."),
     out_map: Path = typer.Argument(..., metavar="OUT_MAP", help="Where to write the anomaly map (the model's intensity units, so the same for a rescaled scan; the input's geometry)."),
     mask: Path = typer.Option(None, "--mask", help="Also write the binary mask map > threshold here."),

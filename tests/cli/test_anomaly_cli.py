@@ -139,3 +139,19 @@ def test_absurd_values_are_refused_before_any_work(workspace, capsys, option, va
     w = workspace
     code, out, err = call(capsys, "anomaly", w / "model", w / "case1.nii.gz", w / "m.nii.gz", "--device", "cpu", option, value)
     assert code == 2 and len(err.strip().splitlines()) == 1 and option in err
+
+
+def test_out_of_distribution_scan_is_one_warning_line(tmp_path, capsys):
+    from medidiff.builtin.sample_scans import SAMPLES
+
+    code, out, err = call(capsys, "anomaly", "mr2d", SAMPLES / "cell_heldout.tif", tmp_path / "map.tif", "--device", "cpu")
+    assert code == 0, err
+    assert err.count("warning:") == 1, err  # (after the progress bar's last frame)
+    warn = err.split("warning:")[1].splitlines()[0]
+    assert "cell_heldout.tif" in warn and "looks unlike" in warn and "expect" in warn
+    side = json.loads((tmp_path / "map.anomaly.json").read_text())
+    assert side["ood"]["out_of_distribution"] and side["ood"]["reasons"]
+
+    code, out, err = call(capsys, "anomaly", "mr2d", SAMPLES / "mr_heldout.nii.gz", tmp_path / "mr.nii.gz", "--device", "cpu")
+    assert code == 0, err
+    assert "warning:" not in err and not json.loads((tmp_path / "mr.anomaly.json").read_text())["ood"]["out_of_distribution"]

@@ -376,3 +376,51 @@ def test_map_does_not_change_when_the_scan_is_rescaled(calibrated, lesioned):
         np.testing.assert_allclose(b.map.array, a.map.array, rtol=1e-3, atol=1e-3 * float(a.map.array.max()))
         np.testing.assert_array_equal(b.mask.array, a.mask.array)
         assert b.score == pytest.approx(a.score, rel=1e-3)
+
+
+# -- out-of-distribution warning -------------------------------------------------------------------------------
+def test_mr2d_warns_on_a_microscopy_image_not_on_its_own_mr_sample():
+    import warnings
+
+    from medidiff.builtin.sample_scans import microscopy_sample, mr_sample
+    from medidiff.model_store.registry import resolve_model
+    from medidiff.tasks.anomaly import OutOfDistributionWarning
+
+    mr2d = resolve_model("mr2d", device="cpu")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        own = detect_anomalies(mr2d, mr_sample(), device="cpu")
+    assert not [w for w in caught if issubclass(w.category, OutOfDistributionWarning)]
+    assert not own.out_of_distribution and own.ood["reasons"] == []
+    assert 0.5 < own.ood["structure_ratio"] < 2.0 and own.ood["residual_ratio"] < 2.0
+
+    with pytest.warns(OutOfDistributionWarning) as record:
+        cell = detect_anomalies(mr2d, microscopy_sample(), device="cpu")
+    text = str(record[0].message)
+    assert "cell_heldout.tif" in text and "mr2d" in text and "expect" in text and "\n" not in text
+    assert cell.out_of_distribution and cell.ood["structure_ratio"] < 0.4
+    assert cell.map.meta["anomaly"]["out_of_distribution"]  # rides on the map for the widget and sidecar
+
+
+def test_ood_check_flags_a_residual_many_times_the_healthy_level():
+    from medidiff.tasks.anomaly import ood
+
+    rng = np.random.default_rng(0)
+    healthy = np.sort(rng.gamma(2.0, 1.0, 4000))
+    fg = np.ones((16, 16), bool)
+    stack = rng.normal(0, 1, (1, 16, 16))
+    profile = ood.profile_scans([(stack, fg[None])])
+    near = ood.check(rng.gamma(2.0, 1.0, (16, 16)), fg, stack, fg[None], healthy, profile)
+    assert not near["out_of_distribution"] and near["intensity_distance"] < 1e-5
+    far = ood.check(10 * rng.gamma(2.0, 1.0, (16, 16)), fg, stack, fg[None], healthy, profile)
+    assert far["out_of_distribution"] and "residual level" in far["reasons"][0] and far["residual_ratio"] > 5
+    shifted = ood.check(rng.gamma(2.0, 1.0, (16, 16)), fg, stack + 1.0, fg[None], healthy, profile)
+    assert shifted["out_of_distribution"] and "histogram" in shifted["reasons"][0]
+
+
+def test_calibration_stores_the_ood_profile(calibrated, mr_heldout_slices):
+    prof = calibrated.config.anomaly["profile"]
+    assert len(prof["intensity_quantiles"]) == 19 and prof["structure_level"] > 0 and prof["intensity_iqr"] > 0
+    res = detect_anomalies(calibrated, _scan(mr_heldout_slices[1]), device="cpu")
+    assert set(res.ood) >= {"residual_ratio", "structure_ratio", "intensity_distance"}
+    assert not res.out_of_distribution, res.ood  # a healthy held-out slice of the same volume

@@ -4,7 +4,8 @@ One module per job: :mod:`.options` (the :class:`AnomalyOptions` shared by the t
 and the napari widget; torch-free), :mod:`.maps` (partial noising, reconstruction, residual
 maps: the maths is described there), :mod:`.detect` (map, score and mask of a scan),
 :mod:`.calibration` (thresholds and healthy voxel scores from healthy scans, saved into the
-model), :mod:`.fdr` (masks with a stated false-discovery rate). The sidecar file format lives
+model), :mod:`.fdr` (masks with a stated false-discovery rate), :mod:`.ood` (is the scan
+like the calibration scans?). The sidecar file format lives
 in :mod:`medidiff.io.anomaly_sidecar`.
 
 The names below are imported lazily, so ``from medidiff.tasks.anomaly.options import
@@ -24,7 +25,7 @@ _HOMES = {
     "AnomalyResult": "detect", "detect_anomalies": "detect", "detect_anomalies_steps": "detect",
     "sidecar_info": "detect",
     "calibrate_threshold": "calibration", "calibrate_threshold_steps": "calibration",
-    "scan_score": "maps",
+    "scan_score": "maps", "OutOfDistributionWarning": "ood",
 }
 
 __all__ = sorted(_HOMES)

@@ -22,7 +22,7 @@ from medidiff.core.sampling import sample_seed
 from medidiff.errors import InvalidScanError
 from medidiff.io import Scan
 
-from . import fdr
+from . import fdr, ood
 from .detect import use_model
 from .maps import map_steps, plan_scan, tissue_fraction
 from .options import SCORE_PERCENTILE, AnomalyOptionError, AnomalyOptions
@@ -45,7 +45,9 @@ def calibrate_threshold_steps(
     ``options`` (:class:`AnomalyOptions`, changed by ``overrides``) say how maps are made; fields
     left ``None`` take the defaults (not a previous calibration). Stored in ``model.config.anomaly``:
     threshold, percentile, method, options, voxel and scan counts, the calibration scans' names and
-    ``healthy_scores``, a sorted sample of at most ``sample_size`` healthy voxel scores for FDR masks.
+    ``healthy_scores``, a sorted sample of at most ``sample_size`` healthy voxel scores for FDR masks,
+    and ``profile``, the scans' intensity and fine-structure statistics for the out-of-distribution
+    check (:mod:`.ood`).
     With ``save`` and a model loaded from a folder it is written back to that folder atomically
     (the model card gains an "Anomaly calibration" section). Returns the threshold.
     """
@@ -79,6 +81,7 @@ def calibrate_threshold_steps(
             values.append(amap[plan.foreground])
     finally:
         release_memory(model.device)
+    profile = ood.profile_scans([(p.normaliser.forward(p.stack), p.fg) for p in plans])
     pooled = np.concatenate(values) if values else np.zeros(0)
     if pooled.size == 0:
         raise InvalidScanError(None, "the healthy scans have no foreground voxels to calibrate on")
@@ -92,6 +95,7 @@ def calibrate_threshold_steps(
         "units": "the model's reference intensity units (|x - reconstruction|; see medidiff.tasks.anomaly.maps)",
         "score": f"{SCORE_PERCENTILE:g}th percentile of the map in the foreground",
         "healthy_scores": fdr.encode_scores(sample),
+        "profile": profile,
     }
     if save and model.path is not None:
         save_calibration(model)

@@ -5,7 +5,8 @@ voxels, yet driven by a lesion of about 1% of the tissue). The mask is ``map > t
 where the threshold is calibrated on healthy scans (:mod:`.calibration`, stored in the model's
 config.json) or given; or, with ``fdr=q``, the Benjamini-Hochberg mask of conformal p-values
 against the calibration's healthy voxels (:mod:`.fdr`), whose expected share of false voxels
-is at most ``q``.
+is at most ``q``. A scan unlike the calibration scans (:mod:`.ood`) gets a one-line
+:class:`~.ood.OutOfDistributionWarning` and ``result.ood["out_of_distribution"]``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from collections.abc import Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import warnings
 
 import numpy as np
 
@@ -24,6 +27,7 @@ from medidiff.errors import InvalidScanError, ModelError
 from medidiff.io import Scan
 
 from . import fdr as fdr_maths
+from . import ood as ood_check
 from .maps import map_steps, plan_scan, scan_score
 from .options import SCORE_PERCENTILE, AnomalyOptions, MapSettings
 
@@ -36,7 +40,9 @@ class AnomalyResult:
     of ``mask`` (voxel count times voxel volume); ``foreground`` the voxels that were scored;
     ``threshold`` the map value above which the mask is set (for an FDR mask, the one the
     Benjamini-Hochberg procedure chose for this scan); ``fdr`` what the sidecar records of an
-    FDR mask (``None`` otherwise).
+    FDR mask (``None`` otherwise); ``ood`` the out-of-distribution check (:func:`.ood.check`:
+    ``ood["out_of_distribution"]`` is true when the scan is unlike the calibration scans, with
+    the reasons and statistics; ``None`` for a model without a calibration).
     """
 
     map: Scan
@@ -47,6 +53,12 @@ class AnomalyResult:
     foreground: Scan | None = None
     options: dict[str, Any] = field(default_factory=dict)
     fdr: dict[str, Any] | None = None
+    ood: dict[str, Any] | None = None
+
+    @property
+    def out_of_distribution(self) -> bool:
+        """Whether the scan looked unlike the model's healthy calibration scans (see ``ood``)."""
+        return bool(self.ood and self.ood.get("out_of_distribution"))
 
 
 def use_model(model: DiffusionModel | str | Path, device: str | None) -> DiffusionModel:
@@ -79,6 +91,21 @@ def _calibration(model: DiffusionModel, settings: MapSettings, need: str) -> dic
             f"use the calibrated options, recalibrate with these (`medidiff anomaly calibrate`), or pass {need}"
         )
     return cal
+
+
+def _ood(model: DiffusionModel, settings: MapSettings, plan: Any, amap: np.ndarray, source: str) -> dict[str, Any] | None:
+    """The OOD check against the calibration (residual level only if it was made with ``settings``); warns."""
+    cal = model.config.anomaly or {}
+    if "threshold" not in cal:
+        return None
+    same = all(cal.get("options", {}).get(k, v) == v for k, v in settings.to_dict().items())
+    healthy = fdr_maths.decode_scores(cal["healthy_scores"]) if same and cal.get("healthy_scores") else None
+    stack = plan.normaliser.forward(plan.stack)
+    info = ood_check.check(amap, plan.foreground, stack, plan.fg, healthy, cal.get("profile"))
+    if info["out_of_distribution"]:
+        name = Path(model.path).name if model.path else "the model"
+        warnings.warn(ood_check.warning_text(source, name, info), ood_check.OutOfDistributionWarning, stacklevel=3)
+    return info
 
 
 def _fdr_table(model: DiffusionModel, settings: MapSettings) -> np.ndarray:
@@ -122,6 +149,7 @@ def detect_anomalies_steps(
     finally:
         release_memory(model.device)
     fg = plan.foreground
+    ood_info = _ood(model, settings, plan, amap, str(scan.meta.get("source_path") or "the scan"))
     score = scan_score(amap, fg, SCORE_PERCENTILE)
     fdr_info = None
     if table is not None:
@@ -139,12 +167,15 @@ def detect_anomalies_steps(
             "score_definition": f"{SCORE_PERCENTILE:g}th percentile of the map in the foreground"}
     if fdr_info is not None:
         info["fdr"] = opts.fdr
+    if ood_info is not None and ood_info["out_of_distribution"]:
+        info["out_of_distribution"] = ood_info["reasons"]
     meta = {**scan.meta, "anomaly": info}
     return AnomalyResult(
         map=scan.with_array(amap.astype(np.float32), meta=meta),
         mask=scan.with_array(mask.astype(np.float32), meta={**scan.meta, "anomaly": info, "label": True}),
         score=score, threshold=thr, volume_mm3=volume,
         foreground=scan.with_array(fg.astype(np.float32)), options=settings.to_dict(), fdr=fdr_info,
+        ood=ood_info,
     )
 
 
@@ -158,4 +189,6 @@ def sidecar_info(result: AnomalyResult, **extra: Any) -> dict[str, Any]:
                             "options": result.options}
     if result.fdr is not None:
         info["fdr"] = result.fdr
+    if result.ood is not None:
+        info["ood"] = result.ood
     return {**info, **extra}
