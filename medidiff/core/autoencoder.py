@@ -1,0 +1,289 @@
+"""``Autoencoder``: a MONAI ``AutoencoderKL`` that maps scans to a smaller latent field and back.
+
+Latent diffusion (Rombach et al. 2022) trains the diffusion model on ``z = E(x)`` instead of the
+pixels ``x``: with two downsamplings a 2D slice of ``H x W`` becomes a one-channel latent of
+``H/4 x W/4`` (16x fewer values; 3D: ``D/4 x H/4 x W/4``, 64x fewer), so every network call of
+the diffusion model is that much cheaper, and the decoder ``D`` turns a sampled latent back into
+an image. The encoder is variational (KL-regularised): it returns a mean ``z_mu`` and a spread
+``z_sigma``; a small KL weight in training keeps the latent space smooth. medidiff encodes with
+``z_mu`` (deterministic), so the same scan always gives the same latent.
+
+Inputs are in network units (the pixel normaliser of the training data maps scan units to about
+[-1, 1]; it is stored with the autoencoder). ``encode``/``decode`` take an optional window
+(``roi``): inputs larger than it are processed in gaussian-blended sliding windows (MONAI
+``sliding_window_inference``, whose output scale follows the network's), so memory stays bounded
+for volumes that do not fit; generation decodes in windows of the prior's latent field.
+
+An autoencoder is a folder, written and checked exactly like a ``DiffusionModel``::
+
+    config.json          network arguments, training field, pixel normaliser, geometry,
+                         medidiff version, sha256 of the weights file
+    weights.safetensors  weights -- never a pickle
+
+Loading never unpickles, checks the hash and every network value, and raises ``ModelError``
+with one line naming the file for anything else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from medidiff.core.config_check import MAX_CHANNELS, MAX_SIDE, ModelConfigError
+from medidiff.core.intensity import Normaliser
+from medidiff.errors import ModelError
+from medidiff.io.atomic import atomic_dir
+from medidiff.version import __version__
+
+FORMAT = "medidiff-autoencoder"
+FORMAT_VERSION = 1
+
+# len(channels) - 1 downsamplings: three levels = 4x per axis. Parameter counts (2D, one latent
+# channel): tiny ~29 k (tests), small ~0.45 M (CPU), base ~1.8 M (GPU).
+AE_PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(channels=(8, 16, 16), num_res_blocks=1, norm_num_groups=4),
+    "small": dict(channels=(32, 64, 64), num_res_blocks=1, norm_num_groups=16),
+    "base": dict(channels=(64, 128, 128), num_res_blocks=2, norm_num_groups=32),
+}
+
+
+@dataclass
+class AutoencoderConfig:
+    """Everything needed to rebuild an autoencoder, stored as config.json."""
+
+    spatial_dims: int
+    image_size: tuple[int, ...]  # training field in pixels (array order)
+    preset: str = "tiny"
+    network: dict[str, Any] = field(default_factory=dict)
+    latent_channels: int = 1
+    normaliser: dict[str, Any] = field(default_factory=lambda: Normaliser(-1.0, 1.0, kind="identity").to_dict())
+    spacing: tuple[float, ...] = ()
+    orientation: str = ""
+    modality: str = "OT"
+    slice_axis: int | None = None
+    training: dict[str, Any] = field(default_factory=dict)
+    medidiff_version: str = __version__
+
+    def __post_init__(self) -> None:
+        self.image_size = tuple(int(s) for s in self.image_size)
+        self.spacing = tuple(float(s) for s in self.spacing)
+        if self.spatial_dims not in (2, 3):
+            raise ModelConfigError(f"autoencoder spatial_dims must be 2 or 3, got {self.spatial_dims}")
+        if len(self.image_size) != self.spatial_dims or not all(1 <= s <= MAX_SIDE for s in self.image_size):
+            raise ModelConfigError(f"autoencoder image_size {self.image_size} must be {self.spatial_dims} sizes in 1..{MAX_SIDE}")
+        if not self.network:
+            if self.preset not in AE_PRESETS:
+                raise ModelConfigError(f"unknown autoencoder preset {self.preset!r}; choose one of {', '.join(AE_PRESETS)}")
+            self.network = dict(AE_PRESETS[self.preset])
+        _check_network(self.network, "autoencoder config")
+        if not isinstance(self.latent_channels, int) or not 1 <= self.latent_channels <= 64:
+            raise ModelConfigError(f"autoencoder latent_channels must be an integer in 1..64, got {self.latent_channels!r}")
+        if any(s % self.factor for s in self.image_size):
+            raise ModelConfigError(f"autoencoder image_size {self.image_size} must be divisible by {self.factor} "
+                                   f"({len(self.network['channels']) - 1} downsamplings)")
+
+    @property
+    def factor(self) -> int:
+        """Downsampling per axis (pixels per latent voxel along each axis)."""
+        return 2 ** (len(self.network["channels"]) - 1)
+
+    @property
+    def latent_size(self) -> tuple[int, ...]:
+        """The training field in latent voxels."""
+        return tuple(s // self.factor for s in self.image_size)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["image_size"] = list(self.image_size)
+        d["spacing"] = list(self.spacing)
+        d["network"] = {k: list(v) if isinstance(v, tuple) else v for k, v in self.network.items()}
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "AutoencoderConfig":
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        net = dict(known.get("network", {}))
+        if "channels" in net and isinstance(net["channels"], list):
+            net["channels"] = tuple(net["channels"])
+        known["network"] = net
+        return cls(**known)
+
+
+def _check_network(net: Any, where: str | Path) -> None:
+    if not isinstance(net, dict):
+        raise ModelConfigError(f"{where}: network must be a JSON object, got {type(net).__name__}")
+    channels = net.get("channels")
+    if not isinstance(channels, (list, tuple)) or not 2 <= len(channels) <= 5 or \
+            not all(isinstance(c, int) and not isinstance(c, bool) and 1 <= c <= MAX_CHANNELS for c in channels):
+        raise ModelConfigError(f"{where}: network.channels must list 2..5 channel counts in 1..{MAX_CHANNELS}, got {channels!r}")
+    blocks, groups = net.get("num_res_blocks"), net.get("norm_num_groups")
+    if not isinstance(blocks, int) or isinstance(blocks, bool) or not 1 <= blocks <= 8:
+        raise ModelConfigError(f"{where}: network.num_res_blocks must be an integer in 1..8, got {blocks!r}")
+    if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1 or any(c % groups for c in channels):
+        raise ModelConfigError(f"{where}: network.norm_num_groups must be a positive divisor of every channel count, got {groups!r}")
+
+
+def build_autoencoder(config: AutoencoderConfig) -> torch.nn.Module:
+    """The MONAI ``AutoencoderKL`` described by ``config`` (no attention: cheap on a CPU)."""
+    from monai.networks.nets import AutoencoderKL
+
+    net = config.network
+    levels = len(net["channels"])
+    return AutoencoderKL(
+        spatial_dims=config.spatial_dims, in_channels=1, out_channels=1, num_res_blocks=net["num_res_blocks"],
+        channels=tuple(net["channels"]), attention_levels=(False,) * levels, latent_channels=config.latent_channels,
+        norm_num_groups=net["norm_num_groups"], with_encoder_nonlocal_attn=False, with_decoder_nonlocal_attn=False,
+        include_fc=False,
+    )
+
+
+def sha256_file(path: Path) -> str:
+    """The hex sha256 of a file (read in 1 MiB chunks)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class Autoencoder:
+    """An ``AutoencoderKL`` plus its pixel normaliser and geometry; save/load as a folder."""
+
+    def __init__(self, config: AutoencoderConfig, network: torch.nn.Module | None = None) -> None:
+        self.config = config
+        self.network = network if network is not None else build_autoencoder(config)
+        self.normaliser = Normaliser.from_dict(config.normaliser)
+        self.path: Path | None = None
+
+    @classmethod
+    def create(cls, spatial_dims: int, image_size: tuple[int, ...] | int, preset: str = "tiny", latent_channels: int = 1,
+               normaliser: Normaliser | None = None, spacing: tuple[float, ...] = (), orientation: str = "",
+               modality: str = "OT", slice_axis: int | None = None, seed: int = 0) -> "Autoencoder":
+        """A new, untrained autoencoder; ``seed`` fixes the initial weights."""
+        if isinstance(image_size, int):
+            image_size = (image_size,) * spatial_dims
+        config = AutoencoderConfig(
+            spatial_dims=spatial_dims, image_size=tuple(image_size), preset=preset, latent_channels=latent_channels,
+            normaliser=(normaliser or Normaliser(-1.0, 1.0, kind="identity")).to_dict(), spacing=tuple(spacing),
+            orientation=orientation, modality=modality, slice_axis=slice_axis,
+        )
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            network = build_autoencoder(config)
+        return cls(config, network)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.network.parameters()).device
+
+    @property
+    def factor(self) -> int:
+        return self.config.factor
+
+    def to(self, device: str | torch.device) -> "Autoencoder":
+        from medidiff.core.devices import resolve_device
+
+        self.network.to(resolve_device(device))
+        return self
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.network.parameters())
+
+    # -- encode / decode ---------------------------------------------------------------------
+    def _check_size(self, spatial: tuple[int, ...], unit: int, what: str) -> None:
+        if len(spatial) != self.config.spatial_dims or any(s % unit for s in spatial):
+            raise ModelError(f"{what} of size {spatial}: this {self.config.spatial_dims}D autoencoder needs "
+                             f"{self.config.spatial_dims} sizes divisible by {unit}")
+
+    def _windowed(self, x: torch.Tensor, roi: tuple[int, ...] | None, fn, sw_batch_size: int) -> torch.Tensor:
+        from monai.inferers import sliding_window_inference
+
+        if roi is None or all(s <= r for s, r in zip(x.shape[2:], roi)):
+            return fn(x)
+        # larger than the window: gaussian-blended windows of ``roi`` (the output's scale follows)
+        return torch.cat([sliding_window_inference(x[b : b + 1], roi_size=tuple(roi), sw_batch_size=sw_batch_size,
+                                                   predictor=fn, overlap=0.25, mode="gaussian", padding_mode="replicate")
+                          for b in range(x.shape[0])])
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor, roi: tuple[int, ...] | None = None, sw_batch_size: int = 4) -> torch.Tensor:
+        """Latent means ``z_mu`` of images ``x`` (N, 1, *size), network units, sizes divisible by the factor.
+
+        ``roi`` (pixels): encode in gaussian-blended windows of this size when ``x`` is larger
+        (bounded memory for big volumes); ``None``: the whole image at once.
+        """
+        self._check_size(tuple(x.shape[2:]), self.factor, "an image")
+        return self._windowed(x.float().to(self.device), roi, lambda w: self.network.encode(w)[0], sw_batch_size)
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor, roi: tuple[int, ...] | None = None, sw_batch_size: int = 4) -> torch.Tensor:
+        """Images (network units) from latents ``z`` (N, C, *latent size).
+
+        ``roi`` (latent voxels): decode in gaussian-blended windows of this size when ``z`` is
+        larger, e.g. the latent field the prior was trained on; ``None``: all at once.
+        """
+        self._check_size(tuple(z.shape[2:]), 1, "a latent")
+        return self._windowed(z.float().to(self.device), roi, self.network.decode, sw_batch_size)
+
+    # -- save / load ---------------------------------------------------------------------------
+    def save(self, folder: str | Path, overwrite: bool = False) -> Path:
+        """Write the autoencoder folder atomically (config.json + weights.safetensors with its sha256)."""
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        weights = {k: v.detach().to("cpu").contiguous() for k, v in self.network.state_dict().items()}
+        with atomic_dir(folder, overwrite=overwrite) as tmp:
+            wpath = tmp / "weights.safetensors"
+            save_file(weights, str(wpath), metadata={"format": FORMAT})
+            config = {"format": FORMAT, "format_version": FORMAT_VERSION, **self.config.to_dict(),
+                      "weights_sha256": sha256_file(wpath)}
+            (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        self.path = folder
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path, device: str | torch.device = "cpu") -> "Autoencoder":
+        """Load an autoencoder folder (no unpickling; hash checked); ``ModelError`` on any problem."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        folder = Path(folder)
+        cpath, wpath = folder / "config.json", folder / "weights.safetensors"
+        if not folder.is_dir() or not cpath.is_file():
+            raise ModelError(f"{folder}: not a medidiff autoencoder folder (no config.json); train one with "
+                             "`medidiff latent train-autoencoder`")
+        try:
+            raw = json.loads(cpath.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ModelError(f"{cpath}: not valid JSON ({exc}); the autoencoder folder is damaged") from None
+        if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+            raise ModelError(f"{cpath}: not a medidiff autoencoder config (no 'format: {FORMAT}')")
+        version = raw.get("format_version")
+        if not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
+            raise ModelError(f"{cpath}: autoencoder format_version {version!r} is not one this medidiff reads (1..{FORMAT_VERSION})")
+        if not wpath.is_file():
+            raise ModelError(f"{wpath}: missing; the autoencoder folder is incomplete")
+        expected, actual = raw.get("weights_sha256"), sha256_file(wpath)
+        if expected != actual:
+            raise ModelError(f"{wpath}: sha256 {actual[:12]}... does not match config.json ({str(expected)[:12]}...); "
+                             "the weights are corrupted or were replaced")
+        try:
+            config = AutoencoderConfig.from_dict({k: v for k, v in raw.items() if k not in ("format", "format_version", "weights_sha256")})
+            model = cls(config)
+        except ModelError as exc:
+            raise ModelError(f"{cpath}: {exc}") from None
+        except (TypeError, ValueError, KeyError, AttributeError) as exc:
+            raise ModelError(f"{cpath}: config does not describe a valid autoencoder ({exc!r})") from None
+        try:
+            model.network.load_state_dict(load_file(str(wpath)), strict=True)
+        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ModelError(f"{wpath}: weights do not fit the network in config.json ({first})") from None
+        model.network.eval()
+        model.path = folder
+        return model.to(device)

@@ -1,0 +1,156 @@
+"""``LatentModel``: a diffusion prior over autoencoder latents, plus the autoencoder and scale factor.
+
+The latent scale factor
+    A diffusion schedule assumes data of about unit variance (the noise it adds at the last
+    step is N(0, 1)). Latents of a KL autoencoder have whatever spread the encoder learnt, so
+    they are standardised first: ``u = (z - shift) * scale_factor`` with ``shift`` the mean and
+    ``scale_factor = 1 / std`` of the training latents (Rombach et al. 2022, sec. 4.3; MONAI's
+    tutorials compute it and then lose it). It is **stored** here, twice on purpose: as
+    ``latent.json`` (readable) and as the prior's own normaliser, ``Normaliser(shift - 1/sf,
+    shift + 1/sf, kind="given")``, whose ``forward`` is exactly that map. Loading checks that the
+    two agree.
+
+A latent model is a folder::
+
+    MODEL/               the ordinary DiffusionModel folder of the latent prior
+      latent.json        format, scale_factor, shift, latent and pixel field sizes,
+                         the autoencoder's weights sha256
+      autoencoder/       the Autoencoder folder (config.json + weights.safetensors)
+
+so pixel-space model folders (no ``latent.json``) load unchanged with ``DiffusionModel.load``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from medidiff.core.autoencoder import Autoencoder
+from medidiff.core.intensity import Normaliser
+from medidiff.core.model import DiffusionModel
+from medidiff.errors import ModelError
+
+FORMAT = "medidiff-latent"
+FORMAT_VERSION = 1
+LATENT_JSON = "latent.json"
+AUTOENCODER_DIR = "autoencoder"
+
+
+def latent_normaliser(shift: float, scale_factor: float) -> Normaliser:
+    """The prior's normaliser: latent units -> ``(z - shift) * scale_factor`` (unit variance)."""
+    half = 1.0 / float(scale_factor)
+    return Normaliser(float(shift) - half, float(shift) + half, kind="given",
+                      detail=f"latent: (z - {shift:.6g}) * scale_factor {scale_factor:.6g}")
+
+
+def is_latent_model(folder: str | Path) -> bool:
+    """True when ``folder`` holds a latent model (a ``latent.json``)."""
+    return (Path(folder) / LATENT_JSON).is_file()
+
+
+@dataclass
+class LatentModel:
+    """A latent diffusion prior, its autoencoder and the latent standardisation."""
+
+    prior: DiffusionModel
+    autoencoder: Autoencoder
+    scale_factor: float
+    shift: float = 0.0
+    path: Path | None = None
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.scale_factor) and self.scale_factor > 0 and math.isfinite(self.shift)):
+            raise ModelError(f"latent scale_factor must be a positive finite number and shift finite, "
+                             f"got {self.scale_factor!r}, {self.shift!r}")
+        pc, ac = self.prior.config, self.autoencoder.config
+        if pc.spatial_dims != ac.spatial_dims:
+            raise ModelError(f"the latent prior is {pc.spatial_dims}D but the autoencoder is {ac.spatial_dims}D")
+        if ac.latent_channels != 1:
+            raise ModelError(f"the autoencoder has {ac.latent_channels} latent channels; latent priors take 1")
+
+    @property
+    def device(self) -> torch.device:
+        return self.prior.device
+
+    @property
+    def field_size(self) -> tuple[int, ...]:
+        """The pixel field a sample has by default: the prior's latent size times the factor."""
+        return tuple(s * self.autoencoder.factor for s in self.prior.config.image_size)
+
+    def to(self, device: str | torch.device) -> "LatentModel":
+        self.prior.to(device)
+        self.autoencoder.to(self.prior.device)
+        return self
+
+    def latent_record(self) -> dict[str, Any]:
+        """What ``latent.json`` holds."""
+        return {
+            "format": FORMAT, "format_version": FORMAT_VERSION, "scale_factor": float(self.scale_factor),
+            "shift": float(self.shift), "factor": self.autoencoder.factor,
+            "latent_size": list(self.prior.config.image_size), "field_size": list(self.field_size),
+            "autoencoder": AUTOENCODER_DIR,
+        }
+
+    def save(self, folder: str | Path, overwrite: bool = False, model_card: str | None = None) -> Path:
+        """Write MODEL/ (the prior), MODEL/autoencoder/ and MODEL/latent.json."""
+        folder = Path(folder)
+        self.prior.save(folder, overwrite=overwrite, model_card=model_card)
+        write_latent_parts(folder, self)
+        self.path = folder
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path, device: str | torch.device = "cpu") -> "LatentModel":
+        """Load a latent model folder; ``ModelError`` (one line) for anything missing or inconsistent."""
+        from medidiff.core.autoencoder import sha256_file
+
+        folder = Path(folder)
+        lpath = folder / LATENT_JSON
+        if not lpath.is_file():
+            if (folder / "config.json").is_file():
+                raise ModelError(f"{folder}: a pixel-space model (no {LATENT_JSON}); use `medidiff generate` for it")
+            raise ModelError(f"{folder}: not a medidiff latent model folder (no {LATENT_JSON})")
+        try:
+            raw = json.loads(lpath.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ModelError(f"{lpath}: not valid JSON ({exc}); the model folder is damaged") from None
+        if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+            raise ModelError(f"{lpath}: not a medidiff latent record (no 'format: {FORMAT}')")
+        if raw.get("format_version") not in range(1, FORMAT_VERSION + 1):
+            raise ModelError(f"{lpath}: latent format_version {raw.get('format_version')!r} is not one this medidiff reads")
+        sf, shift = raw.get("scale_factor"), raw.get("shift", 0.0)
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (sf, shift)):
+            raise ModelError(f"{lpath}: scale_factor and shift must be numbers, got {sf!r}, {shift!r}")
+        ae_dir = folder / AUTOENCODER_DIR
+        autoencoder = Autoencoder.load(ae_dir, device="cpu")
+        expected = raw.get("autoencoder_weights_sha256")
+        if expected != sha256_file(ae_dir / "weights.safetensors"):
+            raise ModelError(f"{ae_dir}: these autoencoder weights are not the ones the prior was trained on "
+                             f"({LATENT_JSON} records another sha256)")
+        prior = DiffusionModel.load(folder, device="cpu")
+        want = latent_normaliser(float(shift), float(sf))
+        got = prior.normaliser
+        if not (math.isclose(got.low, want.low, rel_tol=1e-6, abs_tol=1e-9) and
+                math.isclose(got.high, want.high, rel_tol=1e-6, abs_tol=1e-9)):
+            raise ModelError(f"{lpath}: scale_factor {sf} / shift {shift} disagree with the prior's normaliser "
+                             f"[{got.low:.6g}, {got.high:.6g}] in config.json; the folder is damaged")
+        model = cls(prior, autoencoder, float(sf), float(shift), path=folder)
+        return model.to(device)
+
+
+def write_latent_parts(folder: Path, model: LatentModel) -> None:
+    """Add ``autoencoder/`` and ``latent.json`` to an existing prior folder (replacing older ones)."""
+    from medidiff.core.autoencoder import sha256_file
+    from medidiff.io.atomic import atomic_file
+
+    folder = Path(folder)
+    ae_dir = folder / AUTOENCODER_DIR
+    model.autoencoder.save(ae_dir, overwrite=True)
+    record = dict(model.latent_record(), autoencoder_weights_sha256=sha256_file(ae_dir / "weights.safetensors"))
+    with atomic_file(folder / LATENT_JSON, overwrite=True) as tmp:
+        tmp.write_text(json.dumps(record, indent=2) + "\n")

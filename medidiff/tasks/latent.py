@@ -1,0 +1,265 @@
+"""Latent diffusion: train a diffusion prior on autoencoder latents, and generate through the decoder.
+
+The steps (Rombach et al. 2022, as MONAI's tutorials do them, but with the scale factor kept):
+
+1. :func:`train_autoencoder_steps` (:mod:`medidiff.tasks.autoencoder_train`) learns ``E``/``D``.
+2. :func:`encode_training_data` maps every training image (2D slice or 3D volume, centred in the
+   pixel *field*) to its latent mean ``z = E(x)`` (plus its left-right mirror image when
+   ``flip``: the usual flip augmentation, done in pixel space because a latent of a mirrored image
+   is not the mirrored latent), and standardises: ``u = (z - shift) * scale_factor`` with
+   ``shift = mean(z)`` and ``scale_factor = 1 / std(z)``.
+3. :func:`train_latent_steps` trains an ordinary :class:`DiffusionModel` on ``u`` with
+   :func:`medidiff.tasks.train.train_steps`: a one-channel latent travels as an image, the
+   prior's normaliser *is* the standardisation (``latent_normaliser``), so the scale factor is
+   stored in config.json and again in ``latent.json`` (see :mod:`medidiff.core.latent_model`).
+   Latent batches are not augmented again (``augment=False``): flips and affines of a latent
+   are not latents of flipped images.
+4. :func:`generate_latent_steps` samples ``u`` with the existing samplers (no x0 clipping: the
+   standardised latents are unit-variance, not bounded by 1), maps back to ``z`` and decodes,
+   in gaussian-blended windows of the training latent field when a larger output is asked for.
+
+The run folder is the one ``train_steps`` writes (``RUN/model``, ``RUN/log.csv``, ``RUN/state``);
+the autoencoder and ``latent.json`` are added to ``RUN/model`` when training ends or is
+cancelled (a mid-run checkpoint holds only the prior; ``resume=True`` re-encodes the same data
+deterministically and continues).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import torch
+
+from medidiff.core.autoencoder import Autoencoder
+from medidiff.core.data import TrainingData, fit_to_size, prepare_training_data
+from medidiff.core.latent_model import LatentModel, latent_normaliser, write_latent_parts
+from medidiff.core.progress import Progress, plain_twin, relay
+from medidiff.errors import MedidiffError, OutputError
+from medidiff.io import Scan
+from medidiff.tasks.autoencoder_train import (AutoencoderResult, AutoencoderTrainConfig, train_autoencoder,
+                                              train_autoencoder_steps)
+from medidiff.tasks.generate import GenerateResult, training_affine
+from medidiff.tasks.train import train_steps
+from medidiff.tasks.train_config import TrainConfig
+
+__all__ = ["AutoencoderResult", "AutoencoderTrainConfig", "LatentTrainResult", "encode_training_data",
+           "generate_latent", "generate_latent_steps", "train_autoencoder", "train_autoencoder_steps",
+           "train_latent", "train_latent_steps"]
+
+
+@dataclass
+class LatentTrainResult:
+    """The trained latent model, its run folder and the prior's loss per step."""
+
+    model: LatentModel
+    run_dir: Path | None
+    losses: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _as_autoencoder(autoencoder: Autoencoder | str | Path, device: str | torch.device) -> Autoencoder:
+    if isinstance(autoencoder, Autoencoder):
+        return autoencoder.to(device)
+    return Autoencoder.load(Path(autoencoder).expanduser(), device=device)
+
+
+def default_field(shape: Sequence[int], multiple: int) -> tuple[int, ...]:
+    """The smallest field of whole ``multiple``s that holds an image of ``shape``."""
+    return tuple(int(math.ceil(s / multiple) * multiple) for s in shape)
+
+
+def encode_training_data(
+    autoencoder: Autoencoder,
+    data: Sequence[str | Path | Scan] | str | Path | Scan,
+    *,
+    field: Sequence[int] | None = None,
+    multiple: int = 1,
+    flip: bool = True,
+    batch_size: int = 8,
+) -> tuple[TrainingData, float, float]:
+    """Latents of the training images, standardised, as ``TrainingData`` + ``(scale_factor, shift)``.
+
+    Each image (slice or volume, mapped by the autoencoder's own pixel normaliser) is centred in
+    the pixel ``field`` (padded with its minimum or cropped); ``field=None`` takes the first
+    image's shape rounded up to a multiple of ``factor * multiple`` (so the latent suits a prior
+    whose sizes must be multiples of ``multiple``).
+    """
+    cfg = autoencoder.config
+    td = prepare_training_data(data, spatial_dims=cfg.spatial_dims, image_size=cfg.image_size,
+                               slice_axis=cfg.slice_axis, normaliser=autoencoder.normaliser, augment=False,
+                               modality=cfg.modality)
+    unit = autoencoder.factor * max(1, int(multiple))
+    size = tuple(int(s) for s in field) if field is not None else default_field(td.images[0].shape, unit)
+    if len(size) != cfg.spatial_dims or any(s < 1 or s % unit for s in size):
+        raise MedidiffError(f"latent field {size}: give {cfg.spatial_dims} sizes, each a positive multiple of {unit} "
+                            f"(autoencoder factor {autoencoder.factor} x prior multiple {multiple})")
+    images = [fit_to_size([img], size, None, [float(img.min())])[0] for img in td.images]
+    if flip:
+        images += [np.ascontiguousarray(img[..., ::-1]) for img in images]
+    latents = []
+    for i in range(0, len(images), batch_size):
+        x = torch.from_numpy(np.stack(images[i : i + batch_size])[:, None].astype(np.float32))
+        latents.append(autoencoder.encode(x).cpu())
+    z = torch.cat(latents)[:, 0].double()
+    shift, std = float(z.mean()), float(z.std())
+    if not std > 1e-8:
+        raise MedidiffError("the training latents are (almost) constant: the autoencoder has not learnt these images")
+    scale_factor = 1.0 / std
+    norm = latent_normaliser(shift, scale_factor)
+    units = [norm.forward(zi.float().numpy()) for zi in z]
+    f = autoencoder.factor
+    latent_td = TrainingData(
+        images=units, normaliser=norm, spatial_dims=cfg.spatial_dims, image_size=tuple(s // f for s in size),
+        spacing=tuple(s * f for s in td.spacing), orientation=td.orientation, modality=td.modality,
+        slice_axis=td.slice_axis, sources=td.sources, augment=False,
+    )
+    return latent_td, scale_factor, shift
+
+
+def _check_run_dir(out: Path, autoencoder: Autoencoder | str | Path) -> None:
+    ae_path = autoencoder.path if isinstance(autoencoder, Autoencoder) else Path(autoencoder)
+    if ae_path is None:
+        return
+    a, o = Path(ae_path).expanduser().resolve(), out.resolve()
+    if a == o or o in a.parents:
+        raise OutputError(f"{out}: is (or holds) the autoencoder {ae_path}; choose a run folder outside it")
+
+
+def train_latent_steps(
+    data: Sequence[str | Path | Scan] | str | Path | Scan,
+    autoencoder: Autoencoder | str | Path,
+    out: str | Path | None = None,
+    config: TrainConfig | None = None,
+    *,
+    field: Sequence[int] | None = None,
+    flip: bool = True,
+    resume: bool = False,
+    overwrite: bool = False,
+    **options: Any,
+) -> Generator[Progress, None, LatentTrainResult]:
+    """Encode ``data`` with ``autoencoder`` and train a latent diffusion prior on it (see the module docstring).
+
+    ``config`` / ``options`` are :class:`TrainConfig` settings of the prior (``preset``, ``steps``,
+    ``batch_size``, ``lr``, ``seed``, ``device``, ...); its ``dims``, ``image_size`` and
+    ``augment`` are set from the latents. ``field``: the pixel field (default: the first training
+    image's shape, rounded up). With ``out``, RUN/model becomes a latent model folder.
+    """
+    from medidiff.core.devices import resolve_device
+    from medidiff.core.model import PRESETS
+    from medidiff.tasks.train import check_out_outside_data
+
+    unknown = sorted(set(options) - {f.name for f in dataclasses.fields(TrainConfig)})
+    if unknown:
+        raise MedidiffError(f"train_latent: unknown option(s) {', '.join(unknown)}; the settings are TrainConfig's fields")
+    cfg = dataclasses.replace(config or TrainConfig(), **options)
+    if cfg.preset not in PRESETS:
+        raise MedidiffError(f"preset {cfg.preset!r}: choose one of {', '.join(PRESETS)}")
+    run_dir = Path(out).expanduser() if out is not None else None
+    items = [data] if isinstance(data, (str, Path, Scan)) else list(data)
+    if run_dir is not None:
+        check_out_outside_data(run_dir, items)
+        _check_run_dir(run_dir, autoencoder)
+    ae = _as_autoencoder(autoencoder, resolve_device(cfg.device))
+    yield Progress(step=0, total=cfg.total_steps, message="encoding the training data")
+    multiple = 2 ** (len(PRESETS[cfg.preset]["channels"]) - 1)
+    td, scale_factor, shift = encode_training_data(ae, data, field=field, multiple=multiple, flip=flip)
+    cfg = dataclasses.replace(cfg, dims=ae.config.spatial_dims, image_size=td.image_size, augment=False,
+                              modality=cfg.modality or td.modality)
+    inner = train_steps(td, run_dir, cfg, resume=resume, overwrite=overwrite)
+    try:
+        result = yield from relay(inner, message="latent prior")
+    except GeneratorExit:
+        # cancelled: train_steps has checkpointed the prior; make RUN/model a latent model folder
+        if run_dir is not None and (run_dir / "model" / "config.json").is_file():
+            from medidiff.core.model import DiffusionModel
+
+            write_latent_parts(run_dir / "model", LatentModel(DiffusionModel.load(run_dir / "model"), ae, scale_factor, shift))
+        raise
+    lm = LatentModel(result.model, ae, scale_factor, shift)
+    if run_dir is not None:
+        write_latent_parts(run_dir / "model", lm)
+        lm.path = lm.prior.path = run_dir / "model"
+    return LatentTrainResult(model=lm, run_dir=run_dir, losses=result.losses, seconds=result.seconds)
+
+
+def _pixel_geometry(ae: Autoencoder) -> tuple[tuple[float, ...], np.ndarray]:
+    """Spacing and affine of decoded images: the autoencoder's training geometry."""
+    c = ae.config
+    spacing = tuple(c.spacing) or (1.0,) * c.spatial_dims
+    # training_affine reads only these config fields, which the autoencoder records too
+    affine = training_affine(SimpleNamespace(config=c))  # type: ignore[arg-type]
+    return spacing, affine
+
+
+def generate_latent_steps(
+    model: LatentModel | str | Path,
+    n: int,
+    *,
+    seed: int = 0,
+    sampler: str | None = None,
+    steps: int = 20,
+    batch_size: int = 8,
+    image_size: Sequence[int] | None = None,
+    clip_x0: float | None = None,
+    device: str | torch.device = "auto",
+) -> Generator[Progress, None, GenerateResult]:
+    """Generate ``n`` scans with a latent model, yielding a ``Progress`` per network step.
+
+    Sample ``j`` draws its noise from ``sample_seed(seed, j)``: the same seed (and batch size, on
+    the CPU) gives the same bytes. ``image_size`` (pixels, multiples of the autoencoder factor)
+    defaults to the training field; larger latents are sampled with the prior's sliding window and
+    decoded in windows of the training latent field. Scans are in the training scans' units and
+    geometry, ``meta["synthetic"] = True``.
+    """
+    from medidiff.core.devices import resolve_device
+    from medidiff.core.sampling import check_sampler, generate_batch, sample_seed
+
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise MedidiffError(f"n must be an integer >= 1, got {n!r}")
+    if not isinstance(steps, int) or steps < 1:
+        raise MedidiffError(f"steps must be an integer >= 1, got {steps!r}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise MedidiffError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    dev = resolve_device(device)
+    lm = model.to(dev) if isinstance(model, LatentModel) else LatentModel.load(Path(model).expanduser(), device=dev)
+    prior, ae = lm.prior, lm.autoencoder
+    f = ae.factor
+    size = tuple(int(s) for s in (image_size if image_size is not None else lm.field_size))
+    if len(size) != prior.config.spatial_dims or any(s < f or s % f for s in size):
+        raise MedidiffError(f"image size {size}: this {prior.config.spatial_dims}D latent model needs "
+                            f"{prior.config.spatial_dims} sizes, each a positive multiple of {f}")
+    try:
+        sampler = check_sampler(prior, sampler)
+    except ValueError as exc:
+        raise MedidiffError(str(exc)) from None
+    latent_size = tuple(s // f for s in size)
+    batches = [list(range(i, min(i + batch_size, n))) for i in range(0, n, batch_size)]
+    total = len(batches) * steps
+    yield Progress(step=0, total=total, message=f"sampling {n} latents of {'x'.join(map(str, latent_size))}")
+    spacing, affine = _pixel_geometry(ae)
+    norm = prior.normaliser
+    scans, seeds = [], []
+    for b, idx in enumerate(batches):
+        batch_seeds = [sample_seed(seed, j) for j in idx]
+        u = yield from relay(generate_batch(prior, batch_seeds, sampler=sampler, steps=steps, clip_x0=clip_x0,
+                                            image_size=latent_size),
+                             step=b * steps, total=total, message=f"samples {idx[0] + 1}-{idx[-1] + 1}/{n}")
+        z = u.float() * float(norm.half_range) + float((norm.high + norm.low) / 2.0)
+        x = ae.decode(z, roi=tuple(prior.config.image_size)).cpu().numpy()[:, 0]
+        for j, s, img in zip(idx, batch_seeds, ae.normaliser.inverse(x)):
+            meta = {"synthetic": True, "latent": True, "seed": int(s), "index": int(j),
+                    "description": f"medidiff latent sample {j:05d}", "model": Path(lm.path).name if lm.path else ""}
+            scans.append(Scan(np.ascontiguousarray(img, dtype=np.float32), spacing, affine, ae.config.modality, meta))
+            seeds.append(int(s))
+    return GenerateResult(scans=scans, masks=None, seeds=seeds, labels=[None] * n)
+
+
+train_latent = plain_twin(train_latent_steps, "train latent")
+generate_latent = plain_twin(generate_latent_steps, "generate latent")
