@@ -43,14 +43,17 @@ def _report(path: Path, scan, result) -> None:
               suptitle=f"sigma {_describe(result.sigma, '')} (scan units), t = {t}")
 
 
-def _default_model(path: Path) -> str:
-    """The built-in model that fits the scan's modality, or a clear error asking for one."""
+def _default_model(path: Path, fit: bool = False) -> str:
+    """The built-in model that fits the scan's modality (with ``fit``: else ``"none"``), or a clear error."""
     from medidiff.errors import ModelError
     from medidiff.io import load_scan
     from medidiff.model_store.registry import default_model_for
 
     modality = load_scan(path).modality
     name = default_model_for(modality)
+    if name is None and fit:
+        typer.echo(f"no built-in model for modality {modality}: --fit trains a new one on the scan")
+        return "none"
     if name is None:
         raise ModelError(f"{path}: no built-in model fits modality {modality!r}; name a model: "
                          "medidiff denoise MODEL IN OUT (see `medidiff models`)")
@@ -86,8 +89,15 @@ def denoise(
     per_slice: bool = typer.Option(False, "--per-slice", help="Estimate the noise level slice by slice."),
     ensemble: int = typer.Option(1, "--ensemble", help="Tweedie self-ensemble: 1, 4 (flips) or 8 (flips and rotations, square pixels)."),
     uncertainty: Path = typer.Option(None, "--uncertainty", help="Write the per-voxel posterior std here (implies --method posterior)."),
+    interval: str = typer.Option(None, "--interval", metavar="LOW,HIGH", help="Write per-voxel interval bounds (scan units) to these two files, folders for a folder IN, e.g. low.nii.gz,high.nii.gz; the clean value lies inside with probability --coverage (split conformal, calibrated by `medidiff denoise-calibrate`; built-ins are calibrated)."),
+    coverage: float = typer.Option(None, "--coverage", help="Nominal coverage of --interval, 0.5-0.99 (default 0.9)."),
     report: Path = typer.Option(None, "--report", help="PNG: input, output, difference, uncertainty (a folder of PNGs for a folder IN)."),
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Slices per network call."),
+    fit: bool = typer.Option(False, "--fit", help="Train on the noisy scan itself first (no clean data needed): "
+                             "fine-tunes MODEL, or a new network when MODEL is 'none'."),
+    fit_minutes: float = typer.Option(2.0, "--fit-minutes", help="Wall-clock budget of --fit training, in minutes."),
+    fit_steps: int = typer.Option(100_000, "--fit-steps", help="At most this many --fit training steps "
+                                  "(reproducible results for a seed when it stops training before the clock)."),
     device: str = DEVICE,
     seed: int = SEED,
     overwrite: bool = OVERWRITE,
@@ -103,6 +113,10 @@ def denoise(
       medidiff denoise noisy_mr.nii.gz clean.nii.gz --model mr2d --ensemble 4
 
       medidiff denoise my-model scans/ denoised/ --method posterior --uncertainty sd/
+
+      medidiff denoise mr2d noisy.nii.gz clean.nii.gz --interval low.nii.gz,high.nii.gz --coverage 0.9
+
+      medidiff denoise none noisy_cells.tif clean.tif --fit --fit-minutes 2   (no clean data: fit to the scan)
     """
     from medidiff.core.devices import resolve_device
     from medidiff.io import load_scan, save_scan
@@ -120,40 +134,58 @@ def denoise(
     if ensemble not in ENSEMBLE_SIZES:
         raise typer.BadParameter(f"{ensemble}; choose one of {', '.join(map(str, ENSEMBLE_SIZES))}", param_hint="--ensemble")
     from medidiff.cli.denoise_args import read_arguments
+    from medidiff.cli.denoise_fit import check_fit_options, fit_report, run_fit
 
     if uncertainty is not None:
         method = "posterior"
+    bounds = None
+    if interval is not None or coverage is not None:
+        from medidiff.tasks.denoise_intervals import parse_interval_option
+
+        (low_path, high_path), coverage = parse_interval_option(interval, coverage)
+        bounds = (Path(low_path), Path(high_path))
     args = read_arguments(first, second, third, model_option)
     model, src, dst = args.model, args.src, args.dst
+    fit_options = check_fit_options(fit, model, method, ensemble, uncertainty, per_slice, strength, fit_minutes,
+                                    fit_steps)
     existing_path(src)
     paths, folder = _inputs(src)
     if model is None:
-        model = _default_model(paths[0])
+        model = _default_model(paths[0], fit)
     # refuse bad outputs before any compute
-    for out in (dst, uncertainty, report):
+    for out in (dst, uncertainty, report, *(bounds or ())):
         if out is not None:
             check_output_path(out, overwrite=overwrite, inputs=[src])
 
-    net = resolve_model(model, device=str(resolve_device(device)))
+    net = None if fit and model.lower() == "none" else resolve_model(model, device=str(resolve_device(device)))
     options = dict(method=method, noise=noise, sigma=sigma, strength=strength, steps=steps, samples=samples,
-                   per_slice=per_slice, ensemble=ensemble, batch_size=batch_size, seed=seed, device=device)
+                   per_slice=per_slice, ensemble=ensemble, batch_size=batch_size, seed=seed, device=device,
+                   coverage=coverage if bounds else None)
     with ExitStack() as stack:
         # a folder IN gives folder outputs, each built in a temporary folder and moved in at the end
         out_dir = stack.enter_context(atomic_dir(dst, overwrite, [src])) if folder else None
         unc_dir = stack.enter_context(atomic_dir(uncertainty, overwrite, [src])) if folder and uncertainty else None
         rep_dir = stack.enter_context(atomic_dir(report, overwrite, [src])) if folder and report else None
+        bound_dirs = [stack.enter_context(atomic_dir(b, overwrite, [src])) for b in bounds] if folder and bounds else None
         for path in paths:
             scan = load_scan(path)
-            result = run_to_end(denoise_steps(net, scan, **options), show=True, desc=path.name)
             unit = f" {scan.meta['unit']}" if scan.meta.get("unit") and scan.meta.get("unit") not in ("mm", "pixel") else ""
-            typer.echo(f"{path.name}: noise model {result.noise_model} ({result.reason}); "
-                       f"sigma {_describe(result.sigma, unit)} (scan units); timestep {_describe(result.timestep, '')}")
+            if fit:
+                result = run_fit(net, scan, path, options, fit_options)
+            else:
+                result = run_to_end(denoise_steps(net, scan, **options), show=True, desc=path.name)
+                typer.echo(f"{path.name}: noise model {result.noise_model} ({result.reason}); "
+                           f"sigma {_describe(result.sigma, unit)} (scan units); timestep {_describe(result.timestep, '')}")
             out = out_dir / path.name if out_dir else dst
             save_scan(result.scan, out, overwrite=overwrite, inputs=[src, path], source=scan)
             if uncertainty is not None and result.uncertainty is not None:
                 save_scan(result.uncertainty, unc_dir / path.name if unc_dir else uncertainty,
                           overwrite=overwrite, inputs=[src, path], source=scan)
+            if bounds and result.interval is not None:
+                for k, (b, part) in enumerate(zip(bounds, result.interval)):
+                    save_scan(part, bound_dirs[k] / path.name if bound_dirs else b, overwrite=overwrite,
+                              inputs=[src, path], source=scan)
             if report is not None:
                 stem = path.name.split(".")[0] or path.name
-                _report(rep_dir / f"{stem}.png" if rep_dir else report, scan, result)
+                (fit_report if fit else _report)(rep_dir / f"{stem}.png" if rep_dir else report, scan, result)
             typer.echo(f"wrote {dst / path.name if folder else dst}")
