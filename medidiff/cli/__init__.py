@@ -50,8 +50,8 @@ def _register() -> None:
     from medidiff.cli.common import import_commands
 
     # each command module adds itself to ``app`` on import; keep this list in CLI order
-    import_commands("medidiff.cli", ("info", "convert", "train", "generate", "denoise", "anomaly",
-                                     "evaluate", "models", "demo"))
+    import_commands("medidiff.cli", ("info", "convert", "train", "generate", "denoise", "denoise_calibrate", "anomaly",
+                                     "evaluate", "models", "demo", "latent"))
 
 
 def _plain_flags(typer_app: typer.Typer) -> None:

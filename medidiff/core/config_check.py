@@ -96,7 +96,7 @@ def check_config(raw: Any, where: str | Path) -> None:
     for key in ("modality", "orientation", "preset"):
         if key in raw and not isinstance(raw[key], str):
             raise ModelConfigError(f"{where}: {key} must be a string, got {raw[key]!r}")
-    for key in ("training", "anomaly"):
+    for key in ("training", "anomaly", "intervals"):
         if key in raw and not isinstance(raw[key], dict):
             raise ModelConfigError(f"{where}: {key} must be a JSON object, got {type(raw[key]).__name__}")
 

@@ -67,6 +67,7 @@ class ModelConfig:
     slice_axis: int | None = None
     training: dict[str, Any] = field(default_factory=dict)
     anomaly: dict[str, Any] = field(default_factory=dict)
+    intervals: dict[str, Any] = field(default_factory=dict)  # denoise interval calibration (tasks.denoise_intervals)
     medidiff_version: str = __version__
 
     def __post_init__(self) -> None:

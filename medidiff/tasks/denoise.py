@@ -71,6 +71,7 @@ from medidiff.core.slicing import SliceLayout
 from medidiff.errors import InvalidScanError, MedidiffError, ModelError
 from medidiff.io import Scan
 from medidiff.tasks import denoise_checks as checks
+from medidiff.tasks import denoise_intervals as intervals
 from medidiff.tasks.ensemble import ENSEMBLE_SIZES, ensemble_average
 
 log = logging.getLogger(__name__)
@@ -100,6 +101,8 @@ class DenoiseResult:
     per-voxel posterior std (``posterior`` only). ``noise_model`` and ``reason``: which noise
     model was used and why. ``gain``: photon gain (Poisson-Gaussian only; ``sigma_read`` is then
     the read noise in scan units). ``normaliser``: the intensity map this scan was denoised in.
+    ``interval``: ``(low, high)`` scans (scan units) that hold the clean value with probability
+    ``coverage`` (split conformal, ``medidiff.tasks.denoise_intervals``), when asked for.
     """
 
     scan: Scan
@@ -112,6 +115,8 @@ class DenoiseResult:
     sigma_read: float | None = None
     sigma_normalised: np.ndarray | None = None
     normaliser: dict | None = None
+    interval: tuple[Scan, Scan] | None = None
+    coverage: float | None = None
 
     @property
     def sigma_median(self) -> float:
@@ -200,6 +205,7 @@ def denoise_steps(
     batch_size: int = 8,
     seed: int = 0,
     device: str = "auto",
+    coverage: float | None = None,
 ) -> Generator[Progress, None, DenoiseResult]:
     """Denoise ``scan`` with a diffusion model; yields ``Progress``, returns a :class:`DenoiseResult`.
 
@@ -215,16 +221,21 @@ def denoise_steps(
                 geometric self-ensemble of ``tweedie`` (see ``medidiff.tasks.ensemble``).
     batch_size: slices per network call. ``seed``: seeds ``posterior`` (same seed, same result).
     device:     ``"auto"``, ``"cpu"``, ``"cuda"``, ...
+    coverage:   also return per-voxel intervals holding the clean value with this probability
+                (0.5-0.99; needs the model's interval calibration, see ``denoise_intervals``).
     """
     from medidiff.core.devices import release_memory, resolve_device
     from medidiff.core.sampling import predict, sample
     from medidiff.model_store.registry import resolve_model
 
     _check_options(method, noise, sigma, strength, steps, samples, batch_size, ensemble)
+    intervals.check_coverage(coverage)
     if not isinstance(scan, Scan):
         raise TypeError(f"denoise expects a Scan, got {type(scan).__name__}")
     dev = resolve_device(device)
     model = resolve_model(model, device=str(dev))
+    if coverage is not None:  # refuse before any work when there is no calibration for this method
+        intervals.find_calibration(model, method, ensemble, strength=strength)
     kind = model.schedule.kind
     if method == "posterior" and kind != "ddpm":
         raise ModelError(f"{model.path or 'model'}: posterior sampling needs a DDPM-schedule model; "
@@ -250,6 +261,10 @@ def denoise_steps(
     work = domain.to_gaussian(items)
     s_net = np.asarray(norm.scale_sigma(domain.sigma), dtype=np.float64).reshape(-1) * strength
     checks.check_noise_range(model, s_net, source)
+    cal = None
+    if coverage is not None:
+        cal = intervals.find_calibration(model, method, ensemble, noise_model, strength)
+        cal.check_level(s_net, source)
     times = np.array([sched.timestep_for_noise(float(s)) for s in s_net])
     batches = _batches(times, batch_size)
     k_samples = samples if method == "posterior" else 1
@@ -309,9 +324,16 @@ def denoise_steps(
         unc_meta = dict(scan.meta)
         unc_meta["description"] = f"medidiff denoise uncertainty (posterior std, {samples} samples)"
         unc_scan = scan.with_array(layout.from_items(unc), meta=unc_meta)
+    bounds = None
+    if cal is not None:
+        low, high = intervals.interval_items(cal, float(coverage), out, norm, s_net, unc, domain.gain,
+                                            domain.sigma_read)
+        bounds = tuple(scan.with_array(layout.from_items(b), meta={**scan.meta, "description": f"medidiff denoise "
+                                       f"{coverage:g} interval {side} ({label})"}) for b, side in ((low, "low"), (high, "high")))
     return DenoiseResult(out_scan, np.asarray(domain.sigma, dtype=np.float64).copy(), times.copy(), unc_scan,
                          noise_model, reason, gain=domain.gain, sigma_read=domain.sigma_read,
-                         sigma_normalised=s_net.copy(), normaliser=norm.to_dict())
+                         sigma_normalised=s_net.copy(), normaliser=norm.to_dict(), interval=bounds,
+                         coverage=None if cal is None else float(coverage))
 
 
 denoise = plain_twin(denoise_steps, "denoise")
