@@ -263,3 +263,38 @@ def generate_latent_steps(
 
 train_latent = plain_twin(train_latent_steps, "train latent")
 generate_latent = plain_twin(generate_latent_steps, "generate latent")
+
+
+LATENT_FORMATS = ("nifti", "tiff", "png")
+
+
+def write_latent_samples(result: GenerateResult, out: str | Path, format: str = "nifti", overwrite: bool = False) -> Path:
+    """Write generated scans to a new folder ``out`` (atomically) with a ``manifest.csv`` (file, index, seed, sha256).
+
+    This is the latent path's own small writer; the shared data-set path (resume, shards, data
+    card, memorisation check: :mod:`medidiff.tasks.dataset`) does not take latent models yet.
+    """
+    import csv
+
+    from medidiff.core.autoencoder import sha256_file
+    from medidiff.io import save_scan
+    from medidiff.io.atomic import atomic_dir
+    from medidiff.tasks.dataset import sample_name
+
+    if format not in LATENT_FORMATS:
+        raise MedidiffError(f"format {format!r}: choose one of {', '.join(LATENT_FORMATS)}")
+    dims = result.scans[0].ndim if result.scans else 2
+    if format == "png" and dims != 2:
+        raise MedidiffError("format png holds 2D images only; choose nifti or tiff for volumes")
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        rows = []
+        for scan in result.scans:
+            name = sample_name(int(scan.meta["index"]), format, dims)
+            save_scan(scan, tmp / name, format=format)
+            rows.append({"file": name, "index": scan.meta["index"], "seed": scan.meta["seed"],
+                         "sha256": sha256_file(tmp / name)})
+        with open(tmp / "manifest.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["file", "index", "seed", "sha256"])
+            writer.writeheader()
+            writer.writerows(rows)
+    return Path(out)

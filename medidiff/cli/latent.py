@@ -1,0 +1,163 @@
+"""``medidiff latent ...``: latent diffusion (train an autoencoder, a latent prior, generate).
+
+The commands only turn options into arguments of :mod:`medidiff.tasks.latent` and drive its
+generators with a progress bar; every bad input is a one-line error (exit 2).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from medidiff.cli import app
+from medidiff.cli.common import DEVICE, OVERWRITE, SEED, existing_path
+
+EXAMPLES = """\b
+Examples (2D slices of MR volumes; the autoencoder compresses 4x per axis):
+  medidiff latent train-autoencoder scans/ --out ae/ --image-size 64 --steps 2000
+  medidiff latent train scans/ --autoencoder ae/ --out runs/latent --steps 3000
+  medidiff latent generate runs/latent/model --n 16 --out synth/
+\b
+The latent model folder is an ordinary model folder (the prior) with autoencoder/ and
+latent.json (the stored latent scale factor) inside. Denoising and anomaly detection keep
+using pixel-space models.
+"""
+
+latent_app = typer.Typer(
+    name="latent", help="Latent diffusion: a diffusion model in the latent space of an autoencoder.\n\n"
+    "Example:  medidiff latent train-autoencoder scans/ --out ae/",
+    no_args_is_help=True, add_completion=False, epilog=EXAMPLES,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.add_typer(latent_app, name="latent")
+
+
+def _size(text: str | None, dims: int):
+    from medidiff.cli.train import parse_image_size
+
+    return None if text is None else parse_image_size(text, dims)
+
+
+@latent_app.command("train-autoencoder", epilog=EXAMPLES)
+def train_autoencoder_cmd(
+    data: list[Path] = typer.Argument(..., help="Scan files and/or folders of scans (NIfTI, DICOM series, TIFF, PNG)."),
+    out: Path = typer.Option(..., "--out", help="Autoencoder folder to write (config.json + weights.safetensors)."),
+    dims: int = typer.Option(2, "--dims", help="2: slices; 3: volume patches."),
+    preset: str = typer.Option("tiny", "--preset", help="Autoencoder size: tiny (tests), small (CPU), base (GPU)."),
+    image_size: str = typer.Option("64", "--image-size", help="Training crop in pixels (multiple of 4), e.g. 64 or 16,32,32."),
+    steps: int = typer.Option(1000, "--steps", min=1, help="Optimiser steps."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Images per step."),
+    lr: float = typer.Option(1e-3, "--lr", min=0.0, help="Learning rate (Adam)."),
+    kl_weight: float = typer.Option(1e-6, "--kl-weight", min=0.0, help="Weight of the KL term against the L1 reconstruction loss."),
+    minutes: float = typer.Option(None, "--minutes", min=0.0, help="Stop after this much wall time (at a step boundary)."),
+    slice_axis: int = typer.Option(None, "--slice-axis", min=0, max=2, help="2D from volumes: array axis to slice (default: coarsest)."),
+    modality: str = typer.Option(None, "--modality", help="Record this modality when the files do not (NIfTI, PNG)."),
+    seed: int = SEED,
+    device: str = DEVICE,
+    overwrite: bool = OVERWRITE,
+) -> None:
+    """Train the autoencoder of a latent model (L1 + a small KL term).
+
+    Example:  medidiff latent train-autoencoder scans/ --out ae/ --image-size 64 --steps 2000
+    """
+    from medidiff.core.data import scan_paths
+    from medidiff.core.progress import run_to_end
+    from medidiff.tasks.latent import train_autoencoder_steps
+
+    files = scan_paths(data)
+    result = run_to_end(train_autoencoder_steps(
+        files, out, dims=dims, preset=preset, image_size=_size(image_size, dims), steps=steps, batch_size=batch_size,
+        lr=lr, kl_weight=kl_weight, minutes=minutes if minutes else None, slice_axis=slice_axis, modality=modality,
+        seed=seed, device=device, overwrite=overwrite), show=True, desc="autoencoder")
+    ae = result.autoencoder
+    typer.echo(f"autoencoder: {out} ({ae.num_parameters():,} parameters, {ae.config.spatial_dims}D, {ae.factor}x per axis)")
+    typer.echo(f"steps:       {len(result.losses)} in {result.seconds:.1f} s; final L1 "
+               f"{sum(result.losses[-20:]) / max(1, len(result.losses[-20:])):.4g} (network units)")
+    typer.echo(f"next:        medidiff latent train {' '.join(map(str, data))} --autoencoder {out} --out RUN")
+
+
+@latent_app.command("train", epilog=EXAMPLES)
+def train_cmd(
+    data: list[Path] = typer.Argument(..., help="Scan files and/or folders of scans (the autoencoder's kind of data)."),
+    autoencoder: Path = typer.Option(..., "--autoencoder", help="Autoencoder folder (from `medidiff latent train-autoencoder`)."),
+    out: Path = typer.Option(..., "--out", help="Run folder; the latent model is written to RUN/model."),
+    preset: str = typer.Option("tiny", "--preset", help="Prior network size: tiny, small, base."),
+    steps: int = typer.Option(None, "--steps", min=1, help="Optimiser steps (default 1000)."),
+    batch_size: int = typer.Option(16, "--batch-size", min=1, help="Latents per step."),
+    lr: float = typer.Option(1e-3, "--lr", min=0.0, help="Peak learning rate (warm-up, then cosine decay)."),
+    schedule: str = typer.Option("ddpm", "--schedule", help="ddpm or rflow."),
+    prediction: str = typer.Option(None, "--prediction", help="ddpm: epsilon (default) or v_prediction; rflow: flow."),
+    field: str = typer.Option(None, "--field", help="Pixel field of one sample, e.g. 96,128 (default: the training "
+                              "slices' size rounded up to a multiple of 16)."),
+    no_flip: bool = typer.Option(False, "--no-flip", help="Do not add mirrored copies of the training images."),
+    checkpoint_every: int = typer.Option(500, "--checkpoint-every", min=0, help="Checkpoint every N steps (0: not by steps)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    seed: int = SEED,
+    device: str = DEVICE,
+    overwrite: bool = OVERWRITE,
+) -> None:
+    """Encode the training scans and train a diffusion prior on their latents.
+
+    Example:  medidiff latent train scans/ --autoencoder ae/ --out runs/latent --steps 3000
+    """
+    from medidiff.core.autoencoder import Autoencoder
+    from medidiff.core.data import scan_paths
+    from medidiff.core.progress import run_to_end
+    from medidiff.tasks.latent import train_latent_steps
+
+    existing_path(autoencoder)
+    files = scan_paths(data)
+    ae = Autoencoder.load(autoencoder)
+    size = _size(field, ae.config.spatial_dims)
+    if isinstance(size, int):
+        size = (size,) * ae.config.spatial_dims
+    result = run_to_end(train_latent_steps(
+        files, ae, out, preset=preset, steps=steps, batch_size=batch_size, lr=lr, schedule=schedule,
+        prediction=prediction, field=size, flip=not no_flip, checkpoint_every=checkpoint_every, seed=seed,
+        device=device, resume=resume, overwrite=overwrite, command="medidiff latent train DATA --autoencoder AE"),
+        show=True, desc="latent prior")
+    m = result.model
+    typer.echo(f"model:        {out / 'model'} (prior {m.prior.num_parameters():,} parameters on "
+               f"{'x'.join(map(str, m.prior.config.image_size))} latents; samples {'x'.join(map(str, m.field_size))})")
+    typer.echo(f"scale factor: {m.scale_factor:.6g} (shift {m.shift:.6g}), stored in {out / 'model' / 'latent.json'}")
+    typer.echo(f"time:         {result.seconds:.1f} s; next: medidiff latent generate {out / 'model'} --n 16 --out synth/")
+
+
+@latent_app.command("generate", epilog=EXAMPLES)
+def generate_cmd(
+    model: Path = typer.Argument(..., metavar="MODEL", help="Latent model folder (RUN/model of `medidiff latent train`)."),
+    n: int = typer.Option(..., "--n", "-n", min=1, help="Number of samples."),
+    out: Path = typer.Option(..., "--out", help="Output folder (new; sample files + manifest.csv)."),
+    format: str = typer.Option("nifti", "--format", help="nifti, tiff or png (2D)."),
+    sampler: str = typer.Option(None, "--sampler", help="ddpm, ddim, dpm++2m (default for DDPM priors) or euler (rflow)."),
+    steps: int = typer.Option(20, "--steps", min=1, help="Sampling steps."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Samples per network call."),
+    image_size: str = typer.Option(None, "--image-size", help="Output size in pixels (multiples of 4; default: the training field)."),
+    seed: int = SEED,
+    device: str = DEVICE,
+    overwrite: bool = OVERWRITE,
+) -> None:
+    """Generate synthetic scans with a latent model: DIR/sample_*.nii.gz and manifest.csv.
+
+    Example:  medidiff latent generate runs/latent/model --n 16 --out synth/
+    """
+    from medidiff.core.latent_model import LatentModel
+    from medidiff.core.progress import run_to_end
+    from medidiff.io.atomic import check_output_path
+    from medidiff.tasks.latent import LATENT_FORMATS, generate_latent_steps, write_latent_samples
+
+    from medidiff.errors import MedidiffError
+
+    if format not in LATENT_FORMATS:
+        raise MedidiffError(f"--format {format!r}: choose one of {', '.join(LATENT_FORMATS)}")
+    existing_path(model)
+    check_output_path(out, overwrite=overwrite, inputs=[model])
+    lm = LatentModel.load(model)
+    size = _size(image_size, lm.prior.config.spatial_dims)
+    if isinstance(size, int):
+        size = (size,) * lm.prior.config.spatial_dims
+    result = run_to_end(generate_latent_steps(lm, n, seed=seed, sampler=sampler, steps=steps, batch_size=batch_size,
+                                              image_size=size, device=device), show=True, desc="generate")
+    write_latent_samples(result, out, format=format, overwrite=overwrite)
+    typer.echo(f"wrote {len(result.scans)} samples of {'x'.join(map(str, result.scans[0].shape))} to {out} (manifest.csv)")
