@@ -71,6 +71,15 @@ def import_(
     """
     from medidiff.model_store.registry import import_model
 
-    size = tuple(int(s) for s in image_size.split(",")) if image_size else None
+    size = None
+    if image_size:
+        try:
+            size = tuple(int(s) for s in image_size.split(","))
+        except ValueError:
+            size = ()
+        if not size or len(size) not in (2, 3) or min(size) < 1:
+            from medidiff.errors import MedidiffError
+
+            raise MedidiffError(f"--image-size {image_size!r}: give 2 or 3 whole numbers >= 1, e.g. 64,64")
     dest = import_model(src, name, image_size=size, low=low, high=high, modality=modality, overwrite=overwrite)
     typer.echo(f"imported {src} as {dest.name} ({dest})")
