@@ -140,3 +140,48 @@ def test_unusable_scan_exits_2_with_one_line_and_no_output(capsys, tmp_path, tin
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and "bad.nii.gz" in lines[0] and message in lines[0], err
     assert not out.exists()
+
+
+# -- --fit: train on the noisy scan itself ---------------------------------------------------------
+@pytest.fixture
+def noisy_cell_tif(tmp_path) -> Path:
+    from medidiff.builtin.sample_scans import microscopy_sample
+
+    sample = microscopy_sample()
+    noisy = noise_lib.add_noise(sample.array[200:264, 60:124], "poisson-gaussian", 0.1, rng=0)
+    return save_scan(Scan(noisy.astype(np.float32), sample.spacing, sample.affine, "microscopy"), tmp_path / "cells.tif")
+
+
+def test_fit_none_trains_on_the_scan_and_writes_output(capsys, tmp_path, noisy_cell_tif):
+    out, report = tmp_path / "fit.tif", tmp_path / "fit.png"
+    code, stdout, err = call(capsys, "denoise", "none", noisy_cell_tif, out, "--fit", "--fit-steps", "3",
+                             "--report", report, "--device", "cpu")
+    assert code == 0, err
+    assert "fitted a new model to the scan itself (3 steps" in stdout and "poisson-gaussian" in stdout
+    denoised = load_scan(out)
+    assert denoised.shape == (64, 64) and np.all(np.isfinite(denoised.array))
+    assert not np.array_equal(denoised.array, load_scan(noisy_cell_tif).array)
+    assert report.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_fit_on_a_single_8x8_image_exits_2_with_one_line_and_no_output(capsys, tmp_path):
+    rng = np.random.default_rng(0)
+    src = save_scan(Scan((100 + 10 * rng.standard_normal((8, 8))).astype(np.float32), (1.0, 1.0), np.eye(4),
+                         "microscopy"), tmp_path / "tiny.tif")
+    out = tmp_path / "out.tif"
+    code, _, err = call(capsys, "denoise", "none", src, out, "--fit", "--device", "cpu")
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "tiny.tif" in lines[0] and "8x8" in lines[0], err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("extra, message", [([], "add --fit"), (["--fit", "--method", "ddim"], "drop --method ddim"),
+                                            (["--fit", "--ensemble", "4"], "drop --ensemble 4"),
+                                            (["--fit", "--fit-minutes", "0"], "--fit-minutes"),
+                                            (["--fit", "--fit-steps", "0"], "--fit-steps")])
+def test_fit_option_misuse_is_one_line(capsys, tmp_path, noisy_cell_tif, extra, message):
+    out = tmp_path / "out.tif"
+    code, _, err = call(capsys, "denoise", "none", noisy_cell_tif, out, *extra, "--device", "cpu")
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and message in lines[0], err
+    assert not out.exists()
