@@ -17,7 +17,7 @@ from medidiff.cli.common import DEVICE, SEED, existing_path
 
 @app.command("denoise-calibrate")
 def denoise_calibrate(
-    model: Path = typer.Argument(..., help="The model folder; the calibration is saved into its config.json."),
+    model: str = typer.Argument(..., metavar="MODEL", help="The model folder (or a user model's name); the calibration is saved into its config.json."),
     scans: list[Path] = typer.Argument(..., metavar="SCANS...", help="Clean scans like the training data (files or folders)."),
     levels: str = typer.Option("0.02,0.03,0.05,0.08,0.12,0.18,0.27,0.4,0.6", "--levels",
                                help="Simulated noise std in the model's normalised units (its range is about 2), comma-separated; "

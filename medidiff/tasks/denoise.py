@@ -44,6 +44,11 @@ depend on how the scan's intensities are stored: ``denoise(c * x) == c * denoise
 ``c > 0`` (and ``+ b`` too for Gaussian noise), up to rounding. Inputs the model cannot handle
 are refused with one line, never turned into artefacts (``medidiff.tasks.denoise_checks``).
 
+Intervals: ``coverage=c`` also returns per-voxel ``(low, high)`` bounds that hold the clean value
+with probability ``c`` (split conformal prediction calibrated on the model's training-like data,
+stored in its ``config.json``; the maths and its exchangeability assumption are in
+``medidiff.tasks.denoise_intervals``).
+
 Layout: a 2D model on a 3D volume works slice by slice along ``model.config.slice_axis`` (axis
 0 when unset; ``medidiff.core.slicing.SliceLayout``), ``batch_size`` slices per network call, one
 ``Progress`` per batch (per batch and sample for ``posterior``). A 3D model takes the whole

@@ -94,7 +94,8 @@ def _runs(model, scans: Sequence[Scan], levels: Sequence[float], draws: int, noi
     return out
 
 
-def _check(scans: list, levels: Sequence[float], draws: int, scale: str, method: str) -> list[float]:
+def _check(scans: list, levels: Sequence[float], draws: int, scale: str, method: str, ensemble: int,
+           noise: str) -> list[float]:
     if not scans:
         raise InvalidScanError(None, "no calibration scans were given")
     lv = sorted(float(v) for v in levels)
@@ -104,6 +105,12 @@ def _check(scans: list, levels: Sequence[float], draws: int, scale: str, method:
         raise iv.IntervalError(f"--draws must be >= 1, got {draws}")
     if scale not in iv.SCALES:
         raise iv.IntervalError(f"--scale must be one of {', '.join(iv.SCALES)}, got {scale!r}")
+    from medidiff.tasks.denoise import ENSEMBLE_SIZES, METHODS, NOISE_CHOICES
+
+    if method not in METHODS or ensemble not in ENSEMBLE_SIZES or noise not in NOISE_CHOICES:
+        raise iv.IntervalError(f"--method, --ensemble, --noise must be one of {'/'.join(METHODS)}, "
+                               f"{'/'.join(map(str, ENSEMBLE_SIZES))}, {'/'.join(NOISE_CHOICES)}; "
+                               f"got {method!r}, {ensemble!r}, {noise!r}")
     if scale == "posterior" and method != "posterior":
         raise iv.IntervalError("--scale posterior needs --method posterior (the spread of its samples)")
     return lv
@@ -139,7 +146,7 @@ def calibrate_intervals_steps(
 
     items = [scans] if isinstance(scans, (str, Path, Scan)) else list(scans)
     loaded = expand_inputs(items) if items else []
-    lv = _check(loaded, levels, draws, scale, method)
+    lv = _check(loaded, levels, draws, scale, method, ensemble, noise)
     model = resolve_model(model, device=str(resolve_device(device)))
     noise_model = _noise_model(model, loaded, noise)
     runs = yield from _runs(model, loaded, lv, draws, noise_model, scale, method, ensemble, samples, steps, seed, device)

@@ -58,6 +58,7 @@ def _base_args(path: tuple[str, ...], inputs: dict[str, Path], out: Path) -> lis
         ("train",): [scan, "--out", str(out / "run"), "--steps", "2", "--preset", "tiny"],
         ("generate",): ["mr2d", "--n", "1", "--out", str(out / "gen"), "--steps", "2"],
         ("denoise",): ["mr2d", scan, str(out / "denoised.nii.gz")],
+        ("denoise-calibrate",): ["mr2d", scan],
         ("anomaly", "detect"): ["mr2d", scan, str(out / "map.nii.gz")],
         ("anomaly",): ["mr2d", scan, str(out / "map.nii.gz")],
         ("anomaly", "calibrate"): ["mr2d", folder],

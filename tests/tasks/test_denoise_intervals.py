@@ -136,3 +136,20 @@ def test_cli_interval_files(capsys, tmp_path, mr_noisy):
 
 def test_errors_are_medidiff_errors():
     assert issubclass(IntervalError, MedidiffError)
+
+
+def test_cli_calibrate_writes_the_model_folder_and_refuses_builtins(capsys, tmp_path, mr2d):
+    folder = tmp_path / "m"
+    DiffusionModel(mr2d.config.__class__.from_dict({**mr2d.config.to_dict(), "intervals": {}}), mr2d.network).save(folder)
+    held = load_scan(SAMPLES / "mr_heldout.nii.gz")
+    scan = tmp_path / "train.nii.gz"
+    save_scan(Scan(held.array[:2].copy(), held.spacing, held.affine, held.modality, meta=dict(held.meta)), scan)
+    code, out, err = call(capsys, "denoise-calibrate", folder, scan, "--levels", "0.05,0.1", "--scale", "noise",
+                          "--device", "cpu")
+    assert code == 0, err
+    assert "saved to" in out
+    assert DiffusionModel.load(folder).config.intervals["calibrations"][0]["scale"] == "noise"
+    code, _, err = call(capsys, "denoise-calibrate", "mr2d", scan)
+    assert code == 2 and "read-only" in err and len(err.strip().splitlines()) == 1
+    code, _, err = call(capsys, "denoise-calibrate", folder, scan, "--scale", "wide")
+    assert code == 2 and "--scale" in err and len(err.strip().splitlines()) == 1
