@@ -62,7 +62,8 @@ from scipy import ndimage as ndi
 from medidiff.errors import InvalidScanError, MedidiffError, ModelError
 
 __all__ = ["SCALES", "COVERAGES", "MIN_COVERAGE", "MAX_COVERAGE", "IntervalCalibration", "IntervalError",
-           "check_coverage", "find_calibration", "scale_of", "interval_items", "scores"]
+           "check_coverage", "calibrations", "find_calibration", "local_noise", "scale_of", "interval_items", "scores",
+           "parse_interval_option"]
 
 SCALES = ("noise", "signal", "texture", "posterior")
 MIN_COVERAGE, MAX_COVERAGE = 0.5, 0.99
