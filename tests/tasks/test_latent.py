@@ -199,3 +199,17 @@ def test_cli_generate_and_errors(tiny_latent, capsys, tmp_path):
     assert code == 2 and len(err.strip().splitlines()) == 1
     code, out, err = call(capsys, "latent", "train-autoencoder", "--help")
     assert code == 0 and "medidiff latent train-autoencoder" in out
+
+
+def test_3d_latent_model_generates_the_whole_volume_in_one_piece(mr_train_scan, tmp_path):
+    # a barely trained 3D pipeline: this checks shapes, geometry and the folder, not quality
+    ae = train_autoencoder([mr_train_scan], None, dims=3, image_size=(8, 16, 16), steps=2, batch_size=1, seed=0,
+                           device="cpu").autoencoder
+    result = train_latent([mr_train_scan], ae, tmp_path / "run3", steps=2, batch_size=2, seed=0, device="cpu",
+                          checkpoint_every=0)
+    model = LatentModel.load(tmp_path / "run3" / "model")
+    # the whole 16x96x128 volume is one 4x24x32 latent: no windows at the training field
+    assert tuple(model.prior.config.image_size) == (4, 24, 32) and model.field_size == (16, 96, 128)
+    assert model.scale_factor == pytest.approx(result.model.scale_factor, rel=1e-12)
+    scan = generate_latent(model, 1, steps=2, device="cpu").scans[0]
+    assert scan.shape == (16, 96, 128) and scan.spacing == pytest.approx(mr_train_scan.spacing, rel=1e-5)
