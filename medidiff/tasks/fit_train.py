@@ -32,6 +32,7 @@ from medidiff.core.progress import Progress
 __all__ = ["FitTrainConfig", "FitTrainResult", "S_LOW", "S_HIGH", "fit_network_steps"]
 
 S_LOW, S_HIGH = 0.5, 2.0  # extra training noise, as multiples of the scan's own noise std
+WARMUP_STEPS = 20  # linear learning-rate warm-up (short: a fit under contention may get only ~100 steps)
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,7 @@ def fit_network_steps(model: DiffusionModel, items: np.ndarray, sigma_net: float
     ema = copy.deepcopy(net).eval().requires_grad_(False)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr)
     data = np.ascontiguousarray(items, dtype=np.float32)
-    warm = max(1, min(100, cfg.max_steps // 20))
+    warm = max(1, min(WARMUP_STEPS, cfg.max_steps // 20))
     losses: list[float] = []
     t0 = time.perf_counter()
     deadline = t0 + 60.0 * cfg.minutes
