@@ -47,7 +47,16 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
     folder = root / "scans"
     folder.mkdir()
     save_scan(Scan(image, (1.0, 1.0), np.eye(4), "MR", {}), folder / "a.nii.gz")
-    return {"scan": scan_file, "folder": folder, "root": root}
+    # an (untrained) autoencoder and latent model for `medidiff latent ...`: 40x40 -> a 48x48 field
+    from medidiff.core.autoencoder import Autoencoder
+    from medidiff.core.latent_model import LatentModel, latent_normaliser
+    from medidiff.core.model import DiffusionModel
+
+    ae = Autoencoder.create(2, 16, seed=0)
+    ae.save(root / "ae")
+    prior = DiffusionModel.create(2, (12, 12), normaliser=latent_normaliser(0.0, 1.0), seed=0)
+    LatentModel(prior, ae, 1.0, 0.0).save(root / "latent")
+    return {"scan": scan_file, "folder": folder, "root": root, "ae": root / "ae", "latent": root / "latent"}
 
 
 def _base_args(path: tuple[str, ...], inputs: dict[str, Path], out: Path) -> list[str] | None:
@@ -69,6 +78,9 @@ def _base_args(path: tuple[str, ...], inputs: dict[str, Path], out: Path) -> lis
         ("models", "import"): [folder, "--name", "imported"],
         ("models",): [],
         ("demo",): ["--out", str(out / "demo"), "--quick"],
+        ("latent", "train-autoencoder"): [scan, "--out", str(out / "ae"), "--steps", "2", "--image-size", "16"],
+        ("latent", "train"): [scan, "--autoencoder", str(inputs["ae"]), "--out", str(out / "lrun"), "--steps", "2"],
+        ("latent", "generate"): [str(inputs["latent"]), "--n", "1", "--out", str(out / "lgen"), "--steps", "2"],
     }
     return table.get(path)
 
