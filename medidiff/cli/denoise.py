@@ -95,9 +95,12 @@ def denoise(
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Slices per network call."),
     fit: bool = typer.Option(False, "--fit", help="Train on the noisy scan itself first (no clean data needed): "
                              "fine-tunes MODEL, or a new network when MODEL is 'none'."),
-    fit_minutes: float = typer.Option(2.0, "--fit-minutes", help="Wall-clock budget of --fit training, in minutes."),
+    fit_minutes: float = typer.Option(2.0, "--fit-minutes", help="Wall-clock budget of --fit training, in minutes "
+                                      "(denoising afterwards takes 8 network passes more)."),
     fit_steps: int = typer.Option(100_000, "--fit-steps", help="At most this many --fit training steps "
                                   "(reproducible results for a seed when it stops training before the clock)."),
+    fit_save: Path = typer.Option(None, "--fit-save", help="Also save the model fitted by --fit here (a model "
+                                  "folder; one IN scan only)."),
     device: str = DEVICE,
     seed: int = SEED,
     overwrite: bool = OVERWRITE,
@@ -134,7 +137,7 @@ def denoise(
     if ensemble not in ENSEMBLE_SIZES:
         raise typer.BadParameter(f"{ensemble}; choose one of {', '.join(map(str, ENSEMBLE_SIZES))}", param_hint="--ensemble")
     from medidiff.cli.denoise_args import read_arguments
-    from medidiff.cli.denoise_fit import check_fit_options, fit_report, run_fit
+    from medidiff.cli.denoise_fit import check_fit_options, check_fit_save, fit_report, run_fit, save_fitted
 
     if uncertainty is not None:
         method = "posterior"
@@ -150,6 +153,7 @@ def denoise(
                                     fit_steps)
     existing_path(src)
     paths, folder = _inputs(src)
+    check_fit_save(fit_save, fit, folder)
     if model is None:
         model = _default_model(paths[0], fit)
     # refuse bad outputs before any compute
@@ -185,6 +189,8 @@ def denoise(
                 for k, (b, part) in enumerate(zip(bounds, result.interval)):
                     save_scan(part, bound_dirs[k] / path.name if bound_dirs else b, overwrite=overwrite,
                               inputs=[src, path], source=scan)
+            if fit_save is not None:
+                save_fitted(result, fit_save, overwrite)
             if report is not None:
                 stem = path.name.split(".")[0] or path.name
                 (fit_report if fit else _report)(rep_dir / f"{stem}.png" if rep_dir else report, scan, result)

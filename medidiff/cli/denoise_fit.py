@@ -15,7 +15,7 @@ import typer
 
 from medidiff.errors import MedidiffError
 
-__all__ = ["FitUsageError", "check_fit_options", "run_fit", "fit_report"]
+__all__ = ["FitUsageError", "check_fit_options", "check_fit_save", "run_fit", "fit_report", "save_fitted"]
 
 
 class FitUsageError(MedidiffError):
@@ -40,6 +40,28 @@ def check_fit_options(fit: bool, model: str | None, method: str, ensemble: int, 
     if clash:
         raise FitUsageError(f"--fit denoises with its own estimator (consistent Tweedie); drop {', '.join(clash)}")
     return {"minutes": minutes, "max_steps": steps}
+
+
+def check_fit_save(fit_save: Path | None, fit: bool, folder: bool) -> None:
+    """``--fit-save`` needs ``--fit`` and one IN scan (one fitted model)."""
+    if fit_save is None:
+        return
+    if not fit:
+        raise FitUsageError(f"--fit-save {fit_save}: there is no fitted model to save without --fit")
+    if folder:
+        raise FitUsageError(f"--fit-save {fit_save}: IN is a folder, so each scan gets its own fit; "
+                            "--fit-save takes one IN scan")
+
+
+def save_fitted(result, folder: Path, overwrite: bool) -> None:
+    """Write the fitted model as a model folder (usable as MODEL by every command)."""
+    from medidiff.core.model import default_model_card
+
+    model = result.model
+    card = default_model_card(model) + ("\nFitted by `medidiff denoise --fit` to one noisy scan (no clean data): "
+                                        "a prior for scans like it, not a general-purpose model.\n")
+    model.save(folder, overwrite=overwrite, model_card=card)
+    typer.echo(f"saved the fitted model to {folder}")
 
 
 def run_fit(net, scan, path: Path, options: dict[str, Any], fit_options: dict[str, Any]):

@@ -153,15 +153,19 @@ def noisy_cell_tif(tmp_path) -> Path:
 
 
 def test_fit_none_trains_on_the_scan_and_writes_output(capsys, tmp_path, noisy_cell_tif):
-    out, report = tmp_path / "fit.tif", tmp_path / "fit.png"
+    out, report, saved = tmp_path / "fit.tif", tmp_path / "fit.png", tmp_path / "fitted-model"
     code, stdout, err = call(capsys, "denoise", "none", noisy_cell_tif, out, "--fit", "--fit-steps", "3",
-                             "--report", report, "--device", "cpu")
+                             "--report", report, "--fit-save", saved, "--device", "cpu")
     assert code == 0, err
     assert "fitted a new model to the scan itself (3 steps" in stdout and "poisson-gaussian" in stdout
     denoised = load_scan(out)
     assert denoised.shape == (64, 64) and np.all(np.isfinite(denoised.array))
     assert not np.array_equal(denoised.array, load_scan(noisy_cell_tif).array)
     assert report.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the fitted model is an ordinary model folder: plain denoise takes it
+    code, _, err = call(capsys, "denoise", saved, noisy_cell_tif, tmp_path / "again.tif", "--device", "cpu")
+    assert code == 0, err
+    assert load_scan(tmp_path / "again.tif").shape == (64, 64)
 
 
 def test_fit_on_a_single_8x8_image_exits_2_with_one_line_and_no_output(capsys, tmp_path):
@@ -178,10 +182,14 @@ def test_fit_on_a_single_8x8_image_exits_2_with_one_line_and_no_output(capsys, t
 @pytest.mark.parametrize("extra, message", [([], "add --fit"), (["--fit", "--method", "ddim"], "drop --method ddim"),
                                             (["--fit", "--ensemble", "4"], "drop --ensemble 4"),
                                             (["--fit", "--fit-minutes", "0"], "--fit-minutes"),
-                                            (["--fit", "--fit-steps", "0"], "--fit-steps")])
+                                            (["--fit", "--fit-steps", "0"], "--fit-steps"),
+                                            (["--model-name", "micro2d", "--fit-save", "m"], "without --fit")])
 def test_fit_option_misuse_is_one_line(capsys, tmp_path, noisy_cell_tif, extra, message):
     out = tmp_path / "out.tif"
-    code, _, err = call(capsys, "denoise", "none", noisy_cell_tif, out, *extra, "--device", "cpu")
+    model = "none"
+    if extra[:1] == ["--model-name"]:
+        model, extra = extra[1], extra[2:]
+    code, _, err = call(capsys, "denoise", model, noisy_cell_tif, out, *extra, "--device", "cpu")
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and message in lines[0], err
     assert not out.exists()
