@@ -213,3 +213,10 @@ def test_3d_latent_model_generates_the_whole_volume_in_one_piece(mr_train_scan, 
     assert model.scale_factor == pytest.approx(result.model.scale_factor, rel=1e-12)
     scan = generate_latent(model, 1, steps=2, device="cpu").scans[0]
     assert scan.shape == (16, 96, 128) and scan.spacing == pytest.approx(mr_train_scan.spacing, rel=1e-5)
+
+
+def test_autoencoder_time_budget_stops_at_a_step_boundary(mr_train_scan, tmp_path):
+    result = train_autoencoder([mr_train_scan], tmp_path / "ae", steps=50, batch_size=2, image_size=16,
+                               minutes=1e-6, seed=0, device="cpu")
+    assert len(result.losses) == 1
+    assert Autoencoder.load(tmp_path / "ae").config.training["steps_done"] == 1
