@@ -34,7 +34,7 @@ import torch
 from medidiff.core.autoencoder import AE_PRESETS, Autoencoder
 from medidiff.core.data import TrainingData, prepare_training_data
 from medidiff.core.progress import Progress, plain_twin
-from medidiff.errors import MedidiffError, OutputError
+from medidiff.errors import MedidiffError
 from medidiff.io import Scan
 
 
