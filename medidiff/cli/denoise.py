@@ -150,14 +150,14 @@ def denoise(
     args = read_arguments(first, second, third, model_option)
     model, src, dst = args.model, args.src, args.dst
     fit_options = check_fit_options(fit, model, method, ensemble, uncertainty, per_slice, strength, fit_minutes,
-                                    fit_steps)
+                                    fit_steps, interval=bounds is not None)
     existing_path(src)
     paths, folder = _inputs(src)
     check_fit_save(fit_save, fit, folder)
     if model is None:
         model = _default_model(paths[0], fit)
     # refuse bad outputs before any compute
-    for out in (dst, uncertainty, report, *(bounds or ())):
+    for out in (dst, uncertainty, report, fit_save, *(bounds or ())):
         if out is not None:
             check_output_path(out, overwrite=overwrite, inputs=[src])
 

@@ -23,7 +23,8 @@ class FitUsageError(MedidiffError):
 
 
 def check_fit_options(fit: bool, model: str | None, method: str, ensemble: int, uncertainty: Path | None,
-                      per_slice: bool, strength: float, minutes: float, steps: int) -> dict[str, Any]:
+                      per_slice: bool, strength: float, minutes: float, steps: int,
+                      interval: bool = False) -> dict[str, Any]:
     """One line for any option that does not apply; the task's fit keywords otherwise."""
     if not (np.isfinite(minutes) and 0 < minutes <= 24 * 60):
         raise FitUsageError(f"--fit-minutes must be > 0 and at most 1440, got {minutes:g}")
@@ -36,7 +37,8 @@ def check_fit_options(fit: bool, model: str | None, method: str, ensemble: int, 
         return {}
     clash = [name for name, bad in (("--method " + method, method != "tweedie"), (f"--ensemble {ensemble}", ensemble != 1),
                                     ("--uncertainty", uncertainty is not None), ("--per-slice", per_slice),
-                                    (f"--strength {strength:g}", strength != 1.0)) if bad]
+                                    (f"--strength {strength:g}", strength != 1.0),
+                                    ("--interval/--coverage", interval)) if bad]
     if clash:
         raise FitUsageError(f"--fit denoises with its own estimator (consistent Tweedie); drop {', '.join(clash)}")
     return {"minutes": minutes, "max_steps": steps}

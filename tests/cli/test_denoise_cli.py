@@ -183,6 +183,7 @@ def test_fit_on_a_single_8x8_image_exits_2_with_one_line_and_no_output(capsys, t
                                             (["--fit", "--ensemble", "4"], "drop --ensemble 4"),
                                             (["--fit", "--fit-minutes", "0"], "--fit-minutes"),
                                             (["--fit", "--fit-steps", "0"], "--fit-steps"),
+                                            (["--fit", "--interval", "lo.tif,hi.tif"], "drop --interval/--coverage"),
                                             (["--model-name", "micro2d", "--fit-save", "m"], "without --fit")])
 def test_fit_option_misuse_is_one_line(capsys, tmp_path, noisy_cell_tif, extra, message):
     out = tmp_path / "out.tif"
