@@ -27,9 +27,10 @@ Everything runs on the CPU. Three parts, each printed as a markdown table:
    Python API applies it and as the CLI applies it (``prepare_environment`` before torch loads),
    each in a fresh process, on the machine as it is ("ambient") and under 2 busy-loop processes
    started (and killed) by this script; ratio to the best setting per condition.
-3. **CPU generation**: ``medidiff.tasks.generate`` (its default mode, batched) against MONAI
-   ``DDIMScheduler`` + ``DiffusionInferer.sample``, same steps and batch size; plus medidiff's
-   opt-in ``bit_identical=True`` mode (one sample per network call on the CPU) for reference.
+3. **CPU generation**: ``medidiff.tasks.generate`` (its defaults: batched on the CPU, sampler
+   ``dpm++2m``; and with ``sampler="ddim"``) against MONAI ``DDIMScheduler`` +
+   ``DiffusionInferer.sample``, same steps (one network call each) and batch size; plus
+   medidiff's opt-in ``bit_identical=True`` mode (one sample per network call) for reference.
 
 Method: each row is a long-lived worker process (its own memory); the parent sends one warm-up
 call to every worker, then ``--repeats`` rounds of interleaved calls (A, B, A, B, ...), and
@@ -184,7 +185,7 @@ def _generate_runner(kind: str, n: int, batch: int, steps: int):
     if kind.startswith("medidiff"):
         def run():
             res = generate(model, n, steps=steps, batch_size=batch, device="cpu", seed=0,
-                           bit_identical=kind == "medidiff-bit")
+                           sampler="ddim" if kind == "medidiff-ddim" else None, bit_identical=kind == "medidiff-bit")
             return None, {"images": len(res.scans), "threads": torch.get_num_threads()}
         return run
 
@@ -227,10 +228,10 @@ def worker(spec: dict) -> None:
         if line.strip() != "run":
             break
         with _PeakRSS() as mem:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             out, extra = run()
-            seconds = time.perf_counter() - t0
-        row = {"seconds": seconds, "mem_mb": mem.peak - floor, "load": os.getloadavg()[0], **extra}
+            seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+        row = {"seconds": seconds, "cpu_s": cpu, "mem_mb": mem.peak - floor, "load": os.getloadavg()[0], **extra}
         if clean is not None:
             row["psnr"] = psnr(clean, out)
         print(json.dumps(row), flush=True)
@@ -282,7 +283,9 @@ def interleaved(workers: list[Worker], repeats: int) -> None:
     for _ in range(repeats):
         for w in workers:
             w.call()
-            print(f"  {w.name}: {w.results[-1]['seconds']:.3f} s", file=sys.stderr, flush=True)
+            r = w.results[-1]
+            print(f"  {w.name}: {r['seconds']:.3f} s (cpu {r['cpu_s']:.3f} s, load {r['load']:.1f})",
+                  file=sys.stderr, flush=True)
 
 
 def summary(w: Worker, key: str = "seconds") -> tuple[float, float, float]:
@@ -321,8 +324,8 @@ def busy_loops(n: int, seconds: float) -> list[subprocess.Popen]:
 
 
 def part_denoise(args, mon: LoadMonitor) -> list[str]:
-    lines = ["| image | method | matched t | PSNR (dB) | seconds, median [min-max] | vs medidiff | memory above floor (MB) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| image | method | matched t | PSNR (dB) | seconds, median [min-max] | vs medidiff | CPU s (median) "
+             "| memory above floor (MB) |", "|---|---|---|---|---|---|---|---|"]
     for size in args.sizes:
         mon.phase = f"denoise {size}"
         kinds = ["medidiff", "monai-sw", "monai-flash"] + (["monai-full"] if size <= 256 else [])
@@ -336,19 +339,19 @@ def part_denoise(args, mon: LoadMonitor) -> list[str]:
                 w.close()
         base = summary(workers[0])[0]
         clean, noisy = mosaic(size)
-        lines.append(f"| {size}x{size} | noisy input | - | {psnr(clean, noisy):.2f} | - | - | - |")
+        lines.append(f"| {size}x{size} | noisy input | - | {psnr(clean, noisy):.2f} | - | - | - | - |")
         for w in workers:
             med, lo, hi = summary(w)
             mem = max(r["mem_mb"] for r in w.results)
             t = w.results[-1]["t"]
             lines.append(f"| {size}x{size} | {w.name} | {t:.1f} | {w.results[-1]['psnr']:.2f} | "
-                         f"{med:.3f} [{lo:.3f}-{hi:.3f}] | {med / base:.2f}x | {mem:.0f} |")
+                         f"{med:.3f} [{lo:.3f}-{hi:.3f}] | {med / base:.2f}x | {summary(w, 'cpu_s')[0]:.3f} | {mem:.0f} |")
     return lines
 
 
 def part_threads(args, mon: LoadMonitor) -> list[str]:
-    lines = ["| condition | setting | threads used | seconds, median [min-max] | vs best | load avg during |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| condition | setting | threads used | seconds, median [min-max] | vs best | CPU s per call (median) "
+             "| load avg during |", "|---|---|---|---|---|---|---|"]
     reps = max(1, min(args.repeats, args.thread_repeats))
     loops: list[subprocess.Popen] = []
     try:
@@ -358,7 +361,7 @@ def part_threads(args, mon: LoadMonitor) -> list[str]:
                 loops = busy_loops(2, args.load_seconds)
                 time.sleep(args.load_settle)  # let the 1-minute load average see the loops
             spec = {"part": "threads", "kind": "medidiff", "size": args.thread_size, "sw_batch": args.sw_batch}
-            workers = [Worker(name, spec, env) for name, env in THREAD_SETTINGS.items()]
+            workers = [Worker(name, spec, env) for name, env in THREAD_SETTINGS.items() if name in args.thread_settings]
             try:
                 print(f"threads, {cond}", file=sys.stderr)
                 interleaved(workers, reps)
@@ -370,8 +373,9 @@ def part_threads(args, mon: LoadMonitor) -> list[str]:
                 med, lo, hi = summary(w)
                 used = f"{w.results[-1]['threads']}" + (" PASSIVE" if w.results[-1].get("wait_policy") else "")
                 loads = [r["load"] for r in w.results]
+                cpu = statistics.median(r["cpu_s"] for r in w.results)
                 lines.append(f"| {cond} | {w.name} | {used} | {med:.3f} [{lo:.3f}-{hi:.3f}] | {med / best:.2f}x | "
-                             f"{min(loads):.1f}-{max(loads):.1f} |")
+                             f"{cpu:.3f} | {min(loads):.1f}-{max(loads):.1f} |")
             for p in loops:
                 p.kill()
     finally:
@@ -384,7 +388,10 @@ def part_threads(args, mon: LoadMonitor) -> list[str]:
 def part_generate(args, mon: LoadMonitor) -> list[str]:
     mon.phase = "generate"
     spec = {"part": "generate", "n": args.gen_n, "batch": args.gen_batch, "steps": args.gen_steps}
-    workers = [Worker("medidiff generate (default: batched)", {**spec, "kind": "medidiff"}, base_threads=args.threads),
+    workers = [Worker("medidiff generate (defaults: batched, dpm++2m)", {**spec, "kind": "medidiff"},
+                      base_threads=args.threads),
+               Worker("medidiff generate sampler=ddim (batched)", {**spec, "kind": "medidiff-ddim"},
+                      base_threads=args.threads),
                Worker("MONAI DDIM + DiffusionInferer.sample", {**spec, "kind": "monai"}, base_threads=args.threads),
                Worker("medidiff generate bit_identical=True (opt-in)", {**spec, "kind": "medidiff-bit"},
                       base_threads=args.threads)]
@@ -394,13 +401,14 @@ def part_generate(args, mon: LoadMonitor) -> list[str]:
     finally:
         for w in workers:
             w.close()
-    base = summary(workers[1])[0]
-    lines = [f"| method ({args.gen_n} images 32x32, {args.gen_steps} DDIM steps, batch {args.gen_batch}) | "
-             "seconds, median [min-max] | ms per image | vs MONAI | memory above floor (MB) |", "|---|---|---|---|---|"]
+    base = summary(workers[2])[0]
+    lines = [f"| method ({args.gen_n} images 32x32, {args.gen_steps} steps = network calls, batch {args.gen_batch}) | "
+             "seconds, median [min-max] | ms per image | vs MONAI | CPU s (median) | memory above floor (MB) |",
+             "|---|---|---|---|---|---|"]
     for w in workers:
         med, lo, hi = summary(w)
         lines.append(f"| {w.name} | {med:.3f} [{lo:.3f}-{hi:.3f}] | {1000 * med / args.gen_n:.1f} | "
-                     f"{med / base:.2f}x | {max(r['mem_mb'] for r in w.results):.0f} |")
+                     f"{med / base:.2f}x | {summary(w, 'cpu_s')[0]:.3f} | {max(r['mem_mb'] for r in w.results):.0f} |")
     return lines
 
 
@@ -414,6 +422,8 @@ def main() -> None:
     ap.add_argument("--thread-repeats", type=int, default=3, help="at most this many rounds in the thread part")
     ap.add_argument("--load-seconds", type=float, default=240, help="life time of each busy loop (bound)")
     ap.add_argument("--load-settle", type=float, default=20, help="seconds between starting the loops and the workers")
+    ap.add_argument("--thread-settings", nargs="+", default=list(THREAD_SETTINGS), choices=list(THREAD_SETTINGS),
+                    metavar="SETTING", help="subset of: " + ", ".join(THREAD_SETTINGS))
     ap.add_argument("--gen-n", type=int, default=32)
     ap.add_argument("--gen-batch", type=int, default=32)
     ap.add_argument("--gen-steps", type=int, default=20)
