@@ -134,6 +134,8 @@ def generate_cmd(
     steps: int = typer.Option(20, "--steps", min=1, help="Sampling steps."),
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Samples per network call."),
     image_size: str = typer.Option(None, "--image-size", help="Output size in pixels (multiples of 4; default: the training field)."),
+    clip_x0: float = typer.Option(None, "--clip-x0", min=0.0, help="Clip the predicted latent to +-this (standardised units; "
+                                  "default: the training latents' largest |value|, stored in latent.json; 0: no clip)."),
     seed: int = SEED,
     device: str = DEVICE,
     overwrite: bool = OVERWRITE,
@@ -157,7 +159,8 @@ def generate_cmd(
     size = _size(image_size, lm.prior.config.spatial_dims)
     if isinstance(size, int):
         size = (size,) * lm.prior.config.spatial_dims
+    clip = "auto" if clip_x0 is None else (None if clip_x0 == 0 else clip_x0)
     result = run_to_end(generate_latent_steps(lm, n, seed=seed, sampler=sampler, steps=steps, batch_size=batch_size,
-                                              image_size=size, device=device), show=True, desc="generate")
+                                              image_size=size, clip_x0=clip, device=device), show=True, desc="generate")
     write_latent_samples(result, out, format=format, overwrite=overwrite)
     typer.echo(f"wrote {len(result.scans)} samples of {'x'.join(map(str, result.scans[0].shape))} to {out} (manifest.csv)")

@@ -14,8 +14,9 @@ The steps (Rombach et al. 2022, as MONAI's tutorials do them, but with the scale
    stored in config.json and again in ``latent.json`` (see :mod:`medidiff.core.latent_model`).
    Latent batches are not augmented again (``augment=False``): flips and affines of a latent
    are not latents of flipped images.
-4. :func:`generate_latent_steps` samples ``u`` with the existing samplers (no x0 clipping: the
-   standardised latents are unit-variance, not bounded by 1), maps back to ``z`` and decodes,
+4. :func:`generate_latent_steps` samples ``u`` with the existing samplers (x0 clipped to the
+   training latents' max ``|u|``, the stored ``x0_limit``, not to the pixel models' 1: the
+   standardised latents have unit variance), maps back to ``z`` and decodes,
    in gaussian-blended windows of the training latent field when a larger output is asked for.
 
 The run folder is the one ``train_steps`` writes (``RUN/model``, ``RUN/log.csv``, ``RUN/state``);
@@ -170,6 +171,7 @@ def train_latent_steps(
     yield Progress(step=0, total=cfg.total_steps, message="encoding the training data")
     multiple = 2 ** (len(PRESETS[cfg.preset]["channels"]) - 1)
     td, scale_factor, shift = encode_training_data(ae, data, field=field, multiple=multiple, flip=flip)
+    x0_limit = float(max(np.abs(u).max() for u in td.images))
     cfg = dataclasses.replace(cfg, dims=ae.config.spatial_dims, image_size=td.image_size, augment=False,
                               modality=cfg.modality or td.modality)
     inner = train_steps(td, run_dir, cfg, resume=resume, overwrite=overwrite)
@@ -180,9 +182,10 @@ def train_latent_steps(
         if run_dir is not None and (run_dir / "model" / "config.json").is_file():
             from medidiff.core.model import DiffusionModel
 
-            write_latent_parts(run_dir / "model", LatentModel(DiffusionModel.load(run_dir / "model"), ae, scale_factor, shift))
+            write_latent_parts(run_dir / "model",
+                               LatentModel(DiffusionModel.load(run_dir / "model"), ae, scale_factor, shift, x0_limit))
         raise
-    lm = LatentModel(result.model, ae, scale_factor, shift)
+    lm = LatentModel(result.model, ae, scale_factor, shift, x0_limit)
     if run_dir is not None:
         write_latent_parts(run_dir / "model", lm)
         lm.path = lm.prior.path = run_dir / "model"
@@ -207,7 +210,7 @@ def generate_latent_steps(
     steps: int = 20,
     batch_size: int = 8,
     image_size: Sequence[int] | None = None,
-    clip_x0: float | None = None,
+    clip_x0: float | str | None = "auto",
     device: str | torch.device = "auto",
 ) -> Generator[Progress, None, GenerateResult]:
     """Generate ``n`` scans with a latent model, yielding a ``Progress`` per network step.
@@ -215,8 +218,10 @@ def generate_latent_steps(
     Sample ``j`` draws its noise from ``sample_seed(seed, j)``: the same seed (and batch size, on
     the CPU) gives the same bytes. ``image_size`` (pixels, multiples of the autoencoder factor)
     defaults to the training field; larger latents are sampled with the prior's sliding window and
-    decoded in windows of the training latent field. Scans are in the training scans' units and
-    geometry, ``meta["synthetic"] = True``.
+    decoded in windows of the training latent field. ``clip_x0``: clip the sampler's x0
+    prediction (standardised latent units) to this; ``"auto"`` uses the model's ``x0_limit`` (the
+    training latents' max ``|u|``), ``None`` does not clip. Scans are in the training scans' units
+    and geometry, ``meta["synthetic"] = True``.
     """
     from medidiff.core.devices import resolve_device
     from medidiff.core.sampling import check_sampler, generate_batch, sample_seed
@@ -235,6 +240,10 @@ def generate_latent_steps(
     if len(size) != prior.config.spatial_dims or any(s < f or s % f for s in size):
         raise MedidiffError(f"image size {size}: this {prior.config.spatial_dims}D latent model needs "
                             f"{prior.config.spatial_dims} sizes, each a positive multiple of {f}")
+    if clip_x0 == "auto":
+        clip_x0 = lm.x0_limit
+    elif clip_x0 is not None and not (isinstance(clip_x0, (int, float)) and math.isfinite(clip_x0) and clip_x0 > 0):
+        raise MedidiffError(f"clip_x0 must be a number > 0, 'auto' or None, got {clip_x0!r}")
     try:
         sampler = check_sampler(prior, sampler)
     except ValueError as exc:

@@ -86,12 +86,14 @@ def test_latent_model_saves_and_reloads_scale_factor(tiny_latent, mr_train_scan)
     assert loaded.scale_factor == pytest.approx(tiny_latent.model.scale_factor, rel=1e-12)
     assert record["scale_factor"] == pytest.approx(loaded.scale_factor, rel=1e-12)
     assert loaded.field_size == (96, 128) and tuple(loaded.prior.config.image_size) == (24, 32)
+    assert loaded.x0_limit == pytest.approx(tiny_latent.model.x0_limit) and 2.0 < loaded.x0_limit < 20.0
     # the stored factor (the prior's normaliser) is what maps the training latents to unit variance
     td, sf, shift = encode_training_data(loaded.autoencoder, [mr_train_scan], multiple=4)
     assert sf == pytest.approx(loaded.scale_factor, rel=1e-5)
     z = np.stack([loaded.prior.normaliser.inverse(u) for u in td.images])
     u = loaded.prior.normaliser.forward(z)
     assert abs(float(u.std()) - 1.0) < 1e-3 and abs(float(u.mean())) < 1e-3
+    assert loaded.x0_limit == pytest.approx(float(np.abs(np.stack(td.images)).max()), rel=1e-5)
     # the prior folder is an ordinary DiffusionModel folder
     assert DiffusionModel.load(folder).config.spatial_dims == 2
 
@@ -105,6 +107,9 @@ def test_generate_same_seed_same_bytes_at_training_field(tiny_latent):
     assert [x.array.tobytes() for x in a.scans] == [x.array.tobytes() for x in b.scans]
     assert a.scans[0].array.tobytes() != c.scans[0].array.tobytes()
     assert a.scans[0].array.tobytes() != a.scans[1].array.tobytes()
+    # the default clips x0 at the stored limit: turning the clip off changes the samples
+    unclipped = generate_latent(tiny_latent.model, 2, seed=3, steps=4, clip_x0=None, device="cpu")
+    assert any(x.array.tobytes() != y.array.tobytes() for x, y in zip(a.scans, unclipped.scans))
     s = a.scans[0]
     assert s.meta["synthetic"] and s.spacing == pytest.approx((2.0, 2.0)) and np.isfinite(s.array).all()
     # in the training scans' units (MR signal 0..~1200), not network or latent units
@@ -176,7 +181,7 @@ def test_bad_inputs_are_one_line_errors(tiny_latent, tiny_ae, mr_train_scan, tmp
     with pytest.raises(OutputError):
         next(train_latent_steps([mr_train_scan], tiny_ae.out, tiny_ae.out.parent, steps=1))
     for kwargs, words in (({"n": 0}, "n must"), ({"n": 1, "image_size": (90, 128)}, "multiple of 4"),
-                          ({"n": 1, "sampler": "euler"}, "euler")):
+                          ({"n": 1, "sampler": "euler"}, "euler"), ({"n": 1, "clip_x0": -1.0}, "clip_x0")):
         with pytest.raises(MedidiffError) as exc:
             generate_latent(tiny_latent.model, device="cpu", **kwargs)
         assert words in _one_line(exc)
