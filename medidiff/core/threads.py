@@ -57,6 +57,22 @@ def default_threads(cores: int | None = None, load: float | None = None) -> int:
     return max(1, min(cores, math.floor(cores - load + 0.5)))
 
 
+def passive_waits_before_torch() -> bool:
+    """Ask OpenMP to let idle worker threads sleep, if torch has not been loaded yet.
+
+    Called when ``medidiff`` is imported, so Python and napari users get the same protection as
+    the command line: with two threads and spinning waits a denoise took 13-39 s instead of 0.4 s
+    once other jobs loaded the machine; with passive waits it cost the same CPU time as one thread
+    (``benchmarks/README.md``). OpenMP reads this only when torch loads: after that it is too late
+    and nothing is changed. A value the user set is kept. Returns whether the policy is passive.
+    """
+    import sys
+
+    if "torch" not in sys.modules:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    return os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE" and "torch" not in sys.modules
+
+
 def prepare_environment(threads: int | None = None) -> int:
     """Set the environment before torch is imported (CLI start-up); returns the thread count."""
     n = int(threads) if threads is not None else default_threads()

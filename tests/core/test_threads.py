@@ -51,10 +51,11 @@ class Spy(torch.nn.Module):
         return x
 from medidiff.model_store.registry import resolve_model
 model = resolve_model("mr2d")
-rng = np.random.default_rng(0)
-scan = Scan((rng.normal(100, 10, (48, 48))).astype("float32"), (1.0, 1.0), np.eye(4), "MR", {})
+from medidiff.builtin.sample_scans import mr_sample
+scan = mr_sample()
+scan = Scan(scan.array[3], scan.spacing[1:], scan.affine, "MR", {})
 handle = model.network.register_forward_hook(lambda m, i, o: seen.append(torch.get_num_threads()))
-denoise(model, scan, device="cpu", noise="gaussian", sigma=10.0)
+denoise(model, scan, device="cpu", noise="gaussian", sigma=20.0)
 print(json.dumps({"before": before, "expected": expected, "seen": sorted(set(seen))}))
 """
 
@@ -77,3 +78,15 @@ def test_cli_threads_option_sets_the_environment_before_torch_loads():
     out = subprocess.run([sys.executable, "-c", code], env=_clean_env(), capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1].split()[:2] == ["1", "1"]
+
+
+def test_importing_medidiff_makes_openmp_waits_passive_before_torch_loads():
+    code = "import os, medidiff, torch; print(os.environ.get('OMP_WAIT_POLICY'))"
+    out = subprocess.run([sys.executable, "-c", code], env=_clean_env(), capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "PASSIVE", out.stderr
+    # a user's own choice is kept, and after torch is loaded nothing is changed behind their back
+    mine = subprocess.run([sys.executable, "-c", code], env=_clean_env(OMP_WAIT_POLICY="ACTIVE"), capture_output=True, text=True, timeout=120)
+    assert mine.stdout.strip() == "ACTIVE"
+    late = subprocess.run([sys.executable, "-c", "import os, torch, medidiff; print(os.environ.get('OMP_WAIT_POLICY'))"],
+                          env=_clean_env(), capture_output=True, text=True, timeout=120)
+    assert late.stdout.strip() == "None"
