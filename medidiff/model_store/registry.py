@@ -168,7 +168,14 @@ def resolve_model(spec, device: str = "cpu"):
         clone = copy.deepcopy(spec)
         clone.path = spec.path
         return clone.to(want)
-    return DiffusionModel.load(find_model(spec), device=device)
+    from medidiff.core.latent_model import is_latent_model
+
+    folder = find_model(spec)
+    if is_latent_model(folder):
+        # its inner model would load, but it works on latents: images from it would be garbage
+        raise ModelError(f"{folder}: a latent diffusion model; generate with `medidiff latent generate` "
+                         "(denoising, anomaly detection and `medidiff generate` need a pixel-space model)")
+    return DiffusionModel.load(folder, device=device)
 
 
 def default_model_for(modality: str, spatial_dims: int = 2) -> str | None:

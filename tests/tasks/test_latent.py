@@ -225,3 +225,18 @@ def test_autoencoder_time_budget_stops_at_a_step_boundary(mr_train_scan, tmp_pat
                                minutes=1e-6, seed=0, device="cpu")
     assert len(result.losses) == 1
     assert Autoencoder.load(tmp_path / "ae").config.training["steps_done"] == 1
+
+
+def test_pixel_space_tasks_refuse_a_latent_model(tiny_latent, capsys, tmp_path):
+    # the prior inside a latent folder is an ordinary model folder: without the guard `generate`
+    # would write latents as if they were images, and denoise would "denoise" in latent units
+    from cli_runner import call
+    from medidiff.errors import ModelError
+    from medidiff.model_store.registry import resolve_model
+
+    folder = tiny_latent.run_dir / "model"
+    with pytest.raises(ModelError, match="latent"):
+        resolve_model(folder)
+    code, _, err = call(capsys, "generate", folder, "--n", "1", "--out", tmp_path / "out")
+    assert code == 2 and "medidiff latent generate" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
