@@ -1,6 +1,6 @@
 """Calibrate the denoising intervals of the built-in models and measure their coverage.
 
-    OMP_NUM_THREADS=1 python benchmarks/builtin_intervals.py [--write]
+    OMP_NUM_THREADS=1 python benchmarks/builtin_intervals.py [--write] [--posterior]
 
 Calibration data: what each model card names as its training data, rebuilt here exactly as
 benchmarks/prepare_builtin_data.py builds it (mr2d: nibabel's example4d.nii.gz volume 0, slices
@@ -8,7 +8,8 @@ z < 16; micro2d: scikit-image's cell.png, left half). Coverage: the shipped held
 (medidiff/builtin/samples/, never trained or calibrated on) with simulated noise at three levels.
 ``--write`` stores the calibration in medidiff/builtin/NAME/config.json (a targeted edit of the
 ``intervals`` key only; every other field and the file's format are kept) and the measured coverage in
-its MODEL_CARD.md ("Denoising intervals" section).
+its MODEL_CARD.md ("Denoising intervals" section). ``--posterior`` adds mr2d's calibration for
+``--method posterior`` (scale: the posterior spread), keeping the tweedie one.
 """
 
 from __future__ import annotations
@@ -106,13 +107,21 @@ def write_intervals(name: str, intervals: dict) -> None:
     path.write_text(json.dumps(raw, indent=2) + "\n")
 
 
-def main(write: bool) -> None:
-    for name, train, sample in (("mr2d", mr_train(), "mr_heldout.nii.gz"), ("micro2d", cell_train(), "cell_heldout.tif")):
+POSTERIOR_LEVELS = (0.02, 0.04, 0.08, 0.15, 0.3, 0.6)  # fewer: posterior runs cost 40 network calls each
+
+
+def main(write: bool, posterior: bool = False) -> None:
+    """Calibrate (tweedie; with ``posterior``: mr2d's posterior method, scale = its sample spread) and measure."""
+    jobs = [("mr2d", mr_train(), "mr_heldout.nii.gz"), ("micro2d", cell_train(), "cell_heldout.tif")]
+    for name, train, sample in (jobs[:1] if posterior else jobs):
         model = DiffusionModel.load(BUILTIN / name)
         model.path = None  # calibrate in memory; written below with a targeted edit
-        cal = calibrate_intervals(model, [train], levels=LEVELS, scale=SCALE[name], device="cpu", save=False)
-        print(f"{name}: scale {cal.scale}, calibrated levels {cal.levels.min():.3g}-{cal.levels.max():.3g}")
-        rows = measure_coverage(model, [load_scan(BUILTIN / "samples" / sample)], TEST_LEVELS, (0.8, 0.9, 0.95), device="cpu")
+        method = "posterior" if posterior else "tweedie"
+        cal = calibrate_intervals(model, [train], levels=POSTERIOR_LEVELS if posterior else LEVELS, method=method,
+                                  scale="posterior" if posterior else SCALE[name], device="cpu", save=False)
+        print(f"{name}: {method}, scale {cal.scale}, calibrated levels {cal.levels.min():.3g}-{cal.levels.max():.3g}")
+        rows = measure_coverage(model, [load_scan(BUILTIN / "samples" / sample)], TEST_LEVELS, (0.8, 0.9, 0.95),
+                                method=method, device="cpu")
         print("| model | noise (normalised std) | estimated | nominal | coverage (all) | coverage (x > 0.1 max) "
               "| mean width (normalised) | width / sigma |")
         for r in rows:
@@ -120,9 +129,10 @@ def main(write: bool) -> None:
                   f"{r['covered_fg']:.3f} | {r['width']:.3f} | {r['width_sigmas']:.2f} |")
         if write:
             write_intervals(name, model.config.intervals)
-            write_card(name, card_section(name, cal, rows))
+            if not posterior:
+                write_card(name, card_section(name, cal, rows))
             print(f"wrote {BUILTIN / name / 'config.json'}")
 
 
 if __name__ == "__main__":
-    main("--write" in sys.argv[1:])
+    main("--write" in sys.argv[1:], "--posterior" in sys.argv[1:])
