@@ -87,7 +87,13 @@ def _warnings_as_lines() -> Iterator[None]:
         text = _one_line(message)
         if text not in seen:
             seen.add(text)
-            typer.secho(f"warning: {text}", err=True, fg=typer.colors.YELLOW)
+            if "tqdm" in sys.modules:  # a progress bar may be drawn: print above it, on a line of its own
+                from tqdm import tqdm
+
+                line = f"warning: {text}"
+                tqdm.write(typer.style(line, fg=typer.colors.YELLOW) if sys.stderr.isatty() else line, file=sys.stderr)
+            else:
+                typer.secho(f"warning: {text}", err=True, fg=typer.colors.YELLOW)
 
     with warnings.catch_warnings():
         warnings.simplefilter("default")
