@@ -43,13 +43,25 @@ def _report(path: Path, scan, result) -> None:
               suptitle=f"sigma {_describe(result.sigma, '')} (scan units), t = {t}")
 
 
-def _default_model(path: Path, fit: bool = False) -> str:
+def _with_modality(scan, modality: str | None, path: Path):
+    """``scan`` with the user's ``--modality`` where the file records none; a contradiction is an error."""
+    if not modality:
+        return scan
+    recorded = (scan.modality or "OT").upper()
+    if recorded not in ("OT", "") and recorded != modality.upper():
+        from medidiff.errors import ScanError
+
+        raise ScanError(path, f"records modality {scan.modality}, not {modality}; leave out --modality")
+    return scan.with_array(scan.array, modality=modality)
+
+
+def _default_model(path: Path, fit: bool = False, given: str | None = None) -> str:
     """The built-in model that fits the scan's modality (with ``fit``: else ``"none"``), or a clear error."""
     from medidiff.errors import ModelError
     from medidiff.io import load_scan
     from medidiff.model_store.registry import default_model_for
 
-    modality = load_scan(path).modality
+    modality = _with_modality(load_scan(path), given, path).modality
     name = default_model_for(modality)
     if name is None and fit:
         typer.echo(f"no built-in model for modality {modality}: --fit trains a new one on the scan")
@@ -80,6 +92,8 @@ def denoise(
     third: str = typer.Argument(None, metavar="OUT", show_default=False,
                                 help="Output scan (format from the extension), or a folder when IN is a folder."),
     model_option: str = typer.Option(None, "--model", help="The model, when the positional arguments are IN OUT."),
+    modality: str = typer.Option(None, "--modality", help="The scan's modality (MR, CT, microscopy, ...) for files that "
+                                 "do not record it (NIfTI, TIFF, PNG): picks the built-in model and the noise model."),
     noise: str = typer.Option("auto", "--noise", help="auto (from the modality), gaussian, rician or poisson-gaussian."),
     sigma: float = typer.Option(None, "--sigma", min=0.0, help="Noise std in scan units (default: estimated)."),
     strength: float = typer.Option(1.0, "--strength", min=0.0, help="Scale the noise level: > 1 smooths more, < 1 less."),
@@ -155,7 +169,7 @@ def denoise(
     paths, folder = _inputs(src)
     check_fit_save(fit_save, fit, folder)
     if model is None:
-        model = _default_model(paths[0], fit)
+        model = _default_model(paths[0], fit, modality)
     # refuse bad outputs before any compute
     for out in (dst, uncertainty, report, fit_save, *(bounds or ())):
         if out is not None:
@@ -172,7 +186,7 @@ def denoise(
         rep_dir = stack.enter_context(atomic_dir(report, overwrite, [src])) if folder and report else None
         bound_dirs = [stack.enter_context(atomic_dir(b, overwrite, [src])) for b in bounds] if folder and bounds else None
         for path in paths:
-            scan = load_scan(path)
+            scan = _with_modality(load_scan(path), modality, path)
             unit = f" {scan.meta['unit']}" if scan.meta.get("unit") and scan.meta.get("unit") not in ("mm", "pixel") else ""
             if fit:
                 result = run_fit(net, scan, path, options, fit_options)

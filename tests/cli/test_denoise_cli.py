@@ -194,3 +194,20 @@ def test_fit_option_misuse_is_one_line(capsys, tmp_path, noisy_cell_tif, extra, 
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and message in lines[0], err
     assert not out.exists()
+
+
+def test_modality_option_picks_model_and_noise_for_files_that_do_not_say(capsys, tmp_path):
+    from medidiff.builtin.sample_scans import mr_sample
+    from medidiff.io import Scan, save_scan
+
+    sample = mr_sample()
+    plain = tmp_path / "plain.nii.gz"  # a NIfTI records no modality: "OT"
+    save_scan(Scan(sample.array[2] / 988.0, sample.spacing[1:], sample.affine, "OT", {}), plain)
+    code, out, err = call(capsys, "denoise", plain, tmp_path / "out.nii.gz", "--modality", "MR")
+    assert code == 0, err
+    assert "mr2d" in out and "noise model rician" in out
+    code, _, err = call(capsys, "denoise", plain, tmp_path / "out2.nii.gz")
+    assert code == 2 and "modality" in err and not (tmp_path / "out2.nii.gz").exists()
+    cell = Path(__file__).resolve().parents[2] / "medidiff" / "builtin" / "samples" / "cell_heldout.tif"
+    code, _, err = call(capsys, "denoise", cell, tmp_path / "c.tif", "--modality", "MR")
+    assert code == 2 and "records modality microscopy" in err and len(err.strip().splitlines()) == 1
