@@ -26,7 +26,6 @@ with one line naming the file for anything else.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -39,6 +38,7 @@ from medidiff.core.intensity import Normaliser
 from medidiff.errors import ModelError
 from medidiff.io.atomic import atomic_dir
 from medidiff.version import __version__
+from medidiff.io.hashing import sha256_path as sha256_file
 
 FORMAT = "medidiff-autoencoder"
 FORMAT_VERSION = 1
@@ -142,13 +142,6 @@ def build_autoencoder(config: AutoencoderConfig) -> torch.nn.Module:
     )
 
 
-def sha256_file(path: Path) -> str:
-    """The hex sha256 of a file (read in 1 MiB chunks)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class Autoencoder:

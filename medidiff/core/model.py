@@ -19,7 +19,6 @@ only tensors) and from the value checks, not from the hash.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,6 +32,7 @@ from medidiff.core.config_check import FORMAT, FORMAT_VERSION, ModelConfigError,
 from medidiff.core.intensity import Normaliser
 from medidiff.io.atomic import atomic_dir
 from medidiff.core.schedule import NoiseSchedule, ScheduleConfig
+from medidiff.io.hashing import sha256_path as _sha256
 
 # Network sizes. Parameter counts (2D, one input channel) are checked by the tests so this
 # table stays true: tiny ~0.27 M (tests, CPU), small ~1.8 M (built-in models, CPU training),
@@ -364,12 +364,6 @@ class DiffusionModel:
         return model.to(device)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def default_model_card(model: DiffusionModel) -> str:

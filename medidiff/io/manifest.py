@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from medidiff.io.hashing import sha256_path  # noqa: F401 (manifest.sha256_path is public)
 
 MANIFEST_FIELDS = ["file", "index", "seed", "condition", "sampler", "steps", "guidance", "sha256", "pixel_sha256"]
 # columns that must agree for a recorded file to count as "this run's" sample
@@ -26,18 +27,6 @@ SETTINGS_FIELDS = ["seed", "condition", "sampler", "steps", "guidance"]
 PART_PREFIX = "manifest.part-"
 
 
-def sha256_path(path: Path) -> str:
-    """sha256 of a file, or of a folder (its files' names and hashes, sorted)."""
-    h = hashlib.sha256()
-    if path.is_dir():
-        for p in sorted(q for q in path.rglob("*") if q.is_file()):
-            h.update(p.relative_to(path).as_posix().encode())
-            h.update(sha256_path(p).encode())
-        return h.hexdigest()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def pixel_sha256(array: np.ndarray) -> str:
