@@ -55,7 +55,7 @@ def _register() -> None:
 
 
 def _plain_flags(typer_app: typer.Typer) -> None:
-    """On/off flags take no value: drop the ``<bool>`` metavar typer would print for them."""
+    """On/off flags take no value (no ``<bool>`` metavar); positional arguments are named in capitals."""
     import inspect
 
     callbacks = [typer_app.registered_callback.callback] if typer_app.registered_callback else []
@@ -65,6 +65,8 @@ def _plain_flags(typer_app: typer.Typer) -> None:
             info = param.default
             if isinstance(info, typer.models.OptionInfo) and isinstance(info.default, bool) and info.metavar is None:
                 info.metavar = ""
+            elif isinstance(info, typer.models.ArgumentInfo) and info.metavar is None:
+                info.metavar = param.name.upper()  # IN, OUT, PATH, DATA: one style in every usage line
     for group in typer_app.registered_groups:
         if group.typer_instance is not None:
             _plain_flags(group.typer_instance)

@@ -99,7 +99,7 @@ def detect(
     from medidiff.core.progress import run_to_end
     from medidiff.io import load_scan, save_scan
     from medidiff.io.anomaly_sidecar import sidecar_path, write_sidecar
-    from medidiff.io.atomic import check_output_path
+    from medidiff.io.atomic import check_outputs
     from medidiff.model_store.registry import find_model
 
     opts = _options(method=method, timesteps=timesteps, recon=recon, ddim_steps=ddim_steps, patch_size=patch_size,
@@ -108,9 +108,8 @@ def detect(
     model = find_model(model)  # a folder, a built-in name or a user model name
     existing_path(input)
     inputs = [input, model]
-    outputs = [out_map, sidecar_path(out_map)] + [p for p in (mask, report) if p is not None]
-    for out in outputs:  # refuse before the work, not after
-        check_output_path(out, overwrite=overwrite, inputs=inputs)
+    # refuse before the work, not after: clashes with an input or with each other
+    check_outputs([out_map, sidecar_path(out_map), mask, report], overwrite=overwrite, inputs=inputs)
     from medidiff.tasks.anomaly.detect import detect_anomalies_steps, sidecar_info
 
     scan = load_scan(input)

@@ -137,7 +137,7 @@ def denoise(
     """
     from medidiff.core.devices import resolve_device
     from medidiff.io import load_scan, save_scan
-    from medidiff.io.atomic import atomic_dir, check_output_path
+    from medidiff.io.atomic import atomic_dir, check_outputs
     from medidiff.core.progress import run_to_end
     from medidiff.model_store.registry import resolve_model
     from medidiff.tasks.denoise import ENSEMBLE_SIZES, METHODS, NOISE_CHOICES, denoise_steps
@@ -171,9 +171,7 @@ def denoise(
     if model is None:
         model = _default_model(paths[0], fit, modality)
     # refuse bad outputs before any compute
-    for out in (dst, uncertainty, report, fit_save, *(bounds or ())):
-        if out is not None:
-            check_output_path(out, overwrite=overwrite, inputs=[src])
+    check_outputs([dst, uncertainty, report, fit_save, *(bounds or ())], overwrite=overwrite, inputs=[src])
 
     net = None if fit and model.lower() == "none" else resolve_model(model, device=str(resolve_device(device)))
     options = dict(method=method, noise=noise, sigma=sigma, strength=strength, steps=steps, samples=samples,

@@ -25,14 +25,12 @@ def anomaly(
 
     Example:  medidiff evaluate anomaly maps/ truth/ --csv results.csv --report cases.png
     """
-    from medidiff.io.atomic import check_output_path
+    from medidiff.io.atomic import check_outputs
     from medidiff.tasks.evaluate import evaluate_anomaly
 
     existing_path(pred_dir)
     existing_path(truth_dir)
-    for out in (csv, report):
-        if out is not None:
-            check_output_path(out, overwrite=overwrite, inputs=[pred_dir, truth_dir])
+    check_outputs([csv, report], overwrite=overwrite, inputs=[pred_dir, truth_dir])
     ev = evaluate_anomaly(pred_dir, truth_dir, threshold=threshold)
     s = ev.summary
     typer.echo(f"{s['n_scans']} scans ({s['n_lesion_scans']} with lesions, {s['n_healthy_scans']} healthy), "

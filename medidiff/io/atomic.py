@@ -29,8 +29,30 @@ def check_output_path(path: str | Path, overwrite: bool = False, inputs: Iterabl
         if src_resolved in out_resolved.parents and src_resolved.is_dir():
             raise OutputError(f"{out}: is inside the input folder {src}; choose an output outside it (inputs are never written into)")
     if out.exists() and not overwrite:
-        raise OutputError(f"{out}: already exists; pass overwrite=True (--overwrite) or choose another path")
+        raise OutputError(f"{out}: already exists; choose another path or pass --overwrite (overwrite=True in Python)")
     return out
+
+
+def check_outputs(outputs: Iterable[str | Path | None], overwrite: bool = False,
+                  inputs: Iterable[str | Path] = ()) -> list[Path]:
+    """Check every output of one command before anything is written: each against every input
+    (:func:`check_output_path`), and against every other output (the same path twice, or one
+    output inside another, would make the later write destroy the earlier one)."""
+    inputs = list(inputs)
+    checked: list[Path] = []
+    for path in outputs:
+        if path is None:
+            continue
+        out = check_output_path(path, overwrite=overwrite, inputs=inputs)
+        here = out.resolve()
+        for earlier in checked:
+            there = earlier.resolve()
+            if here == there:
+                raise OutputError(f"{out}: named for two outputs of this command; give each output its own path")
+            if there in here.parents or here in there.parents:
+                raise OutputError(f"{out}: one output lies inside another ({earlier}); give each output its own path")
+        checked.append(out)
+    return checked
 
 
 def _cannot_write(out: Path, exc: OSError) -> OutputError:
