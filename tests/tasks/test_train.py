@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from cli_runner import call
-from medidiff.errors import OutputError
+from medidiff.errors import MedidiffError, OutputError
 from medidiff.io import save_scan
 from medidiff.core.model import DiffusionModel
 from medidiff.tasks.train import train, train_steps
@@ -75,8 +75,11 @@ def test_cancel_then_resume_equals_an_uninterrupted_run(mr_train_scan, tmp_path)
 
 def test_resume_needs_the_same_batch_and_seed(mr_train_scan, tmp_path):
     train([mr_train_scan], tmp_path / "r", steps=2, **TINY)
-    with pytest.raises(Exception, match="batch_size=4"):
+    # a resumed run must replay the same batches: another batch size or seed is a one-line refusal
+    with pytest.raises(MedidiffError, match="batch_size=4, not 8"):
         train([mr_train_scan], tmp_path / "r", steps=4, resume=True, **{**TINY, "batch_size": 8})
+    with pytest.raises(MedidiffError, match=f"seed={TINY['seed']}, not {TINY['seed'] + 1}"):
+        train([mr_train_scan], tmp_path / "r", steps=4, resume=True, **{**TINY, "seed": TINY["seed"] + 1})
 
 
 def test_an_existing_run_folder_is_not_replaced(mr_train_scan, tmp_path):
