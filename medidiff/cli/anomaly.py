@@ -119,17 +119,17 @@ def detect(
     if mask is not None:
         save_scan(result.mask, mask, overwrite=overwrite, inputs=inputs)
     if report is not None:
-        _report(scan.array, result, report, overwrite)
+        _report(scan.array, result, report, overwrite, scan)
     how = f"FDR {fdr:g} (Benjamini-Hochberg) threshold" if fdr is not None else "threshold"
     typer.echo(f"score {result.score:.6g} (99th percentile of the map in tissue); {how} {result.threshold:.6g}; "
                f"anomalous volume {result.volume_mm3:.6g} mm3 ({int(result.mask.array.sum())} voxels)")
     typer.echo(f"wrote {out_map}" + (f", {mask}" if mask else "") + (f", {report}" if report else ""))
 
 
-def _report(image, result, path: Path, overwrite: bool) -> None:
+def _report(image, result, path: Path, overwrite: bool, scan=None) -> None:
     import numpy as np
 
-    from medidiff.reporting.figures import save_grid
+    from medidiff.reporting.figures import radiological, save_grid
 
     amap, msk = result.map.array, result.mask.array
     if amap.ndim == 3:
@@ -138,6 +138,8 @@ def _report(image, result, path: Path, overwrite: bool) -> None:
         where = f" (slice {z})"
     else:
         where = ""
+    if scan is not None:  # as radiologists view it (MR, CT); other images as stored
+        image, amap, msk = (radiological(a, scan.affine, scan.modality) for a in (image, amap, msk))
     save_grid([image, amap, image], path, titles=["scan" + where, "anomaly map", "mask > threshold"],
               cmaps=["gray", "magma", "gray"], overlays=[None, None, msk],
               suptitle=f"score {result.score:.4g}, threshold {result.threshold:.4g}", overwrite=overwrite)

@@ -28,14 +28,17 @@ def _middle(array: np.ndarray) -> np.ndarray:
 
 
 def _report(path: Path, scan, result) -> None:
-    from medidiff.reporting.figures import save_grid
+    from medidiff.reporting.figures import radiological, save_grid
 
-    noisy, clean = _middle(scan.array), _middle(result.scan.array)
+    def shown(array: np.ndarray) -> np.ndarray:  # the middle slice, as radiologists view it (MR, CT)
+        return radiological(_middle(array), scan.affine, scan.modality)
+
+    noisy, clean = shown(scan.array), shown(result.scan.array)
     images = [noisy, clean, noisy - clean]
     titles = ["input", f"denoised ({result.noise_model})", "input - denoised"]
     cmaps = ["gray", "gray", "coolwarm"]
     if result.uncertainty is not None:
-        images.append(_middle(result.uncertainty.array))
+        images.append(shown(result.uncertainty.array))
         titles.append("uncertainty (posterior std)")
         cmaps.append("magma")
     t = _describe(result.timestep, "")

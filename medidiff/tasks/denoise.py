@@ -282,6 +282,8 @@ def denoise_steps(
     out = np.empty(items.shape, dtype=np.float32)
     unc = np.empty(items.shape, dtype=np.float32) if method == "posterior" else None
     done = 0
+    # step 0 before the first network call: a one-batch job shows its work from the first second
+    yield Progress(step=0, total=total, message=f"{method}: {len(items)} slice(s) in {len(batches)} batch(es)")
     try:
         for idx in batches:
             t = float(times[idx[0]])

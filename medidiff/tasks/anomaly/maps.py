@@ -218,6 +218,8 @@ def map_steps(
     spatial = tuple(plan.stack.shape[1:])
     gens = {i: torch.Generator().manual_seed(sample_seed(seed, i)) for i in plan.items}
     per_recon = s.calls_per_reconstruction
+    # step 0 before the first network call: a one-slice job shows its work from the first second
+    yield Progress(step=step, total=total, message=f"{label} {len(plan.items)} slice(s), {total} network calls".strip())
 
     if s.method == "patched":
         for i in plan.items:
