@@ -161,6 +161,8 @@ def test_cancel_stops_within_one_step(tiny_mr_model, mr_heldout_slices):
     hook = tiny_mr_model.network.register_forward_hook(lambda *a: calls.__setitem__(0, calls[0] + 1))
     try:
         gen = detect_anomalies_steps(tiny_mr_model, vol, threshold=1e9, batch_size=1, device="cpu")
+        start = next(gen)  # step 0 comes before any network call (issue 16)
+        assert start.step == 0 and calls[0] == 0
         first = next(gen)
         at_first = calls[0]
         gen.close()

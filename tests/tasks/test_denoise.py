@@ -134,8 +134,8 @@ def test_2d_model_on_volume_goes_slice_by_slice(tiny_mr_model, mr_volume):
     events: list[Progress] = []
     result = run_to_end(denoise_steps(tiny_mr_model, _scan(noisy), noise="gaussian", batch_size=4, device="cpu"),
                         callback=events.append)
-    assert [(e.step, e.total) for e in events] == [(1, 2), (2, 2)]  # 6 slices, batches of 4
-    assert events[0].preview is not None and events[0].preview.shape == clean.shape[1:]
+    assert [(e.step, e.total) for e in events] == [(0, 2), (1, 2), (2, 2)]  # 6 slices, batches of 4
+    assert events[1].preview is not None and events[1].preview.shape == clean.shape[1:]
     assert result.scan.shape == clean.shape and result.scan.spacing == (2.2, 2.0, 2.0)
     # one type whatever per_slice is: a per-slice array, here all equal (one pooled estimate)
     assert result.sigma.shape == result.timestep.shape == (clean.shape[0],)
@@ -204,6 +204,8 @@ def test_cancel_stops_work(tiny_mr_model, mr_volume):
     try:
         gen = denoise_steps(tiny_mr_model, _scan(mr_volume.array[18:24]), noise="gaussian", sigma=20.0,
                             batch_size=1, device="cpu")
+        start = next(gen)  # step 0 comes before any network call (issue 16)
+        assert start.step == 0 and calls == []
         first = next(gen)
         after_first = len(calls)
         gen.close()
@@ -246,7 +248,7 @@ def test_3d_model_takes_the_whole_volume(mr_volume):
     volume = _scan(mr_volume.array[8:24, 32:64, 40:72])
     events = []
     result = run_to_end(denoise_steps(model3d, volume, noise="gaussian", sigma=30.0, device="cpu"), callback=events.append)
-    assert len(events) == 1 and events[0].total == 1
+    assert [(e.step, e.total) for e in events] == [(0, 1), (1, 1)]  # the whole volume is one call
     assert result.scan.shape == volume.shape and np.isfinite(result.scan.array).all()
     # MONAI zero-initialises the output layer, so an untrained epsilon model predicts eps = 0 and
     # returns its input: this checks the scan units -> network -> scan units round trip
