@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from medidiff.core.config_check import MAX_CHANNELS, MAX_SIDE, ModelConfigError
+from medidiff.core.config_check import MAX_CHANNELS, MAX_SIDE, ModelConfigError, read_record
 from medidiff.core.intensity import Normaliser
 from medidiff.errors import ModelError
 from medidiff.io.atomic import atomic_dir
@@ -250,12 +250,7 @@ class Autoencoder:
         if not folder.is_dir() or not cpath.is_file():
             raise ModelError(f"{folder}: not a medidiff autoencoder folder (no config.json); train one with "
                              "`medidiff latent train-autoencoder`")
-        try:
-            raw = json.loads(cpath.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ModelError(f"{cpath}: not valid JSON ({exc}); the autoencoder folder is damaged") from None
-        if not isinstance(raw, dict) or raw.get("format") != FORMAT:
-            raise ModelError(f"{cpath}: not a medidiff autoencoder config (no 'format: {FORMAT}')")
+        raw = read_record(cpath, FORMAT, "autoencoder config", folder="autoencoder")
         version = raw.get("format_version")
         if not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
             raise ModelError(f"{cpath}: autoencoder format_version {version!r} is not one this medidiff reads (1..{FORMAT_VERSION})")

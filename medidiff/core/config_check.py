@@ -47,6 +47,22 @@ def _int_in(where: str, name: str, v: Any, low: int, high: int) -> int:
     return v
 
 
+def read_record(path: Path, fmt: str, what: str, folder: str = "model") -> dict[str, Any]:
+    """The JSON object in ``path`` whose ``format`` is ``fmt``; a one-line ``ModelError`` otherwise.
+
+    The one reader of the JSON files in model folders (model, autoencoder and latent records).
+    """
+    import json
+
+    try:
+        raw = json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{path}: not valid JSON ({exc}); the {folder} folder is damaged") from None
+    if not isinstance(raw, dict) or raw.get("format") != fmt:
+        raise ModelError(f"{path}: not a medidiff {what} (no 'format: {fmt}')")
+    return raw
+
+
 def check_format_version(raw: dict[str, Any], where: str | Path) -> int:
     """The config's ``format_version`` as an int; one-line ``ModelError`` when damaged or newer."""
     from medidiff.version import __version__

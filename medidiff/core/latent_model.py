@@ -37,6 +37,7 @@ from typing import Any
 import torch
 
 from medidiff.core.autoencoder import Autoencoder
+from medidiff.core.config_check import read_record
 from medidiff.core.intensity import Normaliser
 from medidiff.core.model import DiffusionModel
 from medidiff.errors import ModelError
@@ -124,12 +125,7 @@ class LatentModel:
             if (folder / "config.json").is_file():
                 raise ModelError(f"{folder}: a pixel-space model (no {LATENT_JSON}); use `medidiff generate` for it")
             raise ModelError(f"{folder}: not a medidiff latent model folder (no {LATENT_JSON})")
-        try:
-            raw = json.loads(lpath.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ModelError(f"{lpath}: not valid JSON ({exc}); the model folder is damaged") from None
-        if not isinstance(raw, dict) or raw.get("format") != FORMAT:
-            raise ModelError(f"{lpath}: not a medidiff latent record (no 'format: {FORMAT}')")
+        raw = read_record(lpath, FORMAT, "latent record")
         if raw.get("format_version") not in range(1, FORMAT_VERSION + 1):
             raise ModelError(f"{lpath}: latent format_version {raw.get('format_version')!r} is not one this medidiff reads")
         sf, shift = raw.get("scale_factor"), raw.get("shift", 0.0)

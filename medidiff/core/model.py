@@ -28,7 +28,7 @@ import torch
 
 from medidiff.version import __version__
 from medidiff.errors import MedidiffError, ModelError
-from medidiff.core.config_check import FORMAT, FORMAT_VERSION, ModelConfigError, check_config, check_format_version
+from medidiff.core.config_check import FORMAT, FORMAT_VERSION, ModelConfigError, check_config, check_format_version, read_record
 from medidiff.core.intensity import Normaliser
 from medidiff.io.atomic import atomic_dir
 from medidiff.core.schedule import NoiseSchedule, ScheduleConfig
@@ -327,12 +327,7 @@ class DiffusionModel:
         cpath, wpath = folder / "config.json", folder / "weights.safetensors"
         if not cpath.is_file():
             raise ModelError(f"{folder}: no config.json, so this is not a medidiff model folder")
-        try:
-            raw = json.loads(cpath.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ModelError(f"{cpath}: not valid JSON ({exc}); the model folder is damaged") from None
-        if not isinstance(raw, dict) or raw.get("format") != FORMAT:
-            raise ModelError(f"{cpath}: not a medidiff model config (no 'format: {FORMAT}')")
+        raw = read_record(cpath, FORMAT, "model config")
         check_format_version(raw, cpath)
         check_config(raw, cpath)
         if not wpath.is_file():
