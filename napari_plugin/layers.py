@@ -136,10 +136,13 @@ def _units(scan: Scan) -> tuple[str, ...] | None:
 def use_radiological_view(viewer: Any) -> None:
     """Show axial slices as radiologists do: anterior up, patient's right on the screen's left.
 
-    Only the 2D camera turns (``viewer.camera.orientation2d = ("up", "left")``); world
-    coordinates stay RAS mm and no layer changes.
+    Only the 2D camera turns (``viewer.scene.camera.orientation2d = ("up", "left")``; napari
+    0.9 moved the camera from ``viewer.camera``, which now warns); world coordinates stay RAS
+    mm and no layer changes.
     """
-    viewer.camera.orientation2d = ("up", "left")
+    scene = getattr(viewer, "scene", None)
+    camera = scene.camera if scene is not None and hasattr(scene, "camera") else viewer.camera
+    camera.orientation2d = ("up", "left")
 
 
 # ----------------------------------------------------------------------------- Scan -> layer

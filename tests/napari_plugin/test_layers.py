@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 from napari.layers import Image, Labels, Layer
@@ -167,6 +169,8 @@ def test_radiological_view_turns_only_the_camera(oblique_scan):
     viewer = ViewerModel()
     layer = viewer.add_layer(make_layer(oblique_scan))
     before = layer.data_to_world((1, 2, 3))
-    use_radiological_view(viewer)
-    assert tuple(str(o.value) for o in viewer.camera.orientation2d) == ("up", "left")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # napari 0.9 deprecates viewer.camera: the plugin must not use it
+        use_radiological_view(viewer)
+    assert tuple(str(o.value) for o in viewer.scene.camera.orientation2d) == ("up", "left")
     np.testing.assert_array_equal(layer.data_to_world((1, 2, 3)), before)
