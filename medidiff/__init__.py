@@ -7,10 +7,10 @@ The top-level package stays light (no torch import) so that the napari reader an
 from __future__ import annotations
 
 from medidiff.version import __version__
-from medidiff.core.threads import passive_waits_before_torch
+from medidiff.core.threads import bounded_waits_before_torch
 
-# before anything imports torch: idle OpenMP threads sleep instead of spinning (see core.threads)
-passive_waits_before_torch()
+# before anything imports torch: idle OpenMP threads spin briefly, then sleep (see core.threads)
+bounded_waits_before_torch()
 
 from medidiff.errors import MedidiffError
 from medidiff.io import Scan, load_scan, save_scan

@@ -1,14 +1,26 @@
 """How many CPU threads torch may use: a default that never blows up on a shared machine.
 
-Measured on 2 shared cores (issue 18; ``benchmarks/README.md``): when other processes keep the
-cores busy, torch's default of one intra-op thread per core made a 512x512 denoise 8.6x slower
-at load ~2 and 14.8x slower at load ~3, because OpenMP worker threads spin-wait for cores they
-do not get. One thread never blows up; two threads win only ~1.2x on an idle machine. So the
-default is *the cores that are free when the work starts*, ``max(1, round(cores - load))``
-(load = the 1-minute load average, which counts running and runnable processes), and OpenMP
-workers sleep instead of spinning (``OMP_WAIT_POLICY=PASSIVE``) when more than one thread is
-used. A user's explicit choice always wins: ``--threads N`` on the command line, the
-``MEDIDIFF_THREADS`` environment variable, or ``OMP_NUM_THREADS``.
+Measured on 2 shared cores (issue 18; ``benchmarks/README.md``, "Thread policies"):
+
+* When other processes keep the cores busy, torch's default of one intra-op thread per core made
+  a 512x512 denoise 8.6-60x slower, because OpenMP worker threads spin-wait for cores they do not
+  get. Under load one thread is the fastest setting.
+* On an idle machine two threads are 1.25x (denoise) to 1.53x (training) faster than one, so
+  "always one thread" misses the 1.3x target there.
+* How idle workers wait matters as much as their number. ``OMP_WAIT_POLICY=PASSIVE`` (sleep at
+  once) costs a futex wake-up per parallel region: on the small convolutions of our networks two
+  passive threads were 1.7-2.0x *slower* than two spinning ones when idle, and slower than one
+  thread. GNU OpenMP's bounded spin (``GOMP_SPINCOUNT=10000``: spin about ten microseconds, then
+  sleep) was as fast as unbounded spinning when idle, without its blow-up.
+
+So the default is *the cores that are free when the work starts*: the cores minus the other tasks
+that are runnable right now (``/proc/loadavg``'s running count without this process, the median of
+a few reads; the 1-minute load average where that file does not exist), at least one, with
+bounded-spin waits. The 1-minute average is not used on Linux because it lags by a minute and
+counts the user's previous command: it made the default pick one thread on an idle machine.
+A user's explicit choice always wins: ``--threads N`` on the command line, the
+``MEDIDIFF_THREADS`` environment variable, or ``OMP_NUM_THREADS``; and their own
+``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT``.
 
 This module does not import torch at import time: the CLI calls :func:`prepare_environment`
 before torch loads, because OpenMP reads its environment only once.
@@ -18,8 +30,13 @@ from __future__ import annotations
 
 import math
 import os
+import statistics
+import time
 
 ENV_VAR = "MEDIDIFF_THREADS"
+# GNU OpenMP spins this many iterations (about 10 us) before an idle worker sleeps
+SPIN_COUNT = "10000"
+_WAIT_VARS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 
 
 def available_cores() -> int:
@@ -43,34 +60,61 @@ def _explicit() -> int | None:
     return None
 
 
+def others_running(reads: int = 5, interval: float = 0.003, path: str = "/proc/loadavg") -> int | None:
+    """Tasks other than this one that are runnable right now (None where the kernel does not say).
+
+    ``/proc/loadavg``'s fourth field is ``running/total``; the running count includes the thread
+    reading the file, hence the ``- 1``. The median of a few reads a few milliseconds apart
+    ignores a task that happens to be runnable for one instant.
+    """
+    counts = []
+    for i in range(max(1, reads)):
+        try:
+            with open(path, encoding="ascii") as f:
+                counts.append(int(f.read().split()[3].split("/")[0]) - 1)
+        except (OSError, IndexError, ValueError):
+            return None
+        if i + 1 < reads:
+            time.sleep(interval)
+    return max(0, int(statistics.median_low(counts)))
+
+
+def current_load() -> float:
+    """What is competing for the cores now: other runnable tasks, or the 1-minute load average."""
+    running = others_running()
+    if running is not None:
+        return float(running)
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return 0.0
+
+
 def default_threads(cores: int | None = None, load: float | None = None) -> int:
     """The thread count medidiff uses when nobody chose one: the cores free right now (>= 1)."""
     explicit = _explicit()
     if explicit is not None:
         return explicit
     cores = available_cores() if cores is None else cores
-    if load is None:
-        try:
-            load = os.getloadavg()[0]
-        except (AttributeError, OSError):
-            load = 0.0
+    load = current_load() if load is None else load
     return max(1, min(cores, math.floor(cores - load + 0.5)))
 
 
-def passive_waits_before_torch() -> bool:
-    """Ask OpenMP to let idle worker threads sleep, if torch has not been loaded yet.
+def bounded_waits_before_torch() -> bool:
+    """Make idle OpenMP workers spin briefly, then sleep, if torch has not been loaded yet.
 
     Called when ``medidiff`` is imported, so Python and napari users get the same protection as
-    the command line: with two threads and spinning waits a denoise took 13-39 s instead of 0.4 s
-    once other jobs loaded the machine; with passive waits it cost the same CPU time as one thread
-    (``benchmarks/README.md``). OpenMP reads this only when torch loads: after that it is too late
-    and nothing is changed. A value the user set is kept. Returns whether the policy is passive.
+    the command line (see the module docstring for the measurements). OpenMP reads this only when
+    torch loads: after that it is too late and nothing is changed. A wait policy the user set is
+    kept. Returns whether the bounded spin is in force for the torch that will load.
     """
     import sys
 
-    if "torch" not in sys.modules:
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    return os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE" and "torch" not in sys.modules
+    if "torch" in sys.modules:
+        return False
+    if not any(os.environ.get(name) for name in _WAIT_VARS):
+        os.environ["GOMP_SPINCOUNT"] = SPIN_COUNT
+    return os.environ.get("GOMP_SPINCOUNT") == SPIN_COUNT and not os.environ.get("OMP_WAIT_POLICY")
 
 
 def prepare_environment(threads: int | None = None) -> int:
@@ -78,8 +122,7 @@ def prepare_environment(threads: int | None = None) -> int:
     n = int(threads) if threads is not None else default_threads()
     os.environ[ENV_VAR] = str(n)
     os.environ.setdefault("OMP_NUM_THREADS", str(n))
-    if n > 1:
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    bounded_waits_before_torch()
     return n
 
 

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from medidiff.core.threads import default_threads
+from medidiff.core.threads import SPIN_COUNT, default_threads, others_running
 
 
 @pytest.fixture
@@ -32,7 +32,7 @@ def test_an_explicit_choice_wins_over_the_load(monkeypatch):
 
 
 def _clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("MEDIDIFF_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY")}
+    env = {k: v for k, v in os.environ.items() if k not in ("MEDIDIFF_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
     env.update(extra)
     return env
 
@@ -80,13 +80,40 @@ def test_cli_threads_option_sets_the_environment_before_torch_loads():
     assert out.stdout.strip().splitlines()[-1].split()[:2] == ["1", "1"]
 
 
-def test_importing_medidiff_makes_openmp_waits_passive_before_torch_loads():
-    code = "import os, medidiff, torch; print(os.environ.get('OMP_WAIT_POLICY'))"
+def test_importing_medidiff_bounds_openmp_spinning_before_torch_loads():
+    code = "import os, medidiff, torch; print(os.environ.get('GOMP_SPINCOUNT'), os.environ.get('OMP_WAIT_POLICY'))"
     out = subprocess.run([sys.executable, "-c", code], env=_clean_env(), capture_output=True, text=True, timeout=120)
-    assert out.stdout.strip() == "PASSIVE", out.stderr
-    # a user's own choice is kept, and after torch is loaded nothing is changed behind their back
-    mine = subprocess.run([sys.executable, "-c", code], env=_clean_env(OMP_WAIT_POLICY="ACTIVE"), capture_output=True, text=True, timeout=120)
-    assert mine.stdout.strip() == "ACTIVE"
-    late = subprocess.run([sys.executable, "-c", "import os, torch, medidiff; print(os.environ.get('OMP_WAIT_POLICY'))"],
+    assert out.stdout.split() == [SPIN_COUNT, "None"], out.stderr
+    # a user's own wait policy is kept (and no spin count is added to it), and after torch is
+    # loaded nothing is changed behind their back
+    mine = subprocess.run([sys.executable, "-c", code], env=_clean_env(OMP_WAIT_POLICY="PASSIVE"), capture_output=True, text=True, timeout=120)
+    assert mine.stdout.split() == ["None", "PASSIVE"]
+    late = subprocess.run([sys.executable, "-c", "import os, torch, medidiff; print(os.environ.get('GOMP_SPINCOUNT'))"],
                           env=_clean_env(), capture_output=True, text=True, timeout=120)
     assert late.stdout.strip() == "None"
+
+
+def _loadavg(tmp_path, running: int):
+    f = tmp_path / f"loadavg-{running}"
+    f.write_text(f"0.50 0.60 0.70 {running}/321 4242\n")
+    return f
+
+
+def test_the_load_is_what_is_runnable_now_not_the_last_minute(no_thread_env, tmp_path):
+    # /proc/loadavg's running count includes the reader: 1 running means nobody else wants a core
+    idle, busy = _loadavg(tmp_path, 1), _loadavg(tmp_path, 7)
+    assert others_running(reads=3, interval=0, path=str(idle)) == 0
+    assert others_running(reads=3, interval=0, path=str(busy)) == 6
+    assert default_threads(cores=2, load=others_running(reads=1, path=str(idle))) == 2
+    assert default_threads(cores=2, load=others_running(reads=1, path=str(busy))) == 1
+    assert others_running(path=str(tmp_path / "missing")) is None
+
+
+def test_cli_start_up_picks_the_threads_and_the_bounded_spin_before_torch():
+    code = ("import os, sys; from medidiff.core.threads import prepare_environment\n"
+            "n = prepare_environment()\n"
+            "print(n, os.environ['OMP_NUM_THREADS'], os.environ.get('GOMP_SPINCOUNT'), 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], env=_clean_env(), capture_output=True, text=True, timeout=120)
+    n, omp, spin, torch_loaded = out.stdout.split()
+    assert n == omp and 1 <= int(n) <= os.cpu_count()
+    assert spin == SPIN_COUNT and torch_loaded == "False"
