@@ -1,6 +1,8 @@
 """Atomic output: write to a temporary sibling, then rename, so a failed run leaves nothing.
 
-Also the one place that refuses to overwrite an existing output or an input.
+Also the one place that refuses to overwrite an existing output or an input. One file or folder:
+:func:`atomic_file`, :func:`atomic_dir`. Several outputs of one command, which must appear
+together or not at all: :func:`atomic_outputs` (every command with more than one output uses it).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from medidiff.errors import OutputError
+from medidiff.errors import MedidiffError, OutputError
 from medidiff.io._util import one_line
 
 
@@ -129,7 +131,11 @@ def atomic_dir(path: str | Path, overwrite: bool = False, inputs: Iterable[str |
             if old.exists():
                 shutil.rmtree(old) if old.is_dir() else old.unlink()
             os.replace(out, old)
-            os.replace(tmp, out)
+            try:
+                os.replace(tmp, out)
+            except BaseException:
+                os.replace(old, out)  # the old output comes back, never lost under a hidden name
+                raise
             shutil.rmtree(old) if old.is_dir() else old.unlink()
         else:
             os.replace(tmp, out)
@@ -138,3 +144,147 @@ def atomic_dir(path: str | Path, overwrite: bool = False, inputs: Iterable[str |
         if isinstance(exc, OSError):
             raise _cannot_write(out, exc) from exc
         raise
+
+
+# -- a command's outputs, together or not at all -------------------------------------------------
+
+_STAGE_PREFIX = ".medidiff-outputs."
+
+
+def _remove(path: Path) -> None:
+    """Delete a file, link or folder tree (no error if it is already gone)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def _present(path: Path) -> bool:
+    return path.exists() or path.is_symlink()
+
+
+class OutputSet:
+    """The staged (temporary) path of each output of one command; see :func:`atomic_outputs`.
+
+    ``staged[out]`` (or ``staged.path(out)``) is where the writer should write ``out``: a path with
+    the same name, in a private temporary folder next to ``out``. Write there with
+    ``overwrite=False``; the set moves every output into place at the end.
+    """
+
+    def __init__(self, outputs: list[Path], staged: dict[Path, Path]) -> None:
+        self.outputs = outputs
+        self._staged = staged
+
+    def path(self, out: str | Path | None) -> Path | None:
+        """The staged path of the declared output ``out`` (``None`` for ``None``)."""
+        if out is None:
+            return None
+        key = Path(out).expanduser().resolve()
+        if key not in self._staged:
+            raise KeyError(f"{out} is not one of this command's declared outputs")
+        return self._staged[key]
+
+    __getitem__ = path
+
+    def pairs(self) -> list[tuple[Path, Path]]:
+        """``(output, staged path)`` for every output, in the order they were declared (= commit order)."""
+        return [(out, self._staged[out.resolve()]) for out in self.outputs]
+
+
+def _commit(pairs: list[tuple[Path, Path]], overwrite: bool, stages: dict[Path, Path]) -> None:
+    """Move every staged output into place; on any failure put back what was there before and re-raise."""
+    done: list[tuple[Path, Path | None]] = []  # (output now in place, the old one moved aside or None)
+    aside: Path | None = None
+    out = pairs[0][0] if pairs else Path(".")
+    try:
+        for out, staged in pairs:
+            aside = None
+            if not _present(staged):  # the command had nothing to write for it (e.g. no uncertainty)
+                continue
+            if _present(out):
+                if not overwrite:
+                    raise OutputError(f"{out}: appeared while this command ran (another program wrote it?); "
+                                      "nothing was written, run again or pass --overwrite")
+                # the old output goes aside into the stage folder (same file system), so it can come back
+                aside = stages[out.resolve().parent] / f".old.{out.name}"
+                os.replace(out, aside)
+            os.replace(staged, out)
+            done.append((out, aside))
+            aside = None
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            if aside is not None:  # moved aside, but the new one never arrived
+                os.replace(aside, out)
+        for placed, old in reversed(done):
+            with contextlib.suppress(OSError):
+                _remove(placed)
+                if old is not None:
+                    os.replace(old, placed)
+        if isinstance(exc, OSError):
+            raise _cannot_write(out, exc) from exc
+        raise
+
+
+def _name_outputs(exc: BaseException, pairs: list[tuple[Path, Path]]) -> None:
+    """Rewrite a one-line error so it names the real output, not its staged temporary path."""
+    if isinstance(exc, MedidiffError):
+        if len(exc.args) == 1 and isinstance(exc.args[0], str):
+            text = exc.args[0]
+            for out, staged in pairs:
+                text = text.replace(str(staged), str(out))
+            exc.args = (text,)
+
+
+@contextlib.contextmanager
+def atomic_outputs(outputs: Iterable[str | Path | None], overwrite: bool = False, inputs: Iterable[str | Path] = (),
+                   folders: Iterable[str | Path | None] = ()) -> Iterator[OutputSet]:
+    """All of one command's outputs appear together, or none does.
+
+    First :func:`check_outputs` (against the inputs and each other, existing ones refused without
+    ``overwrite``). Then each output gets a staged path of the same name in a private temporary
+    folder next to it (``.medidiff-outputs.*.part``; outputs named in ``folders`` are handed out
+    as empty folders); missing parent folders are created. The block writes there. When it
+    succeeds every output is renamed into place in the order given; an old output (``overwrite``)
+    is first moved aside and deleted only once all are in place. When the block or a rename fails
+    (disk full, an error, Ctrl-C), every staged file is removed, what was already placed is taken
+    back and the old outputs are restored, so the file system is as before the run. An ``OSError``
+    becomes one ``OutputError`` line naming the output. Outputs given as ``None`` are skipped; an
+    output the block did not write is left alone.
+    """
+    folder_keys = {Path(f).expanduser().resolve() for f in folders if f is not None}
+    checked = check_outputs(outputs, overwrite=overwrite, inputs=inputs)
+    stages: dict[Path, Path] = {}  # resolved parent folder -> its stage folder
+    staged: dict[Path, Path] = {}
+    created: list[Path] = []  # parent folders this call made (removed again on failure)
+    pairs: list[tuple[Path, Path]] = []
+    try:
+        for out in checked:
+            created += [p for p in reversed(out.parents) if not p.exists()]
+            _make_parent(out)
+            parent = out.resolve().parent
+            if parent not in stages:
+                try:
+                    stages[parent] = Path(tempfile.mkdtemp(prefix=_STAGE_PREFIX, suffix=".part", dir=parent))
+                    os.chmod(stages[parent], 0o777 & ~_umask())
+                except OSError as exc:
+                    raise _cannot_write(out, exc) from exc
+            staged[out.resolve()] = stages[parent] / out.name
+            pairs.append((out, staged[out.resolve()]))
+            if out.resolve() in folder_keys:
+                staged[out.resolve()].mkdir(mode=0o777 & ~_umask())
+        yield OutputSet(checked, staged)
+        _commit(pairs, overwrite, stages)
+    except BaseException as exc:
+        for stage in stages.values():
+            shutil.rmtree(stage, ignore_errors=True)
+        for folder in reversed(created):  # deepest first; only if still empty
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        _name_outputs(exc, pairs)
+        if isinstance(exc, OSError):
+            target = next((o for o, s in pairs if exc.filename and str(s) in str(exc.filename)), pairs[0][0] if pairs else Path("."))
+            raise _cannot_write(target, exc) from exc
+        raise
+    for stage in stages.values():  # the old outputs moved aside go with it
+        shutil.rmtree(stage, ignore_errors=True)

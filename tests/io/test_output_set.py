@@ -1,0 +1,108 @@
+"""``atomic_outputs``: a command's outputs appear together or not at all (issue 17). Real files, real faults."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from medidiff.errors import OutputError
+from medidiff.io.atomic import atomic_outputs
+
+
+def _tree(folder) -> dict[str, bytes | None]:
+    """Every entry under ``folder`` (hidden ones too): file bytes, or None for a folder."""
+    return {str(p.relative_to(folder)): (None if p.is_dir() else p.read_bytes()) for p in sorted(folder.rglob("*"))}
+
+
+def test_all_outputs_appear_together_with_their_names(tmp_path):
+    a, b, d = tmp_path / "a.txt", tmp_path / "sub" / "new" / "b.txt", tmp_path / "d"
+    with atomic_outputs([a, b, d], folders=[d]) as staged:
+        assert staged[a].name == "a.txt" and staged[a].parent != tmp_path  # same name, private folder
+        assert staged[d].is_dir() and not d.exists()
+        staged[a].write_text("A")
+        staged[b].write_text("B")
+        (staged[d] / "x").write_text("X")
+        assert not a.exists() and not b.exists()  # nothing visible before the end
+    assert a.read_text() == "A" and b.read_text() == "B" and (d / "x").read_text() == "X"
+    assert _tree(tmp_path).keys() == {"a.txt", "sub", "sub/new", "sub/new/b.txt", "d", "d/x"}  # no temporary left
+
+
+def test_error_inside_the_block_commits_nothing_and_removes_made_folders(tmp_path):
+    a, b = tmp_path / "a.txt", tmp_path / "made" / "b.txt"
+    with pytest.raises(RuntimeError):
+        with atomic_outputs([a, b]) as staged:
+            staged[a].write_text("A")
+            staged[b].write_text("B")
+            raise RuntimeError("the third writer failed")
+    assert list(tmp_path.iterdir()) == []  # not a, not b, not the parent made for b, no temporary
+
+
+def test_overwrite_failure_restores_the_old_outputs_byte_for_byte(tmp_path):
+    a, b = tmp_path / "a.txt", tmp_path / "b"
+    a.write_bytes(b"old a")
+    b.mkdir()
+    (b / "old").write_bytes(b"old b")
+    before = _tree(tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_outputs([a, b], overwrite=True, folders=[b]) as staged:
+            staged[a].write_bytes(b"new a")
+            raise KeyboardInterrupt
+    assert _tree(tmp_path) == before
+
+
+def test_failure_while_committing_the_second_of_three_rolls_back_the_first(tmp_path):
+    """A real commit-time fault: another program creates the 2nd output while the command runs."""
+    a, b, c = (tmp_path / n for n in ("a.nii.gz", "b.nii.gz", "c.png"))
+    with pytest.raises(OutputError) as info:
+        with atomic_outputs([a, b, c]) as staged:
+            for p in (a, b, c):
+                staged[p].write_bytes(p.name.encode())
+            b.write_bytes(b"someone else's")  # after the checks, before the commit
+    assert str(b) in str(info.value) and "\n" not in str(info.value)
+    assert not a.exists() and not c.exists()  # the 1st had been placed: taken back; the 3rd never placed
+    assert b.read_bytes() == b"someone else's"  # not ours: left alone
+    assert _tree(tmp_path).keys() == {"b.nii.gz"}
+
+
+def test_failed_commit_with_overwrite_restores_the_first_and_keeps_the_rest(tmp_path):
+    """With --overwrite, a rename that fails mid-commit (moving the 2nd's old one aside: ENOTEMPTY)
+    puts the old 1st output back and leaves the old 3rd untouched."""
+    a, b, c = (tmp_path / n for n in ("a.txt", "b.txt", "c.txt"))
+    a.write_bytes(b"old a")
+    c.write_bytes(b"old c")
+    with pytest.raises(OutputError):
+        with atomic_outputs([a, b, c], overwrite=True) as staged:
+            for p in (a, b, c):
+                staged[p].write_bytes(b"new")
+            b.mkdir()
+            (b / "keep").write_bytes(b"k")
+            # b's old one must go aside first, but that name is taken by a non-empty folder: rename fails
+            (staged[b].parent / ".old.b.txt").mkdir()
+            (staged[b].parent / ".old.b.txt" / "y").write_bytes(b"y")
+    assert a.read_bytes() == b"old a" and c.read_bytes() == b"old c"
+    assert (b / "keep").read_bytes() == b"k"
+    assert _tree(tmp_path).keys() == {"a.txt", "b.txt", "b.txt/keep", "c.txt"}
+
+
+def test_clashes_and_existing_outputs_are_refused_before_anything(tmp_path):
+    src = tmp_path / "in.txt"
+    src.write_bytes(b"input")
+    (tmp_path / "exists.txt").write_bytes(b"x")
+    for outputs in ([tmp_path / "o.txt", src], [tmp_path / "o.txt", tmp_path / "o.txt"], [tmp_path / "exists.txt"]):
+        with pytest.raises(OutputError):
+            with atomic_outputs(outputs, inputs=[src]):
+                pytest.fail("the block must not run")
+    assert _tree(tmp_path).keys() == {"in.txt", "exists.txt"}
+
+
+def test_a_rerun_after_a_failure_succeeds(tmp_path):
+    a, b = tmp_path / "a.txt", tmp_path / "b.txt"
+    with pytest.raises(OutputError, match=r"b\.txt: cannot be written here \(No space left on device\)"):
+        with atomic_outputs([a, b]) as staged:
+            staged[a].write_text("A")
+            raise OSError(28, "No space left on device", str(staged[b]))
+    with atomic_outputs([a, b]) as staged:
+        staged[a].write_text("A")
+        staged[b].write_text("B")
+    assert a.read_text() + b.read_text() == "AB"
