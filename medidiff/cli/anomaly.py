@@ -99,7 +99,7 @@ def detect(
     from medidiff.core.progress import run_to_end
     from medidiff.io import load_scan, save_scan
     from medidiff.io.anomaly_sidecar import sidecar_path, write_sidecar
-    from medidiff.io.atomic import check_outputs
+    from medidiff.io.atomic import atomic_outputs, check_outputs
     from medidiff.model_store.registry import find_model
 
     opts = _options(method=method, timesteps=timesteps, recon=recon, ddim_steps=ddim_steps, patch_size=patch_size,
@@ -114,12 +114,15 @@ def detect(
 
     scan = load_scan(input)
     result = run_to_end(detect_anomalies_steps(model, scan, opts), show=True, desc="anomaly")
-    save_scan(result.map, out_map, overwrite=overwrite, inputs=inputs)
-    write_sidecar(sidecar_info(result, model=str(model), input=str(input), seed=seed), out_map, overwrite=overwrite)
-    if mask is not None:
-        save_scan(result.mask, mask, overwrite=overwrite, inputs=inputs)
-    if report is not None:
-        _report(scan.array, result, report, overwrite, scan)
+    # the map, its sidecar, the mask and the report appear together or not at all
+    with atomic_outputs([out_map, sidecar_path(out_map), mask, report], overwrite, inputs) as staged:
+        save_scan(result.map, staged[out_map], inputs=inputs)
+        # written next to the staged map, which is the sidecar's staged path
+        write_sidecar(sidecar_info(result, model=str(model), input=str(input), seed=seed), staged[out_map])
+        if mask is not None:
+            save_scan(result.mask, staged[mask], inputs=inputs)
+        if report is not None:
+            _report(scan.array, result, staged[report], False, scan)
     how = f"FDR {fdr:g} (Benjamini-Hochberg) threshold" if fdr is not None else "threshold"
     typer.echo(f"score {result.score:.6g} (99th percentile of the map in tissue); {how} {result.threshold:.6g}; "
                f"anomalous volume {result.volume_mm3:.6g} mm3 ({int(result.mask.array.sum())} voxels)")

@@ -6,7 +6,6 @@ The positional forms (``MODEL IN OUT``, ``IN OUT``, ``IN OUT --model M``) are re
 
 from __future__ import annotations
 
-from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +41,7 @@ def _report(path: Path, scan, result) -> None:
         titles.append("uncertainty (posterior std)")
         cmaps.append("magma")
     t = _describe(result.timestep, "")
-    save_grid(images, path, titles=titles, cmaps=cmaps, overwrite=True,
+    save_grid(images, path, titles=titles, cmaps=cmaps,
               suptitle=f"sigma {_describe(result.sigma, '')} (scan units), t = {t}")
 
 
@@ -140,7 +139,7 @@ def denoise(
     """
     from medidiff.core.devices import resolve_device
     from medidiff.io import load_scan, save_scan
-    from medidiff.io.atomic import atomic_dir, check_outputs
+    from medidiff.io.atomic import atomic_outputs, check_outputs
     from medidiff.core.progress import run_to_end
     from medidiff.model_store.registry import resolve_model
     from medidiff.tasks.denoise import ENSEMBLE_SIZES, METHODS, NOISE_CHOICES, denoise_steps
@@ -180,12 +179,10 @@ def denoise(
     options = dict(method=method, noise=noise, sigma=sigma, strength=strength, steps=steps, samples=samples,
                    per_slice=per_slice, ensemble=ensemble, batch_size=batch_size, seed=seed, device=device,
                    coverage=coverage if bounds else None)
-    with ExitStack() as stack:
-        # a folder IN gives folder outputs, each built in a temporary folder and moved in at the end
-        out_dir = stack.enter_context(atomic_dir(dst, overwrite, [src])) if folder else None
-        unc_dir = stack.enter_context(atomic_dir(uncertainty, overwrite, [src])) if folder and uncertainty else None
-        rep_dir = stack.enter_context(atomic_dir(report, overwrite, [src])) if folder and report else None
-        bound_dirs = [stack.enter_context(atomic_dir(b, overwrite, [src])) for b in bounds] if folder and bounds else None
+    # every output (files, or folders for a folder IN) is staged and moved in together at the end
+    folders = [dst, uncertainty, report, *(bounds or ())] if folder else []
+    with atomic_outputs([dst, uncertainty, *(bounds or ()), fit_save, report], overwrite, [src],
+                        folders=folders) as staged:
         for path in paths:
             scan = _with_modality(load_scan(path), modality, path)
             unit = f" {scan.meta['unit']}" if scan.meta.get("unit") and scan.meta.get("unit") not in ("mm", "pixel") else ""
@@ -195,18 +192,20 @@ def denoise(
                 result = run_to_end(denoise_steps(net, scan, **options), show=True, desc=path.name)
                 typer.echo(f"{path.name}: noise model {result.noise_model} ({result.reason}); "
                            f"sigma {_describe(result.sigma, unit)} (scan units); timestep {_describe(result.timestep, '')}")
-            out = out_dir / path.name if out_dir else dst
-            save_scan(result.scan, out, overwrite=overwrite, inputs=[src, path], source=scan)
+
+            def target(out: Path) -> Path:  # where this scan's output goes in the staged file or folder
+                return staged[out] / path.name if folder else staged[out]
+
+            save_scan(result.scan, target(dst), inputs=[src, path], source=scan)
             if uncertainty is not None and result.uncertainty is not None:
-                save_scan(result.uncertainty, unc_dir / path.name if unc_dir else uncertainty,
-                          overwrite=overwrite, inputs=[src, path], source=scan)
+                save_scan(result.uncertainty, target(uncertainty), inputs=[src, path], source=scan)
             if bounds and result.interval is not None:
-                for k, (b, part) in enumerate(zip(bounds, result.interval)):
-                    save_scan(part, bound_dirs[k] / path.name if bound_dirs else b, overwrite=overwrite,
-                              inputs=[src, path], source=scan)
+                for b, part in zip(bounds, result.interval):
+                    save_scan(part, target(b), inputs=[src, path], source=scan)
             if fit_save is not None:
-                save_fitted(result, fit_save, overwrite)
+                save_fitted(result, staged[fit_save], False, shown_as=fit_save)
             if report is not None:
                 stem = path.name.split(".")[0] or path.name
-                (fit_report if fit else _report)(rep_dir / f"{stem}.png" if rep_dir else report, scan, result)
-            typer.echo(f"wrote {dst / path.name if folder else dst}")
+                (fit_report if fit else _report)(staged[report] / f"{stem}.png" if folder else staged[report], scan, result)
+    for path in paths:
+        typer.echo(f"wrote {dst / path.name if folder else dst}")

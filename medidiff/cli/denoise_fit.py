@@ -55,15 +55,16 @@ def check_fit_save(fit_save: Path | None, fit: bool, folder: bool) -> None:
                             "--fit-save takes one IN scan")
 
 
-def save_fitted(result, folder: Path, overwrite: bool) -> None:
-    """Write the fitted model as a model folder (usable as MODEL by every command)."""
+def save_fitted(result, folder: Path, overwrite: bool, shown_as: Path | None = None) -> None:
+    """Write the fitted model as a model folder (usable as MODEL by every command); ``shown_as``: the name
+    to print when ``folder`` is a staged temporary path."""
     from medidiff.core.model import default_model_card
 
     model = result.model
     card = default_model_card(model) + ("\nFitted by `medidiff denoise --fit` to one noisy scan (no clean data): "
                                         "a prior for scans like it, not a general-purpose model.\n")
     model.save(folder, overwrite=overwrite, model_card=card)
-    typer.echo(f"saved the fitted model to {folder}")
+    typer.echo(f"saved the fitted model to {shown_as or folder}")
 
 
 def run_fit(net, scan, path: Path, options: dict[str, Any], fit_options: dict[str, Any]):

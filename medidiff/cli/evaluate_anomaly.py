@@ -25,7 +25,7 @@ def anomaly(
 
     Example:  medidiff evaluate anomaly maps/ truth/ --csv results.csv --report cases.png
     """
-    from medidiff.io.atomic import check_outputs
+    from medidiff.io.atomic import atomic_outputs, check_outputs
     from medidiff.tasks.evaluate import evaluate_anomaly
 
     existing_path(pred_dir)
@@ -45,9 +45,11 @@ def anomaly(
         typer.echo(f"scan-level AUROC {s['scan_auroc']:.4f}")
     if s["ignored_maps"]:
         typer.echo(f"ignored {len(s['ignored_maps'])} map(s) without a truth mask")
-    if csv is not None:
-        ev.write_csv(csv, overwrite=overwrite)
-        typer.echo(f"wrote {csv}")
-    if report is not None:
-        ev.save_report(report, overwrite=overwrite)
-        typer.echo(f"wrote {report}")
+    with atomic_outputs([csv, report], overwrite, [pred_dir, truth_dir]) as staged:  # both or neither
+        if csv is not None:
+            ev.write_csv(staged[csv])
+        if report is not None:
+            ev.save_report(staged[report])
+    for written in (csv, report):
+        if written is not None:
+            typer.echo(f"wrote {written}")

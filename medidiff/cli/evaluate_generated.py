@@ -26,14 +26,19 @@ def generated(
 
     Example:  medidiff evaluate generated synth/ --real heldout/ --training train/ --report quality.png
     """
-    from medidiff.io.atomic import atomic_file
+    from medidiff.io.atomic import atomic_outputs, check_outputs
     from medidiff.tasks.quality import evaluate_generated
 
     inputs = [p for p in (samples, real, training) if p is not None]
     for p in inputs:
         existing_path(p)
-    check_outputs([p for p in (report, json_out) if p is not None], inputs, overwrite)
-    q = evaluate_generated(samples, real, training, threshold=threshold, report=report, seed=seed)
+    check_outputs([report, json_out], overwrite=overwrite, inputs=inputs)  # before the work, not after
+    with atomic_outputs([report, json_out], overwrite, inputs) as staged:  # both or neither
+        q = evaluate_generated(samples, real, training, threshold=threshold, report=staged[report], seed=seed)
+        if report is not None:
+            q.report = str(report)  # the real name, not the staged one
+        if json_out is not None:
+            staged[json_out].write_text(json.dumps(q.to_dict(), indent=2, default=float) + "\n")
     width = max(len(k) for k, _ in q.lines())
     for name, value in q.lines():
         typer.echo(f"{name:<{width}}  {value}")
@@ -43,23 +48,4 @@ def generated(
     if report is not None:
         typer.echo(f"contact sheet: {report}")
     if json_out is not None:
-        with atomic_file(json_out, overwrite=True, inputs=inputs) as tmp:
-            tmp.write_text(json.dumps(q.to_dict(), indent=2, default=float) + "\n")
-
-
-def check_outputs(outputs: list[Path], inputs: list[Path], overwrite: bool) -> None:
-    """Before anything is computed: no output is, or lies inside, an input; no two outputs clash."""
-    from medidiff.errors import OutputError
-    from medidiff.io.atomic import check_output_path
-
-    seen: dict[Path, Path] = {}
-    for out in outputs:
-        key = out.expanduser().resolve()
-        if key in seen:
-            raise OutputError(f"{out}: given for two outputs (--report and --json); choose two paths")
-        seen[key] = out
-        for src in inputs:
-            s = src.expanduser().resolve()
-            if key == s or s in key.parents:
-                raise OutputError(f"{out}: is (or lies inside) the input {src}; write reports elsewhere (inputs are never changed)")
-        check_output_path(out, overwrite=overwrite, inputs=inputs)
+        typer.echo(f"wrote {json_out}")
