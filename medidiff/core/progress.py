@@ -47,8 +47,13 @@ def run_to_end(
 ) -> T:
     """Run a task generator to completion and return its result.
 
-    ``show`` draws a tqdm progress bar on stderr; ``callback`` sees every event.
+    ``show`` draws a tqdm progress bar on stderr; ``callback`` sees every event. Between
+    events the thread count follows the machine's load where the policy chose it
+    (:class:`medidiff.core.threads.ThreadGovernor`).
     """
+    from medidiff.core.threads import ThreadGovernor
+
+    governor = ThreadGovernor()
     bar = None
     try:
         while True:
@@ -58,6 +63,7 @@ def run_to_end(
                 return stop.value
             if callback is not None:
                 callback(event)
+            governor()
             if show:
                 if bar is None:
                     from tqdm.auto import tqdm

@@ -34,6 +34,8 @@ import statistics
 import time
 
 ENV_VAR = "MEDIDIFF_THREADS"
+# set by prepare_environment when the policy (not the user) chose the count: long runs may adapt it
+POLICY_MARK = "MEDIDIFF_THREADS_BY_POLICY"
 # GNU OpenMP spins this many iterations (about 10 us) before an idle worker sleeps
 SPIN_COUNT = "10000"
 _WAIT_VARS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
@@ -60,18 +62,31 @@ def _explicit() -> int | None:
     return None
 
 
-def others_running(reads: int = 5, interval: float = 0.003, path: str = "/proc/loadavg") -> int | None:
-    """Tasks other than this one that are runnable right now (None where the kernel does not say).
+def _own_running() -> int:
+    """Threads of this process that are runnable now (the caller included), from ``/proc/self/task``."""
+    try:
+        n = 0
+        for tid in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{tid}/stat", encoding="ascii", errors="replace") as f:
+                # the state is the first field after the ")" that closes the command name
+                n += f.read().rsplit(")", 1)[1].split()[0] == "R"
+        return max(1, n)
+    except (OSError, IndexError):
+        return 1
 
-    ``/proc/loadavg``'s fourth field is ``running/total``; the running count includes the thread
-    reading the file, hence the ``- 1``. The median of a few reads a few milliseconds apart
-    ignores a task that happens to be runnable for one instant.
+
+def others_running(reads: int = 5, interval: float = 0.003, path: str = "/proc/loadavg") -> int | None:
+    """Tasks of other processes that are runnable right now (None where the kernel does not say).
+
+    ``/proc/loadavg``'s fourth field is ``running/total``; the running count includes this
+    process's own runnable threads (at least the reader), which are subtracted. The median of a
+    few reads a few milliseconds apart ignores a task that happens to be runnable for one instant.
     """
     counts = []
     for i in range(max(1, reads)):
         try:
             with open(path, encoding="ascii") as f:
-                counts.append(int(f.read().split()[3].split("/")[0]) - 1)
+                counts.append(int(f.read().split()[3].split("/")[0]) - _own_running())
         except (OSError, IndexError, ValueError):
             return None
         if i + 1 < reads:
@@ -119,11 +134,52 @@ def bounded_waits_before_torch() -> bool:
 
 def prepare_environment(threads: int | None = None) -> int:
     """Set the environment before torch is imported (CLI start-up); returns the thread count."""
+    by_policy = threads is None and _explicit() is None
     n = int(threads) if threads is not None else default_threads()
     os.environ[ENV_VAR] = str(n)
     os.environ.setdefault("OMP_NUM_THREADS", str(n))
+    if by_policy:
+        os.environ[POLICY_MARK] = "1"
+    else:
+        os.environ.pop(POLICY_MARK, None)
     bounded_waits_before_torch()
     return n
+
+
+class ThreadGovernor:
+    """Follows the load during a long command: every ``every_s`` seconds, the free cores again.
+
+    Only where the policy chose the count at start-up (:data:`POLICY_MARK`, set by
+    :func:`prepare_environment`); a user's ``--threads``, ``MEDIDIFF_THREADS`` or
+    ``OMP_NUM_THREADS`` is never changed. Two threads that were right on an idle machine were
+    2-2.3x slower than one once six other jobs started (``benchmarks/README.md``); a training run
+    lasts long enough for that to happen. Call it between steps: changing torch's count inside an
+    operation is not possible, between operations it is cheap.
+    """
+
+    def __init__(self, every_s: float = 20.0, loadavg: str = "/proc/loadavg") -> None:
+        self.every_s = float(every_s)
+        self.loadavg = loadavg
+        self.active = os.environ.get(POLICY_MARK) == "1"
+        self._next = time.monotonic() + self.every_s
+
+    def __call__(self) -> int | None:
+        """Re-apply the free-core count if it is time; returns the new count, or None."""
+        import sys
+
+        if not self.active or "torch" not in sys.modules or time.monotonic() < self._next:
+            return None
+        self._next = time.monotonic() + self.every_s
+        others = others_running(path=self.loadavg)
+        if others is None:
+            return None
+        import torch
+
+        cores = available_cores()
+        n = max(1, min(cores, cores - others))
+        if n != torch.get_num_threads():
+            torch.set_num_threads(n)
+        return n
 
 
 def apply_thread_policy(threads: int | None = None) -> int:

@@ -32,7 +32,7 @@ def test_an_explicit_choice_wins_over_the_load(monkeypatch):
 
 
 def _clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("MEDIDIFF_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    env = {k: v for k, v in os.environ.items() if k not in ("MEDIDIFF_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "MEDIDIFF_THREADS_BY_POLICY")}
     env.update(extra)
     return env
 
@@ -117,3 +117,38 @@ def test_cli_start_up_picks_the_threads_and_the_bounded_spin_before_torch():
     n, omp, spin, torch_loaded = out.stdout.split()
     assert n == omp and 1 <= int(n) <= os.cpu_count()
     assert spin == SPIN_COUNT and torch_loaded == "False"
+
+
+_GOVERNOR = """
+import os, sys, torch
+from medidiff.core.threads import ThreadGovernor
+path = sys.argv[1]
+def running(n):
+    with open(path, "w") as f:
+        f.write(f"1.0 1.0 1.0 {n}/100 42\\n")
+torch.set_num_threads(2)
+gov = ThreadGovernor(every_s=0, loadavg=path)
+running(1 + 6)               # six other jobs start: one thread
+first = gov(), torch.get_num_threads()
+running(1)                   # they end: both cores again
+second = gov(), torch.get_num_threads()
+print(first, second, gov.active)
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="needs Linux /proc")
+def test_a_long_run_follows_the_load_only_where_the_policy_chose(tmp_path):
+    loadavg = str(tmp_path / "loadavg")
+    chosen = subprocess.run([sys.executable, "-c", _GOVERNOR, loadavg], capture_output=True, text=True, timeout=120,
+                            env=_clean_env(MEDIDIFF_THREADS_BY_POLICY="1", MEDIDIFF_THREADS="2"))
+    assert chosen.stdout.split("\n")[0] == "(1, 1) (2, 2) True", chosen.stderr
+    # the user's own choice is never changed
+    mine = subprocess.run([sys.executable, "-c", _GOVERNOR, loadavg], capture_output=True, text=True, timeout=120,
+                          env=_clean_env(MEDIDIFF_THREADS="2"))
+    assert mine.stdout.split("\n")[0] == "(None, 2) (None, 2) False", mine.stderr
+    # and the CLI start-up marks only its own choices
+    probe = ("import os; from medidiff.core.threads import prepare_environment, POLICY_MARK\n"
+             "prepare_environment(); a = os.environ.get(POLICY_MARK)\n"
+             "prepare_environment(1); print(a, os.environ.get(POLICY_MARK))")
+    marks = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, env=_clean_env())
+    assert marks.stdout.split() == ["1", "None"], marks.stderr
