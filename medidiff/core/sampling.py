@@ -16,8 +16,12 @@ draws its noise from its own generator seeded by ``sample_seed(seed, i)``, so it
 out the same whatever the batch size or the number of processes.
 
 :func:`predict` is where the network runs: classifier-free guidance, padding to a size
-the U-Net accepts, a gaussian-blended sliding window (MONAI ``sliding_window_inference``)
-for images larger than the training size, ``inference_mode`` and bf16 autocast on CUDA.
+the U-Net accepts, a gaussian-blended sliding window (MONAI's placement and weights,
+:mod:`medidiff.core.windows`) for images larger than the training size, ``inference_mode``
+and bf16 autocast on CUDA. Its generator twin :func:`predict_steps` (and
+:func:`network_output_steps` under it) yields between sliding-window batches, so one large
+image is many progress steps and can be stopped within one network call; ``sample(...,
+per_call=True)`` passes those steps on.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import torch
 
 from medidiff.core.devices import autocast_dtype
 from medidiff.core.model import DiffusionModel
-from medidiff.core.progress import Progress
+from medidiff.core.progress import Progress, plain_twin, relay, run_to_end
 
 from medidiff.choices import SAMPLERS_FOR as SAMPLERS
 DEFAULT_SAMPLER = {"ddpm": "dpm++2m", "rflow": "euler"}
@@ -89,23 +93,29 @@ def window_batch_size(model: DiffusionModel, device: torch.device, free_bytes: i
     return int(max(1, min(most, (free_bytes // 2) // max(per_window, 1))))
 
 
-def network_output(
+def network_output_steps(
     model: DiffusionModel,
     net_in: torch.Tensor,
     t: float,
     class_labels: torch.Tensor | None = None,
     sw_batch_size: int | None = None,
     overlap: float = 0.25,
-) -> torch.Tensor:
-    """Raw network output for a batch at time ``t``, any spatial size, no seams.
+) -> Generator[Progress, None, torch.Tensor]:
+    """Raw network output for a batch at time ``t``, any spatial size, no seams; yields between calls.
 
-    ``sw_batch_size`` (windows per network call) defaults to what fits in free GPU memory
-    (:func:`window_batch_size`); 8 on the CPU.
+    A batch that fits the training size is one network call (padded to a size the U-Net
+    takes). A larger one is covered by gaussian-blended windows of the training size
+    (:mod:`medidiff.core.windows`, MONAI's placement and weights); the windows of all batch
+    elements form one sequence, ``sw_batch_size`` per call (default: what fits in free GPU
+    memory, :func:`window_batch_size`; 8 on the CPU), each window keeping its element's
+    label. A ``Progress`` is yielded *between* calls (after every window batch but the last;
+    the last one's end is the return), so a caller that reports its own event when the result
+    is in counts every call exactly once, and closing the generator stops within one call.
     """
-    from monai.inferers import sliding_window_inference
+    from medidiff.core import windows
 
     net = model.network
-    roi = model.config.image_size
+    roi = tuple(model.config.image_size)
     spatial = tuple(net_in.shape[2:])
     device = net_in.device
     amp = autocast_dtype(device)
@@ -118,28 +128,59 @@ def network_output(
                 return net(x, timesteps=tt, class_labels=lab).float()
         return net(x, timesteps=tt, class_labels=lab).float()
 
-    with torch.inference_mode():
-        if all(s <= r for s, r in zip(spatial, roi)):
+    if windows.fits(spatial, roi):
+        with torch.inference_mode():
             x, crop = _pad_to_multiple(net_in, model.config.size_multiple)
-            out = run(x, class_labels)
-            return out[(slice(None), slice(None), *crop)]
-        # larger than the training size: windows of the training size, gaussian-blended; one
-        # batch element at a time so its time and label travel with every window
-        outs = []
-        for b in range(net_in.shape[0]):
-            lab = None if class_labels is None else class_labels[b : b + 1]
-            outs.append(
-                sliding_window_inference(
-                    net_in[b : b + 1], roi_size=roi,
-                    sw_batch_size=sw_batch_size or window_batch_size(model, device),
-                    predictor=lambda w, lab=lab: run(w, lab), overlap=overlap, mode="gaussian",
-                    padding_mode="replicate",
-                )
-            )
-        return torch.cat(outs)
+            return run(x, class_labels)[(slice(None), slice(None), *crop)]
+    # inference mode is entered per call, never held across a yield (it is thread state)
+    with torch.inference_mode():
+        pad = windows.pad_widths(spatial, roi)
+        x = torch.nn.functional.pad(net_in, pad, mode="replicate") if any(pad) else net_in
+        size = tuple(x.shape[2:])
+        wins = windows.window_slices(size, roi, overlap)
+        weight = windows.importance_map(roi, device)
+        acc: torch.Tensor | None = None
+        count = torch.zeros((1, 1, *size), dtype=torch.float32, device=device)
+        for w in wins:
+            count[(slice(None), slice(None), *w)] += weight
+    order = [(b, w) for b in range(x.shape[0]) for w in wins]  # element-major, as MONAI
+    per_call = int(sw_batch_size or window_batch_size(model, device))
+    calls = -(-len(order) // per_call)
+    for c in range(calls):
+        chunk = order[c * per_call:(c + 1) * per_call]
+        with torch.inference_mode():
+            batch = torch.cat([x[(slice(b, b + 1), slice(None), *w)] for b, w in chunk])
+            labels = None if class_labels is None else class_labels[[b for b, _ in chunk]]
+            out = run(batch, labels) * weight
+            if acc is None:
+                acc = torch.zeros((x.shape[0], out.shape[1], *size), dtype=torch.float32, device=device)
+            for j, (b, w) in enumerate(chunk):
+                acc[(slice(b, b + 1), slice(None), *w)] += out[j : j + 1]
+        if c + 1 < calls:
+            yield Progress(step=c + 1, total=calls, message=f"window batch {c + 1}/{calls}")
+    with torch.inference_mode():
+        result = acc / count
+        crop = tuple(slice(pad[2 * k], pad[2 * k] + spatial[-1 - k]) for k in range(len(spatial)))[::-1]
+        return result[(slice(None), slice(None), *crop)]
 
 
-def predict(
+network_output = plain_twin(network_output_steps, "network")
+
+
+def _guided(model: DiffusionModel, class_labels, masks, guidance: float) -> bool:
+    """Whether ``predict`` runs the conditional and the unconditional batch together."""
+    return (class_labels is not None or masks is not None) and guidance != 1.0
+
+
+def predict_calls(model: DiffusionModel, n_items: int, spatial: Sequence[int], sw_batch_size: int,
+                  guided: bool = False) -> int:
+    """Network calls one :func:`predict` of ``n_items`` images of ``spatial`` size makes."""
+    from medidiff.core.windows import window_calls
+
+    return window_calls(n_items * (2 if guided else 1), spatial, model.config.image_size, sw_batch_size)
+
+
+def predict_steps(
     model: DiffusionModel,
     x_t: torch.Tensor,
     t: float,
@@ -147,29 +188,34 @@ def predict(
     masks: torch.Tensor | None = None,
     guidance: float = 1.0,
     sw_batch_size: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Predicted clean image and noise ``(x0, eps)`` at ``(x_t, t)``, with classifier-free guidance."""
+) -> Generator[Progress, None, tuple[torch.Tensor, torch.Tensor]]:
+    """Predicted clean image and noise ``(x0, eps)`` at ``(x_t, t)``, with classifier-free guidance.
+
+    Yields between the network calls as :func:`network_output_steps` does.
+    """
     b = x_t.shape[0]
     spatial = tuple(x_t.shape[2:])
     labels = model.check_class_labels(class_labels, b)
     cond = model.condition_channels(masks, b, spatial, x_t.device)
-    conditioned = labels is not None or masks is not None
-    if conditioned and guidance != 1.0:
+    if _guided(model, labels, masks, guidance):
         null_labels = None if labels is None else torch.full_like(labels, model.null_class)
         null_cond = None if cond is None else model.condition_channels(None, b, spatial, x_t.device)
         x_in = torch.cat([x_t, x_t])
         if cond is not None:
             x_in = torch.cat([x_in, torch.cat([cond, null_cond])], dim=1)
         lab_in = None if labels is None else torch.cat([labels, null_labels])
-        out = network_output(model, x_in, t, lab_in, sw_batch_size)
+        out = yield from network_output_steps(model, x_in, t, lab_in, sw_batch_size)
         out_c, out_u = out[:b], out[b:]
         out = out_u + guidance * (out_c - out_u)
     else:
         if labels is None and model.config.num_classes:
             labels = torch.full((b,), model.null_class, dtype=torch.long)
         x_in = x_t if cond is None else torch.cat([x_t, cond], dim=1)
-        out = network_output(model, x_in, t, labels, sw_batch_size)
+        out = yield from network_output_steps(model, x_in, t, labels, sw_batch_size)
     return model.schedule.to_x0_eps(out, x_t, t)
+
+
+predict = plain_twin(predict_steps, "predict")
 
 
 # -- samplers ----------------------------------------------------------------------------------------
@@ -187,13 +233,17 @@ def sample(
     generators: Sequence[torch.Generator] | None = None,
     clip_x0: float | None = None,
     preview_every: int = 0,
+    sw_batch_size: int | None = None,
+    per_call: bool = False,
 ) -> Generator[Progress, None, torch.Tensor]:
     """Run the reverse process from ``x_start`` at ``t_start`` (default: pure noise) to a clean image.
 
     ``x_start`` is in network units on the model's device (for generation: noise; for
     denoising and anomaly detection: a partly noised image). Stochastic samplers (``ddpm``,
     ``ddim`` with ``eta`` > 0) draw per-sample noise from ``generators``. Yields one
-    ``Progress`` per step; returns the final batch.
+    ``Progress`` per step; returns the final batch. ``per_call=True`` yields between network
+    calls instead (sliding-window batches too, as :func:`network_output_steps`: after every
+    call but the last, counted in calls), for callers that report progress per network call.
     """
     sampler = check_sampler(model, sampler)
     times = model.schedule.timesteps(steps, t_start)
@@ -208,9 +258,19 @@ def sample(
     prev_x0: torch.Tensor | None = None
     prev_h: float | None = None
     x0 = x
+    if sw_batch_size is None:
+        sw_batch_size = window_batch_size(model, x.device)
+    per_step = predict_calls(model, x.shape[0], x.shape[2:], sw_batch_size,
+                             _guided(model, class_labels, masks, guidance))
+    calls = 0
     for i in range(total):
         t, t_next = times[i], times[i + 1]
-        x0, eps = predict(model, x, t, class_labels, masks, guidance)
+        inner = predict_steps(model, x, t, class_labels, masks, guidance, sw_batch_size)
+        if per_call:
+            x0, eps = yield from relay(inner, step=calls, total=total * per_step, message=f"{sampler} t={t:.0f}")
+        else:
+            x0, eps = run_to_end(inner)
+        calls += per_step
         if clip_x0 is not None:
             x0 = x0.clamp(-clip_x0, clip_x0)
             a, s = sched.alpha_sigma(t)
@@ -242,7 +302,10 @@ def sample(
         preview = None
         if preview_every and ((i + 1) % preview_every == 0 or i + 1 == total):
             preview = x0[0, 0].detach().float().cpu().numpy()
-        yield Progress(step=i + 1, total=total, message=f"{sampler} t={t:.0f}", preview=preview)
+        if not per_call:
+            yield Progress(step=i + 1, total=total, message=f"{sampler} t={t:.0f}", preview=preview)
+        elif i + 1 < total:  # the last call's end is the return
+            yield Progress(step=calls, total=total * per_step, message=f"{sampler} t={t:.0f}", preview=preview)
     return x
 
 

@@ -222,3 +222,73 @@ def test_window_batch_grows_with_free_memory_and_is_fixed_on_cpu():
     large = window_batch_size(m, torch.device("cuda"), free_bytes=8 * 2**30)
     assert 1 <= small < large <= 64
     assert window_batch_size(m, torch.device("cuda"), free_bytes=0) == 1
+
+
+def _monai_gaussian(model, x_t, t, sw, labels=None):
+    """MONAI's own gaussian-blended sliding window, one batch element at a time (the old path)."""
+    from monai.inferers import sliding_window_inference
+
+    outs = []
+    with torch.inference_mode():
+        for b in range(x_t.shape[0]):
+            lab = None if labels is None else labels[b : b + 1]
+
+            def net(w, lab=lab):
+                return model.network(w, timesteps=torch.full((w.shape[0],), float(t)),
+                                     class_labels=None if lab is None else lab.expand(w.shape[0]))
+
+            outs.append(sliding_window_inference(x_t[b : b + 1], model.config.image_size, sw, net, overlap=0.25,
+                                                 mode="gaussian", padding_mode="replicate"))
+    return torch.cat(outs)
+
+
+@pytest.mark.parametrize("shape", [(2, 1, 70, 45), (1, 1, 20, 90)])  # a short axis is padded, as MONAI does
+def test_window_steps_equal_monai_and_report_every_window_batch(tiny_mr_model, shape):
+    from medidiff.core.sampling import network_output, network_output_steps, predict_calls
+
+    model = tiny_mr_model
+    x_t = torch.randn(shape, generator=torch.Generator().manual_seed(3))
+    events = []
+    ours = run_to_end(network_output_steps(model, x_t, 150.0, sw_batch_size=3), callback=events.append)
+    expected = _monai_gaussian(model, x_t, 150.0, 3)
+    torch.testing.assert_close(ours, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(network_output(model, x_t, 150.0, sw_batch_size=5), expected, atol=1e-5, rtol=1e-5)
+    calls = predict_calls(model, shape[0], shape[2:], 3)
+    counted = []
+    hook = model.network.register_forward_pre_hook(lambda *_: counted.append(1))
+    try:
+        run_to_end(network_output_steps(model, x_t, 150.0, sw_batch_size=3))
+    finally:
+        hook.remove()
+    assert len(counted) == calls >= 2  # all windows of the batch, 3 per call
+    # one event between consecutive calls: the last call's end is the return
+    assert [(e.step, e.total) for e in events] == [(k, calls) for k in range(1, calls)]
+
+
+def test_window_steps_stop_within_one_window_batch(tiny_mr_model):
+    from medidiff.core.sampling import network_output_steps
+
+    counted = []
+    hook = tiny_mr_model.network.register_forward_pre_hook(lambda *_: counted.append(1))
+    try:
+        gen = network_output_steps(tiny_mr_model, torch.zeros(1, 1, 128, 128), 100.0, sw_batch_size=4)
+        first = next(gen)
+        gen.close()
+    finally:
+        hook.remove()
+    assert first.step == 1 and first.total == 7  # 5 x 5 windows, 4 per call
+    assert len(counted) == 1  # nothing ran after the close
+
+
+def test_a_per_call_sampler_counts_every_window_batch(tiny_mr_model):
+    from medidiff.core.sampling import predict_calls
+
+    x_t = torch.randn(1, 1, 40, 40, generator=torch.Generator().manual_seed(1))
+    events = []
+    per_call = run_to_end(sample(tiny_mr_model, x_t, sampler="ddim", steps=3, t_start=200, sw_batch_size=2,
+                                 per_call=True), callback=events.append)
+    plain = run_to_end(sample(tiny_mr_model, x_t, sampler="ddim", steps=3, t_start=200, sw_batch_size=2))
+    torch.testing.assert_close(per_call, plain)
+    calls = 3 * predict_calls(tiny_mr_model, 1, (40, 40), 2)
+    assert calls == 3 * 2  # 4 windows of 32, two per call
+    assert [e.step for e in events] == list(range(1, calls)) and {e.total for e in events} == {calls}
