@@ -8,17 +8,20 @@ threshold after a run redraws the labels from the map without running the model 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from qtpy.QtWidgets import QComboBox, QDoubleSpinBox, QSpinBox, QWidget
 
 from medidiff.choices import AnomalyMethod, Direction
+from medidiff.io.scan import Scan
 from medidiff.tasks.anomaly.options import AnomalyOptions
 
 from .base import TaskWidget
 from .pickers import LayerPicker, model_config
-from .results import add_scan_layer, input_scan
+from .results import add_scan_layer
 
 __all__ = ["AnomalyWidget", "METHODS", "DIRECTIONS"]
 
@@ -56,15 +59,19 @@ class AnomalyWidget(TaskWidget):
                                   "auto uses the threshold calibrated on healthy scans")
         self.seed = QSpinBox(self)
         self.seed.setRange(0, 2**31 - 1)
+        self.seed.setToolTip("The same seed gives the same map")
         self.batch_size = QSpinBox(self)
         self.batch_size.setRange(1, 256)
         self.batch_size.setValue(8)
+        self.batch_size.setToolTip("Slices the network takes at once: lower it if memory runs out")
         self.form.addRow("Image", self.layer_picker)
+        self.add_batch_row()
         self.form.addRow("Method", self.method)
         self.form.addRow("Direction", self.direction)
         self.form.addRow("Threshold", self.threshold)
         self.form.addRow("Seed", self.seed)
         self.form.addRow("Batch size", self.batch_size)
+        self.add_slice_axis_row()
         self._last: tuple[Any, Any, Any] | None = None  # (result, map layer, labels layer)
         self.threshold.valueChanged.connect(self._threshold_changed)
         self.model_picker.changed.connect(self._model_changed)
@@ -93,13 +100,22 @@ class AnomalyWidget(TaskWidget):
             device=self.device_picker.device(),
         )
 
-    def job_arguments(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
-        layer = self.chosen_layer(self.layer_picker)
-        self._input = layer
-        return (input_scan(layer), self.options()), {}
+    def prepare_scan(self) -> Callable[[Scan, Callable[[str], None]], tuple[tuple[Any, ...], dict[str, Any]]]:
+        """``prepare(scan, warn) -> ((scan, options), {})`` for ``detect_anomalies_steps``."""
+        options = self.options()
+        return lambda scan, warn: ((scan, options), {})
 
-    def show_result(self, result: Any) -> None:
-        like = self._input
+    def output_paths(self, out_dir: Path, name: str) -> tuple[Path, ...]:
+        """The map as ``out_dir / name``, the mask as ``out_dir / masks / name``."""
+        return (out_dir / name, out_dir / "masks" / name)
+
+    def save_result(self, result: Any, out_dir: Path, name: str, scan: Scan) -> tuple[Path, ...]:
+        from medidiff.io import save_scan
+
+        return (save_scan(result.map, out_dir / name, source=scan),
+                save_scan(result.mask, out_dir / "masks" / name, source=scan))
+
+    def show_result_for(self, like: Any, result: Any) -> None:
         info = {"medidiff_anomaly": {"score": float(result.score), "threshold": float(result.threshold),
                                      "options": dict(result.options)}}
         top = float(np.max(result.map.array)) if result.map.array.size else 0.0

@@ -9,6 +9,8 @@ taken to be what the chosen model is for (an MR NIfTI with an MR model gets Rici
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,10 +18,11 @@ from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QComboBox, QDoubleSpinBox, QSpinBox, QWidget
 
 from medidiff.choices import DenoiseMethod, NoiseChoice
+from medidiff.io.scan import Scan
 
 from .base import TaskWidget
 from .pickers import LayerPicker, modality_family
-from .results import add_scan_layer, input_scan
+from .results import add_scan_layer
 from .wording import FAMILY_CODES, METHOD_TIPS, MODALITIES, NOISE_TIPS, noise_summary
 
 __all__ = ["DenoiseWidget", "METHODS", "NOISE_CHOICES"]
@@ -84,6 +87,7 @@ class DenoiseWidget(TaskWidget):
         self.batch_size.setValue(8)
         self.batch_size.setToolTip("Slices the network takes at once: lower it if memory runs out")
         self.form.addRow("Image", self.layer_picker)
+        self.add_batch_row()
         self.form.addRow("Modality", self.modality)
         self.form.addRow("Method", self.method)
         self.form.addRow("Noise model", self.noise)
@@ -93,6 +97,7 @@ class DenoiseWidget(TaskWidget):
         self.form.addRow("Samples", self.samples)
         self.form.addRow("Seed", self.seed)
         self.form.addRow("Slices per call", self.batch_size)
+        self.add_slice_axis_row()
         self.method.currentTextChanged.connect(self._method_changed)
         self.remember_controls(modality=self.modality, method=self.method, noise=self.noise, sigma=self.sigma,
                                strength=self.strength, steps=self.steps, samples=self.samples, seed=self.seed,
@@ -119,28 +124,44 @@ class DenoiseWidget(TaskWidget):
             "batch_size": self.batch_size.value(),
         }
 
-    def job_arguments(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
-        layer = self.chosen_layer(self.layer_picker)
-        self._input = layer
-        scan = input_scan(layer)
-        modality = self.modality.currentData()
-        if modality:  # the user says what the scan is: that wins over the file (which may not say)
-            scan = scan.with_array(scan.array, modality=str(modality))
-        elif modality_family(scan.modality, scan.meta.get("format")) == "":
-            # the file does not say (a NIfTI): take the scan to be what the chosen model is for
-            code = FAMILY_CODES.get(self.model_picker.modality())
-            if code:
-                scan = scan.with_array(scan.array, modality=code)
-        scan_family = modality_family(scan.modality, scan.meta.get("format"))
+    def prepare_scan(self) -> Callable[[Scan, Callable[[str], None]], tuple[tuple[Any, ...], dict[str, Any]]]:
+        """``prepare(scan, warn)``: the scan with the modality the controls say, and the task options."""
+        chosen = self.modality.currentData()
         model_family = self.model_picker.modality()
-        if scan_family and model_family and scan_family != model_family:
-            self._show_warning(f"the model {self.model_picker.name()} is for {model_family} images but this scan "
-                               f"is {scan_family}: expect a poor result; choose a {scan_family} model (or set "
-                               "Modality if the scan is mislabelled)")
-        return (scan,), self.options()
+        model_name = self.model_picker.name()
+        options = self.options()
 
-    def show_result(self, result: Any) -> None:
-        like = self._input
+        def prepare(scan: Scan, warn: Callable[[str], None]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+            if chosen:  # the user says what the scan is: that wins over the file (which may not say)
+                scan = scan.with_array(scan.array, modality=str(chosen))
+            elif modality_family(scan.modality, scan.meta.get("format")) == "":
+                # the file does not say (a NIfTI): take the scan to be what the chosen model is for
+                code = FAMILY_CODES.get(model_family)
+                if code:
+                    scan = scan.with_array(scan.array, modality=code)
+            scan_family = modality_family(scan.modality, scan.meta.get("format"))
+            if scan_family and model_family and scan_family != model_family:
+                warn(f"the model {model_name} is for {model_family} images but this scan is {scan_family}: "
+                     f"expect a poor result; choose a {scan_family} model (or set Modality if the scan is "
+                     "mislabelled)")
+            return (scan,), dict(options)
+
+        return prepare
+
+    def save_result(self, result: Any, out_dir: Path, name: str, scan: Scan) -> tuple[Path, ...]:
+        """Write the denoised scan as ``out_dir / name`` (and its uncertainty in ``out_dir / uncertainty``)."""
+        from medidiff.io import save_scan
+
+        written = [save_scan(result.scan, out_dir / name, source=scan)]
+        if result.uncertainty is not None:
+            written.append(save_scan(result.uncertainty, out_dir / "uncertainty" / name, source=scan))
+        return tuple(written)
+
+    def output_paths(self, out_dir: Path, name: str) -> tuple[Path, ...]:
+        extra = (out_dir / "uncertainty" / name,) if self.method.currentText() == "posterior" else ()
+        return (out_dir / name, *extra)
+
+    def show_result_for(self, like: Any, result: Any) -> None:
         style: dict[str, Any] = {}
         for key in ("colormap", "contrast_limits", "gamma"):
             try:

@@ -13,7 +13,7 @@ import numpy as np
 
 from medidiff.choices import DenoiseMethod, NoiseChoice, Sampler
 
-__all__ = ["METHOD_TIPS", "NOISE_TIPS", "SAMPLER_TIPS", "NOISE_NAMES", "MODALITIES", "FAMILY_CODES", "noise_summary", "number"]
+__all__ = ["AXIS_NAMES", "PLANE_NAMES", "SLICE_AXIS_TIP", "RUN_ON", "RUN_ON_TIPS", "FIT_TIPS", "METHOD_TIPS", "NOISE_TIPS", "SAMPLER_TIPS", "NOISE_NAMES", "MODALITIES", "FAMILY_CODES", "noise_summary", "number"]
 
 METHOD_TIPS: dict[str, str] = {
     DenoiseMethod.TWEEDIE.value: "Fastest: removes the noise in one pass; usually the most faithful result",
@@ -34,6 +34,30 @@ SAMPLER_TIPS: dict[str, str] = {
     Sampler.DDIM.value: "Deterministic steps: good images in 20-50 steps",
     Sampler.DPM_SOLVER.value: "A faster solver: good images in 10-20 steps",
     Sampler.EULER.value: "Straight-line steps for rectified-flow models: good images in 10-30 steps",
+}
+# array axes of a volume (z, y, x) and the anatomical plane of slices across an RAS direction (R, A, S)
+AXIS_NAMES = ("z (slices)", "y (rows)", "x (columns)")
+PLANE_NAMES = ("sagittal", "coronal", "axial")
+SLICE_AXIS_TIP = ("Which way a 2D model cuts a volume into images: another direction can suit a scan "
+                  "whose slices are thick; a 3D model always takes the whole volume")
+# what a task widget runs on (the Run on control): key -> label
+RUN_ON = {"layer": "this layer", "layers": "every image layer", "folder": "a folder of scans…"}
+RUN_ON_TIPS = {
+    "layer": "Only the image chosen above",
+    "layers": "Every image layer open in the viewer, one after the other; each gets its own result layer",
+    "folder": "Every scan in a folder; the results are saved, under the same file names, in the output "
+              "folder (never in the input folder)",
+    "control": "Run on one image, on every open image, or on every scan in a folder",
+    "input": "The folder of scans to process (NIfTI, DICOM, TIFF, PNG)",
+    "output": "Where the results are saved: a new or empty folder, not the input folder",
+}
+FIT_TIPS = {
+    "minutes": "How long to learn from this scan before denoising it; longer usually gives a cleaner result",
+    "start": "Start from a trained model (faster to fit) or from nothing (no model needed)",
+    "save": "Keep the fitted model under this name, so it appears in every model list (leave empty to not keep it)",
+    "draws": "Noisy copies averaged at the end: more gives a smoother result and takes longer",
+    "seed": "The same seed and settings give the same result (when the step limit, not the clock, ends training)",
+    "max_steps": "Training stops after this many steps (or when the time is up)",
 }
 NOISE_NAMES: dict[str, str] = {
     NoiseChoice.GAUSSIAN.value: "Gaussian",
