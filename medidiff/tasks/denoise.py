@@ -50,10 +50,12 @@ stored in its ``config.json``; the maths and its exchangeability assumption are 
 ``medidiff.tasks.denoise_intervals``).
 
 Layout: a 2D model on a 3D volume works slice by slice along ``model.config.slice_axis`` (axis
-0 when unset; ``medidiff.core.slicing.SliceLayout``), ``batch_size`` slices per network call, one
-``Progress`` per batch (per batch and sample for ``posterior``). A 3D model takes the whole
-volume. Images larger than the training
-size go through ``predict``'s gaussian-blended sliding window, so there are no seams.
+0 when unset; ``medidiff.core.slicing.SliceLayout``), ``batch_size`` slices per network call. A 3D
+model takes the whole volume. Images larger than the training size go through ``predict``'s
+gaussian-blended sliding window, so there are no seams. Progress: one ``Progress`` per network
+call, sliding-window batches included (the total is slice batches x calls per reconstruction x
+samples), so a single large image moves the bar and stops within one call; the event at the end
+of each slice batch (and sample) carries its preview.
 
 dtype policy: the output is float32 in the input's own units (an integer input comes back as
 float32 values, not rounded); the output keeps the input's shape, spacing, affine, modality and
@@ -71,13 +73,13 @@ import torch
 
 from medidiff.choices import DenoiseMethod, NoiseChoice
 from medidiff.core import noise as noise_lib
-from medidiff.core.progress import Progress, plain_twin, run_to_end
+from medidiff.core.progress import Progress, plain_twin, relay
 from medidiff.core.slicing import SliceLayout
 from medidiff.errors import InvalidScanError, MedidiffError, ModelError
 from medidiff.io import Scan
 from medidiff.tasks import denoise_checks as checks
 from medidiff.tasks import denoise_intervals as intervals
-from medidiff.tasks.ensemble import ENSEMBLE_SIZES, ensemble_average
+from medidiff.tasks.ensemble import ENSEMBLE_SIZES, ensemble_average_steps, transforms
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +170,28 @@ def _sample_generators(seed: int, k: int, idx: list[int]) -> list[torch.Generato
     return sample_generators([sample_seed(base, j) for j in idx])
 
 
+def _x0(gen):
+    """The clean estimate of a ``predict_steps`` generator (its events passed on)."""
+    return (yield from gen)[0]
+
+
+def _calls(model, method: str, n: int, spatial: tuple[int, ...], t: float, steps: int, ensemble: int,
+           sw: int) -> int:
+    """Network calls (sliding-window batches included) to denoise a batch of ``n`` items at time ``t``.
+
+    A batch with nothing to remove (``t < 0``) makes none but is still one step.
+    """
+    from medidiff.core.sampling import predict_calls
+
+    if t < 0:
+        return 1
+    if method == "tweedie":  # a quarter turn swaps the last two axes
+        shapes = [(*spatial[:-2], spatial[-1], spatial[-2]) if turns % 2 else spatial
+                  for turns, _, _ in transforms(ensemble)]
+        return sum(predict_calls(model, n, shape, sw) for shape in shapes)
+    return (len(model.schedule.timesteps(steps, t)) - 1) * predict_calls(model, n, spatial, sw)
+
+
 def _check_options(method: str, noise: str, sigma: float | None, strength: float, steps: int, samples: int,
                    batch_size: int, ensemble: int) -> None:
     if method not in METHODS:
@@ -230,7 +254,7 @@ def denoise_steps(
                 (0.5-0.99; needs the model's interval calibration, see ``denoise_intervals``).
     """
     from medidiff.core.devices import release_memory, resolve_device
-    from medidiff.core.sampling import predict, sample
+    from medidiff.core.sampling import predict_steps, sample, window_batch_size
     from medidiff.model_store.registry import resolve_model
 
     _check_options(method, noise, sigma, strength, steps, samples, batch_size, ensemble)
@@ -248,6 +272,7 @@ def denoise_steps(
     source = _source(scan)
     layout = SliceLayout.for_model(model, scan)
     _check_ensemble(ensemble, layout, scan)
+    checks.check_white_noise(model, source)
     checks.check_size(model, layout, scan.shape, source)
     checks.check_constant(scan.array, source)
     items = layout.to_items(scan.array)
@@ -273,17 +298,21 @@ def denoise_steps(
     times = np.array([sched.timestep_for_noise(float(s)) for s in s_net])
     batches = _batches(times, batch_size)
     k_samples = samples if method == "posterior" else 1
-    total = len(batches) * k_samples
+    sw = window_batch_size(model, model.device)  # fixed for the run, so the total holds
+    spatial = tuple(items.shape[1:])
+    total = sum(_calls(model, method, len(idx), spatial, float(times[idx[0]]), steps, ensemble, sw)
+                for idx in batches) * k_samples
     sampler = "euler" if kind == "rflow" else "ddim"
 
-    def tweedie(x_t: torch.Tensor, t: float) -> torch.Tensor:
-        return ensemble_average(lambda x: predict(model, x, t)[0], x_t, ensemble)
+    def tweedie(x_t: torch.Tensor, t: float):
+        return ensemble_average_steps(lambda x: _x0(predict_steps(model, x, t, sw_batch_size=sw)), x_t, ensemble)
 
     out = np.empty(items.shape, dtype=np.float32)
     unc = np.empty(items.shape, dtype=np.float32) if method == "posterior" else None
     done = 0
     # step 0 before the first network call: a one-batch job shows its work from the first second
-    yield Progress(step=0, total=total, message=f"{method}: {len(items)} slice(s) in {len(batches)} batch(es)")
+    yield Progress(step=0, total=total, message=f"{method}: {len(items)} slice(s) in {len(batches)} batch(es), "
+                                                f"{total} network call(s)")
     try:
         for idx in batches:
             t = float(times[idx[0]])
@@ -292,28 +321,34 @@ def denoise_steps(
             mean_net = torch.zeros_like(y)
             mean_out = np.zeros((len(idx), *items.shape[1:]), dtype=np.float64)
             sq_out = np.zeros_like(mean_out)
+            message = f"{method} t={t:.0f}"
             for k in range(k_samples):
+                # every network call is a step (sliding-window batches too): the inner generators
+                # yield between calls, and the event below is the last call's
+                counts: list[int] = [0]
                 if t < 0:  # nothing to remove
                     x0 = y
                 elif method == "tweedie":
-                    x0 = tweedie(x_t, t)
+                    x0 = yield from relay(tweedie(x_t, t), step=done, total=total, message=message, counts=counts)
                 elif method == "ddim":
-                    x0 = run_to_end(sample(model, x_t, sampler=sampler, steps=steps, t_start=t))
+                    x0 = yield from relay(sample(model, x_t, sampler=sampler, steps=steps, t_start=t, sw_batch_size=sw,
+                                                 per_call=True), step=done, total=total, message=message, counts=counts)
                 else:
-                    x0 = run_to_end(sample(model, x_t, sampler="ddim", eta=1.0, steps=steps, t_start=t,
-                                           generators=_sample_generators(seed, k, idx)))
+                    x0 = yield from relay(sample(model, x_t, sampler="ddim", eta=1.0, steps=steps, t_start=t,
+                                                 generators=_sample_generators(seed, k, idx), sw_batch_size=sw,
+                                                 per_call=True), step=done, total=total, message=message, counts=counts)
                 mean_net += (x0 - mean_net) / (k + 1)
                 if unc is not None:  # spread of the samples in scan units, after the inverse transform
                     final = domain.from_gaussian_stack(norm.inverse(x0[:, 0].float().cpu().numpy()), idx)
                     delta = final.astype(np.float64) - mean_out
                     mean_out += delta / (k + 1)
                     sq_out += delta * (final - mean_out)
-                done += 1
+                done += counts[-1] + 1
                 result = domain.from_gaussian_stack(norm.inverse(mean_net[:, 0].float().cpu().numpy()), idx)
                 preview = result[len(idx) // 2]
                 if preview.ndim == 3:
                     preview = preview[preview.shape[0] // 2]
-                yield Progress(step=done, total=total, message=f"{method} t={t:.0f}",
+                yield Progress(step=done, total=total, message=message,
                                preview=preview.astype(np.float32),
                                values={"sigma": float(domain.sigma[idx[0]]), "t": t})
             out[idx] = result

@@ -14,11 +14,14 @@ since a rotation of a grid with non-square pixels is not a symmetry of the scan.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Generator
+from typing import Any
 
 import torch
 
-__all__ = ["ENSEMBLE_SIZES", "transforms", "ensemble_average"]
+from medidiff.core.progress import Progress, run_to_end
+
+__all__ = ["ENSEMBLE_SIZES", "transforms", "ensemble_average", "ensemble_average_steps"]
 
 ENSEMBLE_SIZES = (1, 4, 8)
 
@@ -51,11 +54,28 @@ def _undo(x: torch.Tensor, g: Transform) -> torch.Tensor:
     return torch.flip(y, dims) if dims else y
 
 
-def ensemble_average(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, size: int) -> torch.Tensor:
-    """``1/|G| sum_g g^-1 fn(g x)`` over the ``size`` transforms of the last two axes of ``x``."""
+def ensemble_average_steps(fn: Callable[[torch.Tensor], Generator[Any, None, torch.Tensor]], x: torch.Tensor,
+                           size: int) -> Generator[Progress, None, torch.Tensor]:
+    """``1/|G| sum_g g^-1 fn(g x)`` with ``fn`` a generator twin (e.g. ``predict_steps``).
+
+    Passes on ``fn``'s events and yields one more between group elements (none after the last:
+    as ``fn``, the last call's end is the return), so per-call progress counts every call.
+    """
     group = transforms(size)
     total = None
-    for g in group:
-        out = _undo(fn(_apply(x, g)), g)
+    for k, g in enumerate(group):
+        out = _undo((yield from fn(_apply(x, g))), g)
         total = out if total is None else total + out
+        if k + 1 < len(group):
+            yield Progress(step=k + 1, total=len(group), message=f"ensemble {k + 1}/{len(group)}")
     return total / len(group)
+
+
+def _at_once(value: torch.Tensor) -> Generator[Any, None, torch.Tensor]:
+    return value
+    yield  # pragma: no cover - makes this a generator
+
+
+def ensemble_average(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, size: int) -> torch.Tensor:
+    """``1/|G| sum_g g^-1 fn(g x)`` over the ``size`` transforms of the last two axes of ``x``."""
+    return run_to_end(ensemble_average_steps(lambda y: _at_once(fn(y)), x, size))

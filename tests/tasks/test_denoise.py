@@ -134,8 +134,11 @@ def test_2d_model_on_volume_goes_slice_by_slice(tiny_mr_model, mr_volume):
     events: list[Progress] = []
     result = run_to_end(denoise_steps(tiny_mr_model, _scan(noisy), noise="gaussian", batch_size=4, device="cpu"),
                         callback=events.append)
-    assert [(e.step, e.total) for e in events] == [(0, 2), (1, 2), (2, 2)]  # 6 slices, batches of 4
-    assert events[1].preview is not None and events[1].preview.shape == clean.shape[1:]
+    # 6 slices of 96x128 in batches of 4: 4x5 windows of 32 per slice, 8 windows per call, so 80/8 + 40/8
+    # sliding-window calls, each one a step; the last call of a batch brings its preview
+    assert [(e.step, e.total) for e in events] == [(k, 15) for k in range(16)]
+    assert [e.step for e in events if e.preview is not None] == [10, 15]
+    assert events[10].preview.shape == clean.shape[1:]
     assert result.scan.shape == clean.shape and result.scan.spacing == (2.2, 2.0, 2.0)
     # one type whatever per_slice is: a per-slice array, here all equal (one pooled estimate)
     assert result.sigma.shape == result.timestep.shape == (clean.shape[0],)
@@ -213,8 +216,26 @@ def test_cancel_stops_work(tiny_mr_model, mr_volume):
             next(gen)
     finally:
         handle.remove()
-    assert first.step == 1 and first.total == 6
-    assert after_first > 0 and len(calls) == after_first  # nothing ran after the close
+    assert first.step == 1 and first.total == 18  # 6 slices x 3 sliding-window calls (20 windows, 8 per call)
+    assert after_first == 1 and len(calls) == after_first  # stopped within one window batch
+
+
+@pytest.mark.parametrize("options, per_call", [({"method": "tweedie", "ensemble": 8}, 8 * 3),
+                                                ({"method": "ddim", "steps": 2}, 2 * 3),
+                                                ({"method": "posterior", "steps": 2, "samples": 2}, 2 * 2 * 3)])
+def test_every_network_call_is_one_step(tiny_mr_model, noisy, options, per_call):
+    # a 96x128 image is 20 windows of 32 (3 calls of 8): the ensemble's 8 transforms, the sampler's
+    # steps and the posterior's samples each make those calls, and each call is one step
+    calls = []
+    handle = tiny_mr_model.network.register_forward_pre_hook(lambda *_: calls.append(1))
+    events: list[Progress] = []
+    try:
+        run_to_end(denoise_steps(tiny_mr_model, _scan(noisy), noise="gaussian", device="cpu", **options),
+                   callback=events.append)
+    finally:
+        handle.remove()
+    assert len(calls) == per_call
+    assert [(e.step, e.total) for e in events] == [(k, per_call) for k in range(per_call + 1)]
 
 
 def test_zero_sigma_returns_the_input(tiny_mr_model, noisy):
@@ -248,7 +269,8 @@ def test_3d_model_takes_the_whole_volume(mr_volume):
     volume = _scan(mr_volume.array[8:24, 32:64, 40:72])
     events = []
     result = run_to_end(denoise_steps(model3d, volume, noise="gaussian", sigma=30.0, device="cpu"), callback=events.append)
-    assert [(e.step, e.total) for e in events] == [(0, 1), (1, 1)]  # the whole volume is one call
+    # the whole volume is one item: 1 x 3 x 3 windows of 16^3, 8 per call
+    assert [(e.step, e.total) for e in events] == [(0, 2), (1, 2), (2, 2)]
     assert result.scan.shape == volume.shape and np.isfinite(result.scan.array).all()
     # MONAI zero-initialises the output layer, so an untrained epsilon model predicts eps = 0 and
     # returns its input: this checks the scan units -> network -> scan units round trip
