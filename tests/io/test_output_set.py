@@ -52,11 +52,13 @@ def test_overwrite_failure_restores_the_old_outputs_byte_for_byte(tmp_path):
 
 
 def test_failure_while_committing_the_second_of_three_rolls_back_the_first(tmp_path):
-    """A real commit-time fault: another program creates the 2nd output while the command runs."""
-    a, b, c = (tmp_path / n for n in ("a.nii.gz", "b.nii.gz", "c.png"))
+    """A real commit-time fault: another program creates the 2nd output while the command runs.
+    The 1st is a folder output (as in folder mode): folders commit as one set with the files."""
+    a, b, c = (tmp_path / n for n in ("a_folder", "b.nii.gz", "c.png"))
     with pytest.raises(OutputError) as info:
-        with atomic_outputs([a, b, c]) as staged:
-            for p in (a, b, c):
+        with atomic_outputs([a, b, c], folders=[a]) as staged:
+            (staged[a] / "scan1.nii.gz").write_bytes(b"1")
+            for p in (b, c):
                 staged[p].write_bytes(p.name.encode())
             b.write_bytes(b"someone else's")  # after the checks, before the commit
     assert str(b) in str(info.value) and "\n" not in str(info.value)
