@@ -1,30 +1,42 @@
-"""Denoising benchmark: medidiff (tweedie / ddim / posterior) vs non-local means vs BM3D.
+"""Denoising benchmark: medidiff against non-local means, BM3D and CAREamics Noise2Void.
 
-    OMP_NUM_THREADS=1 python benchmarks/denoise.py --steps 600 --threads 1 --out /tmp/bench_denoise
+    OMP_NUM_THREADS=1 python benchmarks/denoise.py --steps 600 --threads 1 --fit-minutes 1 \\
+        --n2v-python /work/venvs/careamics/bin/python --out /tmp/bench_denoise
 
-One command, one markdown table (printed and written to OUT/denoise_table.md). Everything is
-real data that ships with installed packages (see data_cards/benchmark-denoise.md), split so
-that no test pixel was trained on:
+One command, one markdown table (printed and written to OUT/denoise_table.md, with a second
+table of the issue's targets). Everything is real data that ships with installed packages (see
+data_cards/benchmark-denoise.md), split so that no test pixel was trained on and every choice is
+made on a separate validation image:
 
-* MR:  nibabel ``example4d.nii.gz`` volume 0; model trained on slices z < 16, tested on the six
-       slices z >= 18 (96 x 128 each).
-* CT:  pydicom test files; model trained on crops of ``693_J2KI.dcm`` (512 x 512), tested on
-       ``CT_small.dcm`` (128 x 128): a different patient and scanner.
+* MR:  nibabel ``example4d.nii.gz`` volume 0; model trained on slices z < 16, validation slices
+       z = 16, 17, test slices z >= 18 (six of 96 x 128).
+* CT:  pydicom test files; model trained on crops of ``693_J2KI.dcm`` (512 x 512), validation on
+       ``J2K_pixelrep_mismatch.dcm`` (2 x 2 block mean, central 128 x 128; a third patient), test
+       on ``CT_small.dcm`` (128 x 128): three different patients and scanners.
 * Microscopy: ``skimage.data.cell()`` (660 x 550); model trained on the left half (x < 275),
-       tested on the right half.
+       validation on the top 128 rows of the right half, test on the rest of the right half
+       (532 x 275).
 
-A tiny 2D DDPM is trained per modality (``--steps``, CPU), unless ``--mr-model`` etc. give
-model folders. Noise (``medidiff.core.noise.add_noise``, levels relative to the test image's range):
-Gaussian on all three, Rician on MR, Poisson-Gaussian on microscopy. Baselines get the noisy
-image and estimate sigma with ``skimage.restoration.estimate_sigma`` (Gaussian assumption);
-medidiff estimates its own noise with the matching noise model. BM3D needs ``pip install bm3d``
-(``medidiff[benchmark]``); without it its column says "n/a".
+Columns. Baselines get the noisy image and estimate sigma with ``skimage.restoration.estimate_sigma``
+(a Gaussian assumption): NLM (fast, patch 5, distance 6, ``h = 0.8 sigma``) and BM3D (``bm3d``,
+``sigma_psd``); on Rician rows also "BM3D+Rician": BM3D with medidiff's Rician sigma estimate
+followed by the same Rician bias correction medidiff applies (``rician_bias_correct``, mean
+inversion). medidiff trained on clean data (a tiny 2D DDPM per modality, ``--steps``, unless
+``--mr-model`` etc. give model folders): ``tweedie``, ``tweedie x8`` (geometric self-ensemble),
+``ddim`` and ``posterior``. No clean data at all, trained on the noisy test image itself with the
+same wall-clock budget (``--fit-minutes``) on the ``--fit-datasets``: medidiff ``--fit`` (a tiny
+network from scratch, ``fit_and_denoise(None, ...)``) and CAREamics Noise2Void
+(``benchmarks/n2v_peer.py`` run by ``--n2v-python``, the Python of a venv with ``careamics``;
+"not run" without it). "val pick" is the clean-trained medidiff method with the highest PSNR on
+the validation image at the same noise and level: the number the targets table compares with BM3D.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -32,43 +44,50 @@ from pathlib import Path
 import numpy as np
 
 from medidiff.core import noise as noise_lib
+from medidiff.core.metrics import psnr, ssim
 from medidiff.io import Scan, load_scan
 from medidiff.io.scan import affine_from_spacing
-from medidiff.core.metrics import psnr, ssim
 
 LEVELS = (0.05, 0.10, 0.20)
+MEDIDIFF = {"tweedie": {}, "tweedie x8": {"ensemble": 8}, "ddim": {"method": "ddim"},
+            "posterior": {"method": "posterior"}}
+COLUMNS = ("noisy", "NLM", "BM3D", "BM3D+Rician", "N2V", *MEDIDIFF, "fit")
+PEER = Path(__file__).with_name("n2v_peer.py")
 
 
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-# -- data --------------------------------------------------------------------------------------------
-def mr_data() -> tuple[Scan, np.ndarray, float]:
+# -- data: (training Scan, validation stack, test stack, slice spacing) --------------------------------
+def mr_data() -> tuple[Scan, np.ndarray, np.ndarray, float]:
     import nibabel as nib
 
     img = nib.load(Path(os.path.dirname(nib.__file__)) / "tests" / "data" / "example4d.nii.gz")
     vol = np.asarray(img.dataobj)[..., 0].astype(np.float32).T  # (z, y, x)
     spacing = tuple(float(z) for z in reversed(img.header.get_zooms()[:3]))
-    train = Scan(vol[:16], spacing, img.affine, "MR")
-    return train, vol[18:24], 2.0
+    return Scan(vol[:16], spacing, img.affine, "MR"), vol[16:18], vol[18:24], 2.0
 
 
-def ct_data() -> tuple[Scan, np.ndarray, float]:
+def ct_data() -> tuple[Scan, np.ndarray, np.ndarray, float]:
     from pydicom.data import get_testdata_file
 
     train = load_scan(get_testdata_file("693_J2KI.dcm"))
+    other = load_scan(get_testdata_file("J2K_pixelrep_mismatch.dcm")).array
+    half = other.reshape(other.shape[0] // 2, 2, other.shape[1] // 2, 2).mean(axis=(1, 3))
+    c0, c1 = half.shape[0] // 2 - 64, half.shape[1] // 2 - 64
+    val = half[c0:c0 + 128, c1:c1 + 128].astype(np.float32)
     test = load_scan(get_testdata_file("CT_small.dcm"))
-    return train, test.array[None], test.spacing[0]
+    return train, val[None], test.array[None], test.spacing[0]
 
 
-def cell_data() -> tuple[Scan, np.ndarray, float]:
+def cell_data() -> tuple[Scan, np.ndarray, np.ndarray, float]:
     import skimage.data
 
     cell = skimage.data.cell().astype(np.float32)
     half = cell.shape[1] // 2
     train = Scan(cell[:, :half], (1.0, 1.0), affine_from_spacing((1.0, 1.0)), "SM")
-    return train, cell[None, :, half:], 1.0
+    return train, cell[None, :128, half:], cell[None, 128:, half:], 1.0
 
 
 DATASETS = {"MR": (mr_data, ("gaussian", "rician")), "CT": (ct_data, ("gaussian",)),
@@ -96,18 +115,41 @@ def nlm(img: np.ndarray) -> np.ndarray:
     return denoise_nl_means(img, h=0.8 * s, sigma=s, fast_mode=True, patch_size=5, patch_distance=6)
 
 
-def bm3d_fn():
+def bm3d_gaussian(img: np.ndarray) -> np.ndarray:
+    import bm3d
+    from skimage.restoration import estimate_sigma
+
+    return bm3d.bm3d(img.astype(np.float64), sigma_psd=float(estimate_sigma(img)))
+
+
+def bm3d_rician(img: np.ndarray) -> np.ndarray:
+    """BM3D at medidiff's Rician sigma estimate, then medidiff's Rician bias correction (mean inversion)."""
+    import bm3d
+
+    sigma = noise_lib.estimate_sigma_rician(img)
+    return noise_lib.rician_bias_correct(bm3d.bm3d(img.astype(np.float64), sigma_psd=sigma), sigma, method="mean")
+
+
+def have_bm3d() -> bool:
     try:
-        import bm3d
+        import bm3d  # noqa: F401
     except ImportError:
-        return None
+        return False
+    return True
 
-    def run(img: np.ndarray) -> np.ndarray:
-        from skimage.restoration import estimate_sigma
 
-        return bm3d.bm3d(img.astype(np.float64), sigma_psd=float(estimate_sigma(img)))
-
-    return run
+def n2v(python: str, noisy: np.ndarray, minutes: float, seed: int, threads: int, work: Path) -> tuple[np.ndarray, dict]:
+    """Run CAREamics Noise2Void on ``noisy`` (S, Y, X) in its own venv; the prediction and its report."""
+    work.mkdir(parents=True, exist_ok=True)
+    src, dst = work / "noisy.npy", work / "n2v.npy"
+    np.save(src, noisy.astype(np.float32))
+    env = dict(os.environ, OMP_NUM_THREADS=str(max(threads, 1)))
+    cmd = [python, str(PEER), "--input", str(src), "--output", str(dst), "--minutes", str(minutes),
+           "--seed", str(seed), "--threads", str(max(threads, 1)), "--workdir", str(work)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60 * minutes + 600)
+    if proc.returncode != 0:
+        raise RuntimeError(f"n2v_peer failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    return np.load(dst), json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 # -- one condition -----------------------------------------------------------------------------------
@@ -125,43 +167,82 @@ def estimate_text(result, noise: str, level: float, span: float) -> str:
     return f"{float(np.median(result.sigma)):.3g}/{level * span:.3g}"
 
 
-def run_condition(model, name, clean, spacing, noise, level, seed, args, bm3d_run):
+def as_scan(arr: np.ndarray, name: str, spacing: float) -> Scan:
+    return Scan(arr, (spacing, 1.0, 1.0), affine_from_spacing((spacing, 1.0, 1.0)), MODALITY[name])
+
+
+def run_medidiff(model, scan: Scan, clean: np.ndarray, noise: str, seed: int, args) -> tuple[dict, object]:
     from medidiff.tasks.denoise import denoise
+
+    row, res = {}, None
+    for label, kw in MEDIDIFF.items():
+        t0 = time.perf_counter()
+        res = denoise(model, scan, noise=noise, steps=args.ddim_steps, samples=args.samples, seed=seed,
+                      device="cpu", **kw)
+        row[label] = (*score(clean, res.scan.array), (time.perf_counter() - t0) / clean.shape[0])
+    return row, res
+
+
+def run_condition(model, name, val, clean, spacing, noise, level, seed, args, fit_here) -> tuple[str, str, dict]:
+    """All columns for one (data, noise, level): the estimate text, the validation pick and the row."""
+    from medidiff.tasks.fit import fit_and_denoise
 
     span = float(clean.max() - clean.min())
     noisy = noise_lib.add_noise(clean, noise, level, np.random.default_rng(seed)).astype(np.float32)
-    scan = Scan(noisy, (spacing, 1.0, 1.0), affine_from_spacing((spacing, 1.0, 1.0)), MODALITY[name])
+    noisy_val = noise_lib.add_noise(val, noise, level, np.random.default_rng(seed + 500)).astype(np.float32)
+    val_row, _ = run_medidiff(model, as_scan(noisy_val, name, spacing), val, noise, seed, args)
+    pick = max(val_row, key=lambda k: val_row[k][0])
+    row, res = run_medidiff(model, as_scan(noisy, name, spacing), clean, noise, seed, args)
+    row["noisy"] = (*score(clean, noisy), 0.0)
     n = clean.shape[0]
-    row: dict[str, tuple] = {"noisy": (*score(clean, noisy), 0.0)}
-    est = ""
-    for method in ("tweedie", "ddim", "posterior"):
-        t0 = time.perf_counter()
-        res = denoise(model, scan, method=method, noise=noise, steps=args.ddim_steps, samples=args.samples,
-                      seed=seed, device="cpu")
-        row[method] = (*score(clean, res.scan.array), (time.perf_counter() - t0) / n)
-        est = estimate_text(res, noise, level, span)
-    for label, fn in (("NLM", nlm), ("BM3D", bm3d_run)):
-        if fn is None:
-            row[label] = None
-            continue
+    baselines = {"NLM": nlm}
+    if have_bm3d():
+        baselines["BM3D"] = bm3d_gaussian
+        if noise == "rician":
+            baselines["BM3D+Rician"] = bm3d_rician
+    for label, fn in baselines.items():
         t0 = time.perf_counter()
         out = np.stack([fn(s) for s in noisy])
         row[label] = (*score(clean, out), (time.perf_counter() - t0) / n)
-    return est, row
+    if fit_here:
+        t0 = time.perf_counter()
+        fitted = fit_and_denoise(None, as_scan(noisy, name, spacing), noise=noise, minutes=args.fit_minutes,
+                                 seed=0, device="cpu")
+        row["fit"] = (*score(clean, fitted.scan.array), (time.perf_counter() - t0) / n)
+        log(f"  fit: {fitted.steps} steps in {fitted.seconds:.0f} s")
+        if args.n2v_python:
+            t0 = time.perf_counter()
+            pred, rep = n2v(args.n2v_python, noisy, args.fit_minutes, 0, args.threads,
+                            args.out / "n2v" / f"{name}_{noise}_{level:g}")
+            row["N2V"] = (*score(clean, pred), (time.perf_counter() - t0) / n)
+            log(f"  n2v: {rep}")
+    return estimate_text(res, noise, level, span), pick, row
 
 
-COLUMNS = ("noisy", "tweedie", "ddim", "posterior", "NLM", "BM3D")
+def cell(v) -> str:
+    return "n/a" if v is None else f"{v[0]:.2f} / {v[1]:.3f}"
+
+
+def write_tables(out: Path, lines: list[str], targets: list[str]) -> str:
+    """Write both tables to OUT/denoise_table.md; return the text."""
+    table = "\n".join(lines) + "\n\n" + "\n".join(targets)
+    (out / "denoise_table.md").write_text(table + "\n")
+    return table
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--steps", type=int, default=600, help="training steps per model (CPU)")
-    ap.add_argument("--out", type=Path, default=Path("bench_denoise"), help="folder for models and the table")
+    ap.add_argument("--steps", type=int, default=600, help="training steps per clean-trained model (CPU)")
+    ap.add_argument("--out", type=Path, default=Path("bench_denoise"), help="folder for models and the tables")
     ap.add_argument("--mr-model"), ap.add_argument("--ct-model"), ap.add_argument("--cell-model")
     ap.add_argument("--levels", type=float, nargs="+", default=list(LEVELS))
     ap.add_argument("--samples", type=int, default=4, help="posterior samples")
     ap.add_argument("--ddim-steps", type=int, default=5)
-    ap.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
+    ap.add_argument("--datasets", nargs="+", default=["microscopy", "MR", "CT"], choices=list(DATASETS))
+    ap.add_argument("--fit-datasets", nargs="*", default=["microscopy"], choices=list(DATASETS),
+                    help="datasets that also get --fit and N2V (each costs 2 x --fit-minutes per row)")
+    ap.add_argument("--fit-minutes", type=float, default=1.0, help="wall-clock training budget of --fit and of N2V")
+    ap.add_argument("--n2v-python", help="python of a venv with careamics (benchmarks/README.md); N2V 'not run' without")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = ap.parse_args()
     if args.threads:
@@ -169,37 +250,44 @@ def main() -> None:
 
         torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
-    bm3d_run = bm3d_fn()
+    if args.n2v_python and not Path(args.n2v_python).is_file():
+        sys.exit(f"--n2v-python {args.n2v_python}: no such file")
     paths = {"MR": args.mr_model, "CT": args.ct_model, "microscopy": args.cell_model}
-    lines = ["| data | noise | level | sigma est/true | " + " | ".join(COLUMNS) + " |",
-             "|" + "---|" * (4 + len(COLUMNS))]
-    for d_i, name in enumerate(args.datasets):
+    lines = ["| data | noise | level | sigma est/true | " + " | ".join(COLUMNS) + " | val pick |",
+             "|" + "---|" * (5 + len(COLUMNS))]
+    targets = ["| data | noise | level | val pick | val pick - BM3D (dB) | fit - BM3D (dB) | fit - N2V (dB) |",
+               "|---|---|---|---|---|---|---|"]
+    for name in args.datasets:
+        d_i = list(DATASETS).index(name)  # seeds follow the dataset, not its place in the run
         loader, noises = DATASETS[name]
-        train, clean, spacing = loader()
+        train, val, clean, spacing = loader()
         model, secs = get_model(name, train, paths[name], args.steps, args.out)
         log(f"{name}: model ready ({secs:.0f} s training)")
         times: dict[str, list[float]] = {c: [] for c in COLUMNS}
+        fit_here = name in args.fit_datasets
         for n_i, noise in enumerate(noises):
             for l_i, level in enumerate(args.levels):
-                est, row = run_condition(model, name, clean, spacing, noise, level, 1000 * d_i + 10 * n_i + l_i,
-                                         args, bm3d_run)
+                est, pick, row = run_condition(model, name, val, clean, spacing, noise, level,
+                                               1000 * d_i + 10 * n_i + l_i, args, fit_here)
+                best = max(v[0] for k, v in row.items() if k != "noisy")
                 cells = []
-                best = max(v[0] for k, v in row.items() if v is not None and k != "noisy")
                 for c in COLUMNS:
-                    v = row[c]
+                    v = row.get(c)
                     if v is None:
-                        cells.append("n/a")
+                        cells.append("not run" if c in ("N2V", "fit") else "n/a")
                         continue
                     times[c].append(v[2])
-                    text = f"{v[0]:.2f} / {v[1]:.3f}"
-                    cells.append(f"**{text}**" if v[0] == best else text)
-                lines.append(f"| {name} | {noise} | {level:g} | {est} | " + " | ".join(cells) + " |")
+                    cells.append(f"**{cell(v)}**" if v[0] == best else cell(v))
+                lines.append(f"| {name} | {noise} | {level:g} | {est} | " + " | ".join(cells) + f" | {pick} |")
                 log(lines[-1])
+                ref = row.get("BM3D+Rician") or row.get("BM3D")
+                diff = lambda a, b: "n/a" if a is None or b is None else f"{a[0] - b[0]:+.2f}"  # noqa: E731
+                targets.append(f"| {name} | {noise} | {level:g} | {pick} | {diff(row[pick], ref)} | "
+                               f"{diff(row.get('fit'), ref)} | {diff(row.get('fit'), row.get('N2V'))} |")
+                write_tables(args.out, lines, targets)  # after every row, so a cut-short run keeps its rows
         t_cells = [("n/a" if not times[c] or c == "noisy" else f"{np.mean(times[c]):.3g} s") for c in COLUMNS]
-        lines.append(f"| {name} | s/image | | {clean.shape[1]}x{clean.shape[2]} | " + " | ".join(t_cells) + " |")
-    table = "\n".join(lines)
-    print(table)
-    (args.out / "denoise_table.md").write_text(table + "\n")
+        lines.append(f"| {name} | s/image | | {clean.shape[1]}x{clean.shape[2]} | " + " | ".join(t_cells) + " | |")
+    print(write_tables(args.out, lines, targets))
 
 
 if __name__ == "__main__":
