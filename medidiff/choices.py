@@ -59,6 +59,22 @@ class AnomalyMethod(Choice):
     PATCHED = "patched"
 
 
+class TrainingNoise(Choice):
+    """The noise a model is trained to remove (``medidiff train --noise``)."""
+
+    WHITE = "white"
+    SIMPLEX = "simplex"
+    COARSE = "coarse"
+
+
+class TimestepSampling(Choice):
+    """How training noise levels are drawn (``medidiff train --timestep-sampling``)."""
+
+    UNIFORM = "uniform"
+    LOW_NOISE = "low-noise"
+    LOG_NORMAL = "log-normal"
+
+
 class Reconstruction(Choice):
     TWEEDIE = "tweedie"
     DDIM = "ddim"

@@ -19,6 +19,7 @@ from pathlib import Path
 import typer
 
 from medidiff.cli import app
+from medidiff.choices import TimestepSampling, TrainingNoise
 from medidiff.cli.common import DEVICE, OVERWRITE, SEED
 from medidiff.errors import MedidiffError
 
@@ -39,6 +40,14 @@ EXAMPLES = """Examples:
   two processes (GPUs, or CPU with gloo); --batch-size is the global batch:
 
     torchrun --standalone --nproc_per_node 2 -m medidiff train scans/ --out runs/ddp --batch-size 32
+
+  with the noise the anomaly method uses (then: medidiff anomaly RUN/model scan.nii.gz out/ --method simplex):
+
+    medidiff train scans/ --out runs/simplex --noise simplex --steps 5000
+
+  from noisy scans only, no clean data (the objective of denoise --fit, each scan at its own noise level):
+
+    medidiff train noisy_scans/ --out runs/noisy --noisy --image-size 32 --steps 2000
 
   continue a stopped run:
 
@@ -159,6 +168,14 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
     data_card: str = typer.Option(None, "--data-card", help="Name or URL of the training data's card, recorded in the model and every data card made from it."),
     licence: str = typer.Option(None, "--licence", help="Licence of the training data, recorded in the model and every data card made from it."),
+    noise: str = typer.Option(TrainingNoise.WHITE.value, "--noise", help=f"Training noise: {', '.join(TrainingNoise.values())}. "
+                              "simplex (AnoDDPM) or coarse make an anomaly model for --method simplex; such a model cannot denoise."),
+    timestep_sampling: str = typer.Option(TimestepSampling.UNIFORM.value, "--timestep-sampling",
+                                          help=f"How training noise levels are drawn: {', '.join(TimestepSampling.values())} "
+                                          "(low-noise: half the batch from the lowest 30% of times)."),
+    ema_decay: float = typer.Option(0.999, "--ema-decay", help="Decay of the weights' moving average (in [0, 1))."),
+    noisy: bool = typer.Option(False, "--noisy", help="The scans are noisy and there is no clean data: train with the "
+                               "objective of denoise --fit, each scan at its own estimated noise level (2D, not resumable)."),
     full_paths: bool = typer.Option(False, "--full-paths", help="Record the training files' full paths in the model (default: relative to DATA)."),
     overwrite: bool = OVERWRITE,
 ) -> None:
@@ -176,7 +193,8 @@ def train(
         schedule=schedule, prediction=prediction, slice_axis=slice_axis, ct_window=ct_window, modality=modality,
         augment=not no_augment, checkpoint_every=checkpoint_every, checkpoint_minutes=checkpoint_minutes,
         sample_every=sample_every, data_card=data_card, licence=licence, full_paths=full_paths,
-        command=command_line(data, masks or [], full_paths),
+        command=command_line(data, masks or [], full_paths), noise=noise, timestep_sampling=timestep_sampling,
+        ema_decay=ema_decay, noisy=noisy,
     )
     check_config(config)
     files = scan_paths(data)

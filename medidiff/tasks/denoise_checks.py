@@ -13,7 +13,9 @@ grid of window-shaped blobs, a sample instead of the scan), so these inputs get 
 * outside the model's units: a fixed normaliser (a CT window, given bounds) maps the scan to an
   almost constant image (spread under 0.02 network units) or far outside [-1, 1] (median beyond
   +-10) -- e.g. a CT model given a scan stored as 0..1;
-* beyond the trained noise: the noise level in network units reaches the model's noisiest time.
+* beyond the trained noise: the noise level in network units reaches the model's noisiest time;
+* not a Gaussian denoiser: a model trained with structured noise (``train --noise simplex|coarse``)
+  learnt to remove that noise, not white noise (see :mod:`medidiff.tasks.train_noise`).
 
 A voxel size far (more than 1.5x) from the model's training spacing gets a one-line warning
 (``UserWarning``; the CLI prints it as ``warning: ...``) saying what to expect; the scan is not
@@ -31,15 +33,24 @@ import numpy as np
 
 from medidiff.core.intensity import Normaliser, fit_scan_range
 from medidiff.core.slicing import SliceLayout
-from medidiff.errors import InvalidScanError
+from medidiff.errors import InvalidScanError, ModelError
 
-__all__ = ["check_size", "check_constant", "check_signal", "check_units", "check_noise_range", "warn_spacing",
+__all__ = ["check_white_noise", "check_size", "check_constant", "check_signal", "check_units", "check_noise_range", "warn_spacing",
            "MIN_SIGNAL_TO_NOISE", "SPACING_TOLERANCE"]
 
 MIN_SIGNAL_TO_NOISE = 2.0  # smoothed intensity spread / noise std below which a scan is noise only
 SPACING_TOLERANCE = 1.5  # voxel size ratio to the training spacing above which we warn
 _MIN_NET_SPREAD = 0.02  # network units: a fixed normaliser maps the scan to (almost) one value
 _MAX_NET_MEDIAN = 10.0
+
+
+def check_white_noise(model, source: str) -> None:
+    """Refuse a model trained with structured (simplex, coarse) noise: it is no white-noise denoising prior."""
+    noise = str((model.config.training or {}).get("noise") or "white")
+    if noise not in ("white", "gaussian"):
+        raise ModelError(f"{model.path or 'model'}: was trained with {noise} noise (an anomaly model for "
+                         f"--method simplex), not white noise, so it cannot denoise {source}; use a model trained "
+                         "with --noise white")
 
 
 def check_size(model, layout: SliceLayout, shape: tuple[int, ...], source: str) -> None:

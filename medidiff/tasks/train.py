@@ -36,6 +36,7 @@ from medidiff.io import Scan
 from medidiff.tasks import run_folder
 from medidiff.tasks.distributed import close_process_group, init_process_group, process_device
 from medidiff.tasks.train_config import DEFAULT_STEPS, SAME_ON_RESUME, TrainConfig, check_config
+from medidiff.tasks.train_noise import structured_eps, training_timesteps
 
 __all__ = ["TrainConfig", "TrainResult", "check_config", "train", "train_steps"]
 
@@ -122,7 +123,41 @@ def train_steps(
             cfg = _resumed_config(cfg, meta, run_dir)
         steps = cfg.total_steps
         yield Progress(step=0, total=steps, message="loading training data")
+        if cfg.noisy:
+            return (yield from _run_noisy(data, run_dir, cfg, labels, masks, meta, world, items))
         return (yield from _run(data, run_dir, cfg, labels, masks, meta, rank, world, items))
+
+
+def _run_noisy(data, run_dir: Path | None, cfg: TrainConfig, labels, masks, meta, world: int,
+               items: list) -> Generator[Progress, None, TrainResult]:
+    """``noisy=True``: the ``--fit`` objective on noisy scans (:mod:`medidiff.tasks.train_noisy`), one process.
+
+    Not resumable (the objective keeps no optimiser state on disk): a cancelled run writes nothing.
+    """
+    from medidiff.tasks.train_noisy import train_noisy_steps
+
+    if world > 1 or labels is not None or masks is not None or meta is not None or isinstance(data, TrainingData):
+        raise MedidiffError("--noisy trains one unconditioned model in one process from scan files, and cannot "
+                            "--resume; drop --labels/--masks/--resume or run without torchrun")
+    dev = process_device(cfg.device, 0, 1)
+    model, fit, found = yield from train_noisy_steps(items, cfg, dev)
+    model.network.eval()
+    training = {
+        "steps": fit.steps, "batch_size": cfg.batch_size, "learning_rate": cfg.lr, "seed": cfg.seed,
+        "preset": cfg.preset, "processes": 1, "device": str(dev), "training_images": len(found.items),
+        "sources": [p["source"] for p in found.per_scan][:20], "data_card": cfg.data_card or "",
+        "licence": cfg.licence or "", "command": cfg.command or "", "noise": "white", "ema_decay": cfg.ema_decay,
+        "image_size": list(model.config.image_size), "noisy": True,
+        "objective": "noisy data: denoising score matching on the noisy scans (as --fit; consistent Tweedie)",
+        "per_scan": found.per_scan[:20], "steps_done": fit.steps, "seconds_this_session": round(fit.seconds, 1),
+        "final_loss": round(float(np.mean(fit.losses[-50:])), 5) if fit.losses else None,
+    }
+    model.config.training = training
+    if run_dir is not None:
+        for i, (loss, sec) in enumerate(zip(fit.losses, fit.times)):
+            run_folder.append_log(run_dir / "log.csv", i + 1, loss, cfg.lr, sec)
+        model.save(run_dir / "model", overwrite=True, model_card=_model_card(model, cfg))
+    return TrainResult(model=model, run_dir=run_dir, losses=list(fit.losses), seconds=fit.seconds)
 
 
 def _resumed_config(cfg: TrainConfig, meta: dict[str, Any], run_dir: Path) -> TrainConfig:
@@ -224,6 +259,12 @@ def _train_step(net, model: DiffusionModel, ema, opt, td: TrainingData, cfg: Tra
     batch = td.batch(cfg.seed, step, cfg.batch_size)
     gen = torch.Generator().manual_seed(int(np.random.SeedSequence([cfg.seed, step, 3]).generate_state(1)[0]))
     noise = model.draw_training_noise(batch["images"].shape, gen)
+    if cfg.noise != "white" or cfg.timestep_sampling != "uniform":  # own streams: the default stays as it was
+        extra = torch.Generator().manual_seed(int(np.random.SeedSequence([cfg.seed, step, 4]).generate_state(1)[0]))
+        if cfg.noise != "white":
+            noise["eps"] = structured_eps(cfg.noise, tuple(noise["eps"].shape), extra)
+        if cfg.timestep_sampling != "uniform":
+            noise["t"] = training_timesteps(cfg.timestep_sampling, model.schedule, len(noise["t"]), extra)
     part = slice(rank * local, (rank + 1) * local)
     x0 = torch.from_numpy(batch["images"][part]).to(dev)
     lab = torch.from_numpy(batch["labels"][part]) if "labels" in batch else None
@@ -253,6 +294,8 @@ def _training_record(cfg: TrainConfig, td: TrainingData, sources: list[str], wor
         "preset": cfg.preset, "processes": world, "device": str(dev), "training_images": len(td),
         "sources": sources[:20], "data_card": cfg.data_card or "", "licence": cfg.licence or "",
         "command": cfg.command or "",
+        "noise": cfg.noise, "timestep_sampling": cfg.timestep_sampling,
+        "ema_decay": cfg.ema_decay, "image_size": [int(v) for v in td.image_size],
     }
 
 

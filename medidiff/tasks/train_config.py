@@ -10,7 +10,7 @@ from medidiff.errors import MedidiffError
 
 DEFAULT_STEPS = 1000
 # settings a resumed run must share with the run it continues (they shape the model or the data order)
-SAME_ON_RESUME = ("batch_size", "seed", "dims", "preset", "image_size", "schedule", "prediction")
+SAME_ON_RESUME = ("batch_size", "seed", "dims", "preset", "image_size", "schedule", "prediction", "noise", "noisy")
 
 
 @dataclass
@@ -21,6 +21,10 @@ class TrainConfig:
     ``checkpoint_minutes`` checkpoints by wall time as well as every ``checkpoint_every`` steps
     (0 turns either off). ``full_paths`` records the training files' full paths in the model;
     by default they are recorded relative to the data folder they came from.
+    ``noise`` is the training noise (white, simplex, coarse) and ``timestep_sampling`` how
+    noise levels are drawn (uniform, low-noise, log-normal; :mod:`medidiff.tasks.train_noise`).
+    ``noisy=True`` treats the scans as noisy data (no clean copy): the objective of ``--fit``
+    (:mod:`medidiff.tasks.train_noisy`), each scan at its own estimated noise level.
     """
 
     dims: int = 2
@@ -51,6 +55,9 @@ class TrainConfig:
     licence: str | None = None
     command: str | None = None
     full_paths: bool = False
+    noise: str = "white"
+    timestep_sampling: str = "uniform"
+    noisy: bool = False
 
     @property
     def total_steps(self) -> int:
@@ -105,5 +112,17 @@ def check_config(cfg: TrainConfig) -> None:
         value = getattr(cfg, name)
         if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
             raise MedidiffError(f"{name} must be a finite number >= 0, got {value!r}")
-    if not 0 <= cfg.ema_decay < 1 or not 0 <= cfg.condition_dropout <= 1:
-        raise MedidiffError("ema_decay must be in [0, 1) and condition_dropout in [0, 1]")
+    from medidiff.choices import TimestepSampling, TrainingNoise
+
+    for value, choice, option in ((cfg.noise, TrainingNoise, "noise"),
+                                  (cfg.timestep_sampling, TimestepSampling, "timestep-sampling")):
+        if value not in choice.values():
+            raise MedidiffError(f"--{option} {value!r}: choose one of {', '.join(choice.values())}")
+    if cfg.noisy and (cfg.noise != TrainingNoise.WHITE or cfg.dims != 2 or cfg.schedule != "ddpm"
+                      or cfg.prediction not in (None, "epsilon")):
+        raise MedidiffError("--noisy trains 2D DDPM epsilon models with white noise only; drop --noise, "
+                            "--dims 3, --schedule and --prediction")
+    if not isinstance(cfg.ema_decay, (int, float)) or not 0 <= cfg.ema_decay < 1:
+        raise MedidiffError(f"--ema-decay must be in [0, 1), got {cfg.ema_decay!r}")
+    if not 0 <= cfg.condition_dropout <= 1:
+        raise MedidiffError(f"condition_dropout must be in [0, 1], got {cfg.condition_dropout!r}")

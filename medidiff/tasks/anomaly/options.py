@@ -15,7 +15,7 @@ import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-from medidiff.choices import AnomalyMethod, Direction, Reconstruction
+from medidiff.choices import AnomalyMethod, Direction, Reconstruction, TrainingNoise
 from medidiff.errors import MedidiffError
 
 METHODS = AnomalyMethod.values()
@@ -31,7 +31,7 @@ SCORE_PERCENTILE = 99.0
 DEFAULT_T_FRACTIONS = (0.30, 0.45)
 DEFAULT_DRAWS = 3
 # the noise a model was trained with is ``config.training["noise"]``; models without it are white-noise models
-WHITE_NOISE = "gaussian"
+WHITE_NOISE = TrainingNoise.WHITE.value  # "white"; older records said "gaussian"
 
 
 MAX_DDIM_STEPS = 1000  # more steps than a 1000-step schedule has times is no reconstruction
@@ -218,16 +218,17 @@ class AnomalyOptions:
 
 def trained_noise(model: Any) -> str:
     """The noise ``model`` was trained with (``config.training["noise"]``; unrecorded: white Gaussian)."""
-    return str((model.config.training or {}).get("noise") or WHITE_NOISE)
+    name = str((model.config.training or {}).get("noise") or WHITE_NOISE)
+    return WHITE_NOISE if name == "gaussian" else name
 
 
 def check_method(model: Any, method: str) -> None:
     """Refuse ``simplex`` on a model that was not trained with simplex noise (one line)."""
-    if method == AnomalyMethod.SIMPLEX and trained_noise(model) != AnomalyMethod.SIMPLEX.value:
+    if method == AnomalyMethod.SIMPLEX and trained_noise(model) != TrainingNoise.SIMPLEX.value:
         where = getattr(model, "path", None) or "this model"
         raise AnomalyOptionError(
             "method", f"simplex needs a model trained with simplex noise, but {where} was trained with "
-            f"{trained_noise(model)} noise; use --method ddpm or patched")
+            f"{trained_noise(model)} noise; use --method ddpm or patched, or train with --noise simplex")
 
 
 def resolve_options(model: Any, options: AnomalyOptions | None = None, *, use_calibrated: bool = True,
