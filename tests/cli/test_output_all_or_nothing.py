@@ -156,3 +156,39 @@ def test_evaluate_anomaly_full_disk_on_the_report_leaves_no_csv(capsys, tmp_path
     assert {**_tree(pred), **_tree(truth)} == inputs
     code, _, err = call(capsys, *args())
     assert code == 0 and sorted(_tree(out)) == ["r.csv", "r.png"]
+
+
+def test_evaluate_generated_report_is_taken_back_when_the_json_cannot_be_placed(capsys, tmp_path):
+    """A real commit-time fault: another program writes the --json path while the command runs.
+    The report, renamed into place first, is taken back; the other program's file is left alone."""
+    import os
+    import threading
+    import time
+
+    synth, real, out = tmp_path / "synth", tmp_path / "real", tmp_path / "out"
+    rng = np.random.default_rng(0)
+    for folder in (synth, real):
+        folder.mkdir()
+        for k in range(4):
+            save_scan(Scan(rng.random((24, 24), np.float32), (1.0, 1.0), np.eye(4), "MR", {}), folder / f"s{k}.nii.gz")
+    out.mkdir()
+    intruder = out / "q.json"
+    done = threading.Event()
+
+    def other_program() -> None:  # waits for the command to start staging, then writes its own file
+        deadline = time.monotonic() + 60
+        while not any(p.name.startswith(".medidiff-outputs.") for p in out.iterdir()) and time.monotonic() < deadline:
+            time.sleep(0.002)
+        fd = os.open(intruder, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        os.write(fd, b"not yours")
+        os.close(fd)
+        done.set()
+
+    thread = threading.Thread(target=other_program, daemon=True)
+    thread.start()
+    code, _, err = call(capsys, "evaluate", "generated", synth, "--real", real, "--report", out / "sheet.png",
+                        "--json", intruder)
+    thread.join(60)
+    assert done.is_set(), "the other program must have written its file while the command ran"
+    _assert_one_line_error(code, err, str(intruder), "appeared while this command ran")
+    assert sorted(p.name for p in out.iterdir()) == ["q.json"] and intruder.read_bytes() == b"not yours"
