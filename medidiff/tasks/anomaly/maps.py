@@ -33,13 +33,13 @@ model's reference units (``model.normaliser.half_range`` per network unit), so t
 ``a * x`` equals the map of ``x`` and a calibrated threshold holds for scans stored in other
 units. Without a calibration, and for fixed normalisers (a CT window: HU are absolute), the
 model's stored normaliser is used as it is, and maps are in the scan's units. A 2D model
-runs slice by slice (slices batched, slices without foreground skipped), a 3D model on the
-whole volume.
+runs slice by slice (``medidiff.core.slicing.SliceLayout``; slices batched, slices without
+foreground skipped), a 3D model on the whole volume. Progress: one step per network call,
+sliding-window batches included (``Plan.calls``), so cancel takes effect within one call.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Generator
 from dataclasses import dataclass
 
@@ -51,8 +51,9 @@ from medidiff.core.intensity import Normaliser
 from medidiff.core.lesions import foreground as otsu_foreground
 from medidiff.core.model import DiffusionModel
 from medidiff.core.progress import Progress, relay
-from medidiff.core.sampling import predict, sample, sample_seed
+from medidiff.core.sampling import predict_calls, predict_steps, sample, sample_seed, window_batch_size
 from medidiff.core.simplex import fractal_noise
+from medidiff.core.slicing import SliceLayout
 from medidiff.errors import InvalidScanError
 from medidiff.io import Scan
 
@@ -61,30 +62,22 @@ from .options import SCORE_PERCENTILE, MapSettings
 
 @dataclass
 class Plan:
-    """A scan cut into network items: slices of a 2D model (or the volume of a 3D one)."""
+    """A scan cut into network items (``layout``: slices of a 2D model, or the volume of a 3D one)."""
 
+    layout: SliceLayout
     stack: np.ndarray  # (n, *spatial) scan units
     fg: np.ndarray  # (n, *spatial) bool
     items: list[int]  # indices with foreground (the others are skipped)
-    axis: int | None  # slice axis moved to the front (None: no move)
-    squeeze: bool  # a 2D scan was given a leading axis
     patches: list[tuple[slice, ...]]
     context: list[tuple[slice, ...]]
-    calls: int
+    calls: int  # network calls, sliding-window batches included: one progress step each
     normaliser: Normaliser  # scan units -> network units for this scan
-
-    def restore(self, stack: np.ndarray) -> np.ndarray:
-        """A (n, *spatial) stack back in the scan's axis order."""
-        if self.squeeze:
-            return stack[0]
-        if self.axis is not None:
-            return np.moveaxis(stack, 0, self.axis)
-        return stack[0]
+    sw_batch_size: int  # sliding windows per network call (fixed for the run, so ``calls`` holds)
 
     @property
     def foreground(self) -> np.ndarray:
         """The scored voxels in the scan's axis order."""
-        return self.restore(self.fg)
+        return self.layout.from_items(self.fg)
 
 
 def patch_grid(spatial: tuple[int, ...], patch: tuple[int, ...], window: tuple[int, ...]) -> tuple[list, list]:
@@ -134,35 +127,36 @@ def plan_scan(model: DiffusionModel, scan: Scan, s: MapSettings, batch_size: int
     ``tissue_level``: the calibration's, for a per-scan normalisation anchored on the tissue
     (see the module docstring); ``None`` uses the model's stored normaliser.
     """
-    dims = model.config.spatial_dims
+    layout = SliceLayout.for_model(model, scan)
     arr = scan.array
     source = scan.meta.get("source_path")
     fg_full = otsu_foreground(arr) if s.foreground else np.ones(arr.shape, dtype=bool)
-    axis, squeeze = None, False
-    if dims == 2:
-        if scan.ndim == 2:
-            stack, fg, squeeze = arr[None], fg_full[None], True
-        else:
-            axis = model.config.slice_axis if model.config.slice_axis is not None else 0
-            stack, fg = np.moveaxis(arr, axis, 0), np.moveaxis(fg_full, axis, 0)
-    else:
-        if scan.ndim != 3:
-            raise InvalidScanError(source, f"this model is 3D but the scan is 2D {scan.shape}; use a 2D model or a volume")
-        stack, fg = arr[None], fg_full[None]
+    stack, fg = layout.to_items(arr), layout.to_items(fg_full)
     items = [i for i in range(stack.shape[0]) if fg[i].any()]
-    per_recon = s.calls_per_reconstruction
+    sw = window_batch_size(model, model.device)
     patches: list = []
     context: list = []
     spatial = tuple(stack.shape[1:])
+    per_t = [recon_calls(model, s, t) for t in s.timesteps]  # network passes of one reconstruction
     if s.method == "patched":
         # a quarter of the side: patches smaller than a lesion let the clean context show it again
         patch = s.patch_size or tuple(max(2, n // 4) for n in spatial)
         patches, context = patch_grid(spatial, patch, tuple(model.config.image_size))
-        calls = len(items) * len(s.timesteps) * math.ceil(len(patches) / batch_size) * per_recon
+        window = tuple(c.stop - c.start for c in context[0])  # every context window has this shape
+        chunks = [min(batch_size, len(patches) - c0) for c0 in range(0, len(patches), batch_size)]
+        calls = len(items) * sum(per_t) * sum(predict_calls(model, n, window, sw) for n in chunks)
     else:
-        calls = math.ceil(len(items) / batch_size) * len(s.timesteps) * per_recon
+        chunks = [min(batch_size, len(items) - b0) for b0 in range(0, len(items), batch_size)]
+        calls = sum(per_t) * sum(predict_calls(model, n, spatial, sw) for n in chunks)
     norm = scan_normaliser(model, arr, tissue_level, str(source or "scan"))
-    return Plan(stack, fg, items, axis, squeeze, patches, context, calls, norm)
+    return Plan(layout, stack, fg, items, patches, context, calls, norm, sw)
+
+
+def recon_calls(model: DiffusionModel, s: MapSettings, t: float) -> int:
+    """Network passes of one reconstruction from time ``t`` (1 for Tweedie; the DDIM steps)."""
+    if s.recon == "tweedie":
+        return 1
+    return len(model.schedule.timesteps(s.ddim_steps, t)) - 1
 
 
 def _draw(method: str, gen: torch.Generator, spatial: tuple[int, ...]) -> torch.Tensor:
@@ -172,15 +166,19 @@ def _draw(method: str, gen: torch.Generator, spatial: tuple[int, ...]) -> torch.
     return torch.randn(spatial, generator=gen)
 
 
-def _reconstruct(model: DiffusionModel, x_t: torch.Tensor, t: float, s: MapSettings,
-                 step: int, total: int, message: str) -> Generator[Progress, None, torch.Tensor]:
-    """Clean estimate from ``x_t``; one ``Progress`` per network call, counted on from ``step``."""
+def _reconstruct(model: DiffusionModel, x_t: torch.Tensor, t: float, s: MapSettings, sw: int,
+                 step: int, total: int, message: str, counts: list[int]) -> Generator[Progress, None, torch.Tensor]:
+    """Clean estimate from ``x_t``; a ``Progress`` between its network calls, counted on from ``step``.
+
+    As ``predict_steps``, nothing is yielded after the last call (the caller reports it with
+    the result); ``counts`` gets the number of events yielded.
+    """
     if s.recon == "tweedie":
-        x0, _ = predict(model, x_t, t)
-        yield Progress(step=step + 1, total=total, message=message)
+        x0, _ = yield from relay(predict_steps(model, x_t, t, sw_batch_size=sw), step=step, total=total,
+                                 message=message, counts=counts)
         return x0
-    return (yield from relay(sample(model, x_t, sampler="ddim", steps=s.ddim_steps, t_start=t),
-                             step=step, total=total, message=message))
+    return (yield from relay(sample(model, x_t, sampler="ddim", steps=s.ddim_steps, t_start=t, sw_batch_size=sw,
+                                    per_call=True), step=step, total=total, message=message, counts=counts))
 
 
 def residual(x: np.ndarray, recon: np.ndarray, direction: str) -> np.ndarray:
@@ -205,8 +203,10 @@ def map_steps(
 ) -> Generator[Progress, None, np.ndarray]:
     """The anomaly map of a planned scan, in the scan's units and axis order.
 
-    Yields one ``Progress`` per network call; item ``i`` draws its noise from its own
-    generator (``sample_seed(seed, i)``), so the map does not depend on ``batch_size``.
+    Yields one ``Progress`` per network call (sliding-window batches included: ``plan.calls``
+    in all); the event after the last call of an item batch carries its map as preview. Item
+    ``i`` draws its noise from its own generator (``sample_seed(seed, i)``), so the map does
+    not depend on ``batch_size``.
     """
     total = plan.calls if total is None else total
     norm = plan.normaliser
@@ -217,20 +217,27 @@ def map_steps(
     step = step0
     spatial = tuple(plan.stack.shape[1:])
     gens = {i: torch.Generator().manual_seed(sample_seed(seed, i)) for i in plan.items}
-    per_recon = s.calls_per_reconstruction
     # step 0 before the first network call: a one-slice job shows its work from the first second
     yield Progress(step=step, total=total, message=f"{label} {len(plan.items)} slice(s), {total} network calls".strip())
 
+    def recon(x_t: torch.Tensor, t: float, message: str):
+        """The reconstruction's events, then ``step`` moved past all its calls."""
+        nonlocal step
+        counts = [0]
+        x0 = yield from _reconstruct(model, x_t, t, s, plan.sw_batch_size, step, total, message, counts)
+        step += counts[-1] + 1  # the last call: reported by the caller, with or without a preview
+        return x0
+
     if s.method == "patched":
+        chunks = [range(c0, min(c0 + batch_size, len(plan.patches))) for c0 in range(0, len(plan.patches), batch_size)]
         for i in plan.items:
             x = torch.from_numpy(norm.forward(plan.stack[i]))
             acc = np.zeros(spatial, dtype=np.float64)
             cnt = np.zeros(spatial, dtype=np.float64)
-            for t in ts:
+            for n_t, t in enumerate(ts):
                 a, sig = model.schedule.alpha_sigma(t)
                 noisy = a * x + sig * _draw("ddpm", gens[i], spatial)
-                for c0 in range(0, len(plan.patches), batch_size):
-                    chunk = range(c0, min(c0 + batch_size, len(plan.patches)))
+                for n_c, chunk in enumerate(chunks):
                     crops, rels = [], []
                     for k in chunk:
                         ctx, pat = plan.context[k], plan.patches[k]
@@ -240,13 +247,14 @@ def map_steps(
                         crops.append(crop)
                         rels.append(rel)
                     x_t = torch.stack(crops)[:, None].to(device)
-                    recon = yield from _reconstruct(model, x_t, t, s, step, total, f"{label}patched t={t:.0f}")
-                    step += per_recon
-                    recon = recon[:, 0].float().cpu().numpy()
+                    message = f"{label}patched t={t:.0f}"
+                    rec = (yield from recon(x_t, t, message))[:, 0].float().cpu().numpy()
                     for j, k in enumerate(chunk):
                         pat = plan.patches[k]
-                        acc[pat] += residual(x[pat].numpy(), recon[j][rels[j]], s.direction)
+                        acc[pat] += residual(x[pat].numpy(), rec[j][rels[j]], s.direction)
                         cnt[pat] += 1
+                    if n_t + 1 < len(ts) or n_c + 1 < len(chunks):
+                        yield Progress(step=step, total=total, message=message)
             m = (acc / np.maximum(cnt, 1) / len(ts)) * half
             out[i] = _postprocess(m, plan.fg[i], s)
             yield Progress(step=step, total=total, message=f"{label}patched", preview=out[i] if out[i].ndim == 2 else None)
@@ -255,18 +263,20 @@ def map_steps(
             batch = plan.items[b0 : b0 + batch_size]
             x = torch.from_numpy(norm.forward(plan.stack[batch]))[:, None]
             acc = np.zeros((len(batch), *spatial), dtype=np.float64)
-            for t in ts:
+            for n_t, t in enumerate(ts):
                 a, sig = model.schedule.alpha_sigma(t)
                 eps = torch.stack([_draw(s.method, gens[i], spatial) for i in batch])[:, None]
                 x_t = (a * x + sig * eps).to(device)
-                recon = yield from _reconstruct(model, x_t, t, s, step, total, f"{label}{s.method} t={t:.0f}")
-                step += per_recon
-                acc += residual(x[:, 0].numpy(), recon[:, 0].float().cpu().numpy(), s.direction)
+                message = f"{label}{s.method} t={t:.0f}"
+                rec = yield from recon(x_t, t, message)
+                acc += residual(x[:, 0].numpy(), rec[:, 0].float().cpu().numpy(), s.direction)
+                if n_t + 1 < len(ts):
+                    yield Progress(step=step, total=total, message=message)
             for j, i in enumerate(batch):
                 out[i] = _postprocess(acc[j] / len(ts) * half, plan.fg[i], s)
             last = out[batch[-1]]
             yield Progress(step=step, total=total, message=f"{label}{s.method}", preview=last if last.ndim == 2 else None)
-    return plan.restore(out)
+    return plan.layout.from_items(out)
 
 
 def scan_score(amap: np.ndarray, fg: np.ndarray, percentile: float = SCORE_PERCENTILE) -> float:
