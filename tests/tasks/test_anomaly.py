@@ -175,6 +175,24 @@ def test_cancel_stops_within_one_step(tiny_mr_model, mr_heldout_slices):
         hook.remove()
 
 
+@pytest.mark.parametrize("options, calls", [({"recon": "ddim", "ddim_steps": 2}, 2 * 2 * 3),
+                                            ({"method": "patched", "patch_size": (48, 48)}, 2 * 8)])
+def test_every_network_call_is_one_step(tiny_mr_model, mr_heldout_slices, options, calls):
+    # 96x128 slices, 32x32 windows: a slice is 3 calls of 8 windows (x 2 DDIM steps x 2 times); a 48x48
+    # patch's context is 4 windows, 15 patches in chunks of 8 and 7 make 4 + 4 calls per time
+    counted = []
+    hook = tiny_mr_model.network.register_forward_pre_hook(lambda *_: counted.append(1))
+    events = []
+    try:
+        run_to_end(detect_anomalies_steps(tiny_mr_model, _scan(mr_heldout_slices[0]), threshold=1e9, device="cpu",
+                                          timesteps=(100, 200), **options), callback=events.append)
+    finally:
+        hook.remove()
+    assert len(counted) == calls
+    assert [(e.step, e.total) for e in events] == [(k, calls) for k in range(calls + 1)]
+    assert events[-1].preview is not None  # the last call brings the slice's map
+
+
 # -- calibration -------------------------------------------------------------------------------------------
 def test_calibration_percentile_saved_and_used(tiny_mr_model, mr_heldout_slices, tmp_path):
     from medidiff.core.sampling import sample_seed
