@@ -270,6 +270,7 @@ def test_runtime_error_in_a_task_reaches_the_user(qtbot):
     ("Generate synthetic images", "generate.GenerateWidget"),
     ("Detect anomalies", "anomaly.AnomalyWidget"),
     ("Train a model", "train.TrainWidget"),
+    ("Fit to this scan", "fit.FitWidget"),
 ])
 def test_manifest_widgets_open_from_the_plugin(make_napari_viewer, display_name, cls_path):
     import importlib
@@ -305,7 +306,7 @@ def test_widget_modules_do_not_import_torch():
     import sys
 
     code = ("import sys; import napari_medidiff.widgets.denoise, napari_medidiff.widgets.generate, "
-            "napari_medidiff.widgets.anomaly, napari_medidiff.widgets.train; print('torch' in sys.modules)")
+            "napari_medidiff.widgets.anomaly, napari_medidiff.widgets.train, napari_medidiff.widgets.fit; print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
