@@ -108,3 +108,21 @@ def test_a_rerun_after_a_failure_succeeds(tmp_path):
         staged[a].write_text("A")
         staged[b].write_text("B")
     assert a.read_text() + b.read_text() == "AB"
+
+
+def test_atomic_dir_gives_the_old_folder_back_when_the_swap_fails(tmp_path):
+    """``atomic_dir`` (one folder, e.g. a re-saved model) moves the old folder aside before the swap;
+    when the swap fails (here: the temporary folder was deleted meanwhile) the old one comes back."""
+    from medidiff.io.atomic import atomic_dir
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_bytes(b"{}")
+    before = _tree(tmp_path)
+    with pytest.raises(OutputError, match="model"):
+        with atomic_dir(model, overwrite=True) as tmp:
+            (tmp / "config.json").write_bytes(b"new")
+            import shutil
+
+            shutil.rmtree(tmp)
+    assert _tree(tmp_path) == before
