@@ -18,6 +18,7 @@ Examples (2D slices of MR volumes; the autoencoder compresses 4x per axis):
   medidiff latent train-autoencoder scans/ --out ae/ --image-size 64 --steps 2000
   medidiff latent train scans/ --autoencoder ae/ --out runs/latent --steps 3000
   medidiff latent generate runs/latent/model --n 16 --out synth/
+  medidiff generate runs/latent/model --n 100 --out synth/ --real real/ --training scans/
 \b
 The latent model folder is an ordinary model folder (the prior) with autoencoder/ and
 latent.json (the stored latent scale factor) inside. Denoising and anomaly detection keep
@@ -128,39 +129,61 @@ def train_cmd(
 def generate_cmd(
     model: Path = typer.Argument(..., metavar="MODEL", help="Latent model folder (RUN/model of `medidiff latent train`)."),
     n: int = typer.Option(..., "--n", "-n", min=1, help="Number of samples."),
-    out: Path = typer.Option(..., "--out", help="Output folder (new; sample files + manifest.csv)."),
-    format: str = typer.Option("nifti", "--format", help="nifti, tiff or png (2D)."),
+    out: Path = typer.Option(..., "--out", help="Output folder: samples, manifest.csv, DATA_CARD.md (resumed if it "
+                             "holds a run with the same settings)."),
+    format: str = typer.Option("nifti", "--format", help="nifti, dicom (marked SYNTHETIC), tiff or png (2D)."),
     sampler: str = typer.Option(None, "--sampler", help="ddpm, ddim, dpm++2m (default for DDPM priors) or euler (rflow)."),
     steps: int = typer.Option(20, "--steps", min=1, help="Sampling steps."),
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Samples per network call."),
-    image_size: str = typer.Option(None, "--image-size", help="Output size in pixels (multiples of 4; default: the training field)."),
+    image_size: str = typer.Option(None, "--image-size", help="Output size in pixels (multiples of 4; default: the training "
+                                   "field; larger fields are sampled as one latent, no windows)."),
     clip_x0: float = typer.Option(None, "--clip-x0", min=0.0, help="Clip the predicted latent to +-this (standardised units; "
                                   "default: the training latents' largest |value|, stored in latent.json; 0: no clip)."),
+    real: Path = typer.Option(None, "--real", help="Real images to compare with: adds a quality report to the data card."),
+    training: Path = typer.Option(None, "--training", help="The model's training images: adds the memorisation check (with --real)."),
     seed: int = SEED,
     device: str = DEVICE,
     overwrite: bool = OVERWRITE,
 ) -> None:
-    """Generate synthetic scans with a latent model: DIR/sample_*.nii.gz and manifest.csv.
+    """Generate a synthetic data set with a latent model (the same folder as `medidiff generate`).
 
     Example:  medidiff latent generate runs/latent/model --n 16 --out synth/
     """
     from medidiff.core.latent_model import LatentModel
-    from medidiff.core.progress import run_to_end
-    from medidiff.io.atomic import check_output_path
-    from medidiff.tasks.latent import LATENT_FORMATS, generate_latent_steps, write_latent_samples
-
     from medidiff.errors import MedidiffError
+    from medidiff.io.atomic import check_output_path
+    from medidiff.tasks.dataset import generate_dataset
 
-    if format not in LATENT_FORMATS:
-        raise MedidiffError(f"--format {format!r}: choose one of {', '.join(LATENT_FORMATS)}")
     existing_path(model)
-    check_output_path(out, overwrite=overwrite, inputs=[model])
+    if training is not None and real is None:
+        raise MedidiffError("--training needs --real (the memorisation check is part of the quality report)")
+    for p in (real, training):
+        if p is not None:
+            existing_path(p)
+    check_output_path(out, overwrite=True, inputs=[model])  # never inside the model folder
     lm = LatentModel.load(model)
-    size = _size(image_size, lm.prior.config.spatial_dims)
+    size = _size(image_size, lm.spatial_dims)
     if isinstance(size, int):
-        size = (size,) * lm.prior.config.spatial_dims
+        size = (size,) * lm.spatial_dims
     clip = "auto" if clip_x0 is None else (None if clip_x0 == 0 else clip_x0)
-    result = run_to_end(generate_latent_steps(lm, n, seed=seed, sampler=sampler, steps=steps, batch_size=batch_size,
-                                              image_size=size, clip_x0=clip, device=device), show=True, desc="generate")
-    write_latent_samples(result, out, format=format, overwrite=overwrite)
-    typer.echo(f"wrote {len(result.scans)} samples of {'x'.join(map(str, result.scans[0].shape))} to {out} (manifest.csv)")
+    command = ["medidiff", "latent", "generate", model.name, "--n", str(n), "--out", out.name]
+    for flag, value, default in (("--format", format, "nifti"), ("--seed", seed, 0), ("--sampler", sampler, None),
+                                 ("--steps", steps, 20), ("--batch-size", batch_size, 8),
+                                 ("--image-size", image_size, None), ("--clip-x0", clip_x0, None),
+                                 ("--real", real.name if real else None, None),
+                                 ("--training", training.name if training else None, None)):
+        if value != default:
+            command += [flag, str(value)]
+    try:
+        result = generate_dataset(lm, out, n, format=format, seed=seed, sampler=sampler, steps=steps,
+                                  batch_size=batch_size, image_size=size, clip_x0=clip, device=device,
+                                  overwrite=overwrite, command=" ".join(command), real=real, training=training,
+                                  progress=True)
+    except KeyboardInterrupt:
+        typer.echo(f"\ninterrupted; the finished samples in {out} are kept: run the same command again to finish", err=True)
+        raise typer.Exit(code=130) from None
+    typer.echo(f"wrote {result.written} samples, kept {result.skipped} finished ones in {out}"
+               + (f"; manifest {result.manifest.name}, data card {result.data_card.name}" if result.complete else ""))
+    if result.quality is not None:
+        for name, value in result.quality.lines():
+            typer.echo(f"  {name}: {value}")

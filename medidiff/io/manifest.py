@@ -1,6 +1,9 @@
 """The ``manifest.csv`` of a generated data set: one row per file, written and read without torch.
 
-Columns: ``file, index, seed, condition, sampler, steps, guidance, sha256, pixel_sha256``.
+Columns: ``file, index, seed, condition, sampler, steps, guidance, options, sha256, pixel_sha256``.
+``options`` holds what else decides the pixels, as ``key=value`` parts joined by ``;`` (a latent
+model's ``latent;clip_x0=3.91;size=96x128``); it is empty for a pixel model's defaults, and
+manifests from before it (no such column) read as empty.
 ``sha256`` is the file's (a DICOM series folder: its files' names and hashes); ``pixel_sha256``
 is the sha256 of the generated float32 array, equal across formats and runs even where the file
 is not (DICOM UIDs, TIFF dates). While a run is going each process appends to its own
@@ -21,12 +24,19 @@ from typing import Any
 import numpy as np
 from medidiff.io.hashing import sha256_path  # noqa: F401 (manifest.sha256_path is public)
 
-MANIFEST_FIELDS = ["file", "index", "seed", "condition", "sampler", "steps", "guidance", "sha256", "pixel_sha256"]
+MANIFEST_FIELDS = ["file", "index", "seed", "condition", "sampler", "steps", "guidance", "options", "sha256",
+                   "pixel_sha256"]
 # columns that must agree for a recorded file to count as "this run's" sample
-SETTINGS_FIELDS = ["seed", "condition", "sampler", "steps", "guidance"]
+SETTINGS_FIELDS = ["seed", "condition", "sampler", "steps", "guidance", "options"]
 PART_PREFIX = "manifest.part-"
 
 
+def settings_differ(row: dict[str, Any], want: dict[str, Any]) -> list[str]:
+    """The ``SETTINGS_FIELDS`` where a recorded ``row`` and this run's ``want`` disagree (missing = empty)."""
+    def text(v: Any) -> str:
+        return "" if v is None else str(v)
+
+    return [k for k in SETTINGS_FIELDS if text(row.get(k)) != text(want.get(k))]
 
 
 def pixel_sha256(array: np.ndarray) -> str:

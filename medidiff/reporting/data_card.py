@@ -5,6 +5,9 @@ recorded in the model (``config.json`` ``training.data_card`` / ``training.licen
 files as recorded there (relative to their data folder, see :mod:`medidiff.tasks.run_folder`).
 It names the model by its name and weights hash, never by a path on this machine: a data set is
 made to be shared, and a path names someone's folders (often a patient or study ID).
+
+A latent model (a prior plus an autoencoder) gets the same card: the prior's schedule and
+training record, the autoencoder's pixel geometry and units, and a line naming both.
 """
 
 from __future__ import annotations
@@ -73,6 +76,26 @@ def training_provenance(config: Any) -> dict[str, str]:
     }
 
 
+def _geometry(model: Any, rows: Sequence[dict[str, str]]) -> tuple[Any, Any, str]:
+    """(pixel config, prior config, extra summary) of a pixel or latent model; sizes from the manifest."""
+    prior = getattr(model, "prior", None)
+    if prior is None:
+        return model.config, model.config, ""
+    ae = model.autoencoder
+    summary = (f"; latent diffusion: this prior samples {'x'.join(map(str, prior.config.image_size))} latents of a "
+               f"{ae.factor}x-per-axis KL autoencoder ({ae.num_parameters():,} parameters), latent scale factor "
+               f"{model.scale_factor:.6g} stored in latent.json")
+    return ae.config, prior.config, summary
+
+
+def _sample_size(rows: Sequence[dict[str, str]], default: Sequence[int]) -> tuple[int, ...]:
+    """The samples' size: the manifest's ``size=`` option where recorded, else the model's field."""
+    for part in str((rows[0] if rows else {}).get("options") or "").split(";"):
+        if part.startswith("size="):
+            return tuple(int(v) for v in part[5:].split("x"))
+    return tuple(int(v) for v in default)
+
+
 def write_data_card(out_dir: Path, rows: Sequence[dict[str, str]], *, model: Any, format: str,
                     command: str | None, quality: Any = None, seed: int | None = None) -> Path:
     """Write ``DIR/DATA_CARD.md`` (atomically) for the manifest ``rows`` of a generated set."""
@@ -82,7 +105,9 @@ def write_data_card(out_dir: Path, rows: Sequence[dict[str, str]], *, model: Any
     from medidiff.io.atomic import atomic_file
     from medidiff.version import __version__
 
-    cfg = model.config
+    cfg, prior_cfg, latent_summary = _geometry(model, rows)
+    default_size = model.field_size if getattr(model, "prior", None) is not None else cfg.image_size
+    size = _sample_size(rows, default_size)
     counts = Counter(r["condition"] for r in rows)
     first = rows[0] if rows else {}
     suffix = FORMAT_SUFFIX[format] if not (format == "dicom" and cfg.spatial_dims == 3) else "/ (a DICOM series folder)"
@@ -93,19 +118,20 @@ def write_data_card(out_dir: Path, rows: Sequence[dict[str, str]], *, model: Any
         "name": f"synthetic-{short}-{out_dir.name}".lower().replace(" ", "-"),
         "version": __version__,
         "model_path": label,
-        "model_summary": f"{cfg.spatial_dims}D, preset {cfg.preset}, {cfg.schedule.get('kind')} ({cfg.schedule.get('prediction')}), "
-                         f"classes {cfg.class_names or cfg.num_classes or 'none'}, mask classes {cfg.mask_classes or 'none'}",
-        **training_provenance(cfg),
+        "model_summary": f"{prior_cfg.spatial_dims}D, preset {prior_cfg.preset}, {prior_cfg.schedule.get('kind')} "
+                         f"({prior_cfg.schedule.get('prediction')}), classes {prior_cfg.class_names or prior_cfg.num_classes or 'none'}, "
+                         f"mask classes {prior_cfg.mask_classes or 'none'}{latent_summary}",
+        **training_provenance(prior_cfg),
         "modality": cfg.modality,
         "n": len(rows),
-        "size": f"{len(rows)} images of {tuple(cfg.image_size)} voxels ({format})",
+        "size": f"{len(rows)} images of {size} voxels ({format})",
         "suffix": suffix,
         "format_note": _FORMAT_NOTES[format][0],
         "format_limit": _FORMAT_NOTES[format][1],
         "mask_note": "; `masks/sample_NNNNN...` holds the label map each image was conditioned on" if any(
             r["condition"].startswith("mask:") for r in rows) else "",
         "units": f"the normaliser maps [{norm['low']:.4g}, {norm['high']:.4g}] to the network's [-1, 1]",
-        "shape": " x ".join(str(s) for s in cfg.image_size),
+        "shape": " x ".join(str(s) for s in size),
         "spacing": " x ".join(f"{s:g}" for s in (cfg.spacing or ())) or "1 (not recorded)",
         "orientation": cfg.orientation or "RAS (not recorded)",
         "counts": "| condition | images |\n|---|---|\n" + "\n".join(f"| {c} | {k} |" for c, k in sorted(counts.items())),

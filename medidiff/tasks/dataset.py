@@ -17,6 +17,11 @@ files of its own indices. Under ``torchrun`` rank ``r`` of ``w`` makes the indic
 when it finishes, tries to merge the parts, and the one that finds all ``n`` samples present
 writes ``manifest.csv`` and ``DATA_CARD.md`` (identical content whoever writes it). A second run
 on the same shard of a folder while one is writing it is refused (a folder lock).
+
+Pixel and latent models (:class:`medidiff.core.latent_model.LatentModel`) write the same
+folder through this one path; the manifest's ``options`` column records what else decides a
+latent sample's pixels (``latent;clip_x0=...;size=...``), so a resume with other options is
+refused like one with another seed.
 """
 
 from __future__ import annotations
@@ -36,7 +41,8 @@ from medidiff.errors import MedidiffError, OutputError
 from medidiff.io import Scan, manifest
 from medidiff.reporting.data_card import FORMAT_SUFFIX, write_data_card
 from medidiff.tasks.distributed import process_device, shard_from_env
-from medidiff.tasks.generate import _Job, _make_jobs, _sample_jobs, class_name
+from medidiff.tasks.generate import (AnyModel, Field, _Job, _make_jobs, _sample_jobs, class_name, load_generator,
+                                     prior_of, sample_field)
 
 
 @dataclass
@@ -75,7 +81,7 @@ def _remove(path: Path) -> None:
 
 
 def generate_dataset_steps(
-    model: DiffusionModel | str | Path,
+    model: AnyModel | str | Path,
     out_dir: str | Path,
     n: int | None = None,
     *,
@@ -97,6 +103,8 @@ def generate_dataset_steps(
     threshold: float = 0.95,
     bit_identical: bool = False,
     real_pixels_in_report: bool = False,
+    image_size: Sequence[int] | None = None,
+    clip_x0: float | str | None = "auto",
 ) -> Generator[Progress, None, DatasetResult]:
     """Generate a resumable synthetic data set in ``out_dir`` (see the module docstring).
 
@@ -109,9 +117,9 @@ def generate_dataset_steps(
     ``bit_identical`` makes CPU files identical across batch sizes (see :mod:`medidiff.tasks.generate`).
     Only one run at a time may write a shard of a folder (a folder lock). The first event
     (step 0) comes once the settings are checked and the folder is locked, before any sampling.
+    ``model`` may be a latent model (folder or loaded); ``image_size`` and ``clip_x0`` are
+    :func:`medidiff.tasks.generate.sample_field`'s.
     """
-    from medidiff.model_store.registry import resolve_model
-
     fmt = str(format).lower()
     fmt = {"nii": "nifti", "dcm": "dicom", "tif": "tiff"}.get(fmt, fmt)
     if fmt not in FORMAT_SUFFIX:
@@ -123,8 +131,12 @@ def generate_dataset_steps(
         raise MedidiffError(f"rank {rank} / world {world} is not a valid shard")
     if n is not None and int(n) < 1:
         raise MedidiffError(f"n must be >= 1, got {n}")
+    if not isinstance(steps, int) or steps < 1:
+        raise MedidiffError(f"steps must be an integer >= 1, got {steps!r}")
     dev = process_device(device, rank, world)
-    model = resolve_model(model, device=dev)
+    model = load_generator(model, dev)
+    field = sample_field(model, image_size, clip_x0)
+    dims = prior_of(model).config.spatial_dims
     masks: list[Scan] | None = None
     if masks_dir is not None:
         from medidiff.core.data import expand_inputs
@@ -137,7 +149,7 @@ def generate_dataset_steps(
     n = int(n)
     if n < 1:
         raise MedidiffError(f"n must be >= 1, got {n}")
-    if fmt == "png" and model.config.spatial_dims == 3:
+    if fmt == "png" and dims == 3:
         raise MedidiffError("PNG holds 2D images; this is a 3D model: use --format nifti, tiff or dicom")
     out_dir = Path(out_dir).expanduser()
     if masks_dir is not None and isinstance(masks_dir, (str, Path)):
@@ -155,17 +167,17 @@ def generate_dataset_steps(
         all_indices = list(range(n))
         mine = [j for j in all_indices if j % world == rank]
         jobs = _make_jobs(model, mine, n, seed, labels, masks)
-        expected = {job.index: _settings_row(model, job, seed, sampler_name, steps, guidance, masks) for job in jobs}
+        expected = {job.index: _settings_row(model, job, seed, sampler_name, steps, guidance, masks, field) for job in jobs}
 
         known = manifest.known_rows(out_dir, world) if out_dir.is_dir() else {}
         if out_dir.is_dir() and not overwrite:
-            _check_resumable(out_dir, known, model, n, seed, sampler_name, steps, guidance, labels, masks, world)
+            _check_resumable(out_dir, known, model, n, seed, sampler_name, steps, guidance, labels, masks, world, field)
         out_dir.mkdir(parents=True, exist_ok=True)
         part = manifest.part_path(out_dir, rank)
         if overwrite:
             # start this shard afresh: its files, its part and any merged manifest go
             for job in jobs:
-                _remove(out_dir / sample_name(job.index, fmt, model.config.spatial_dims))
+                _remove(out_dir / sample_name(job.index, fmt, dims))
                 _remove(out_dir / mask_name(job.index, fmt))
             _remove(part)
             if rank == 0:
@@ -182,9 +194,9 @@ def generate_dataset_steps(
         todo, skipped = [], 0
         for job in jobs:
             row = known.get(job.index)
-            path = out_dir / sample_name(job.index, fmt, model.config.spatial_dims)
+            path = out_dir / sample_name(job.index, fmt, dims)
             want = expected[job.index]
-            if row is not None and path.exists() and row["file"] == path.name and all(str(row.get(k)) == str(want[k]) for k in manifest.SETTINGS_FIELDS) \
+            if row is not None and path.exists() and row["file"] == path.name and not manifest.settings_differ(row, want) \
                     and manifest.sha256_path(path) == row["sha256"] and (job.mask is None or (out_dir / mask_name(job.index, fmt)).is_file()):
                 skipped += 1  # its row (in manifest.csv or a part file) still counts at merge time
                 continue
@@ -196,7 +208,7 @@ def generate_dataset_steps(
             nonlocal written
             from medidiff.io import save_scan
 
-            path = out_dir / sample_name(job.index, fmt, model.config.spatial_dims)
+            path = out_dir / sample_name(job.index, fmt, dims)
             with warnings.catch_warnings():
                 # PNG stores 16-bit codes; the data card says so once instead of a warning per file
                 warnings.filterwarnings("ignore", message=".*PNG holds integers.*")
@@ -225,7 +237,7 @@ def generate_dataset_steps(
                     write(job, scan, mask, pixels)
 
             yield from _sample_jobs(model, wanted, write_missing, sampler=sampler_name, steps=steps, guidance=guidance,
-                                    batch_size=batch_size, bit_identical=bit_identical)
+                                    batch_size=batch_size, bit_identical=bit_identical, field=field)
         yield Progress(step=1, total=1, message="manifest")
         merged, card, quality = merge_dataset(out_dir, n, model=model, format=fmt, command=command, real=real,
                                               training=training, threshold=threshold, seed=seed, world=world,
@@ -234,31 +246,33 @@ def generate_dataset_steps(
                              manifest=merged, data_card=card, quality=quality)
 
 
-def _sampler_name(model: DiffusionModel, sampler: str | None) -> str:
+def _sampler_name(model: AnyModel, sampler: str | None) -> str:
     from medidiff.core.sampling import check_sampler
 
     try:
-        return check_sampler(model, sampler)
+        return check_sampler(prior_of(model), sampler)
     except ValueError as exc:
         raise MedidiffError(str(exc)) from None
 
 
-def _condition(model: DiffusionModel, job: _Job, masks: list[Scan] | None) -> str:
+def _condition(model: AnyModel, job: _Job, masks: list[Scan] | None) -> str:
     if job.mask is not None:
         src = job.mask_scan.meta.get("source_path") if job.mask_scan is not None else None
         return f"mask:{Path(src).name if src else job.index % len(masks or [1])}"
     if job.label is not None:
-        return f"class:{class_name(model, job.label)}"
+        return f"class:{class_name(prior_of(model), job.label)}"
     return "none"
 
 
-def _settings_row(model, job: _Job, seed: int, sampler: str, steps: int, guidance: float, masks) -> dict[str, Any]:
+def _settings_row(model, job: _Job, seed: int, sampler: str, steps: int, guidance: float, masks,
+                  field: Field) -> dict[str, Any]:
     return {"file": "", "index": job.index, "seed": job.seed, "condition": _condition(model, job, masks),
-            "sampler": sampler, "steps": int(steps), "guidance": f"{float(guidance):g}", "sha256": "", "pixel_sha256": ""}
+            "sampler": sampler, "steps": int(steps), "guidance": f"{float(guidance):g}", "options": field.options(model),
+            "sha256": "", "pixel_sha256": ""}
 
 
 def _check_resumable(out_dir: Path, known: dict[int, dict[str, str]], model, n, seed, sampler, steps, guidance,
-                     labels, masks, world) -> None:
+                     labels, masks, world, field: Field) -> None:
     """Refuse a folder that holds something else than (part of) this very data set."""
     ours = {"manifest.csv", "DATA_CARD.md", "masks", "quality.png"}
     from medidiff.io.lock import is_lock_file
@@ -274,9 +288,9 @@ def _check_resumable(out_dir: Path, known: dict[int, dict[str, str]], model, n, 
     # compare the recorded settings with this run's for every recorded index (all shards)
     all_jobs = _make_jobs(model, [j for j in known if j < n], n, seed, labels, masks)
     for job in all_jobs:
-        want = _settings_row(model, job, seed, sampler, steps, guidance, masks)
+        want = _settings_row(model, job, seed, sampler, steps, guidance, masks, field)
         row = known[job.index]
-        diff = [k for k in manifest.SETTINGS_FIELDS if str(row.get(k)) != str(want[k])]
+        diff = manifest.settings_differ(row, want)
         if diff:
             raise OutputError(
                 f"{out_dir}: sample {job.index} was made with other settings ({', '.join(f'{k}={row.get(k)}' for k in diff)}, "
@@ -299,7 +313,7 @@ def merge_dataset(
     out_dir: str | Path,
     n: int,
     *,
-    model: DiffusionModel,
+    model: AnyModel,
     format: str = "nifti",
     command: str | None = None,
     real: Any = None,

@@ -2,6 +2,11 @@
 
 Data set folders (files, manifest, data card, resume, shards) are :mod:`medidiff.tasks.dataset`.
 
+Both kinds of model go through the same code: a pixel-space ``DiffusionModel``, or a
+``LatentModel`` (:mod:`medidiff.core.latent_model`), whose prior is sampled on the whole latent
+of the requested field in one piece (x0 clipped to the stored ``x0_limit``) and decoded into
+scan units; everything after that (seeds, batches, files, manifest) is shared.
+
 Reproducibility
     Sample ``j`` of a run with ``seed`` draws all its noise from ``sample_seed(seed, j)``, so it
     does not depend on which batch or process makes it. On the CPU that is not enough for
@@ -31,9 +36,11 @@ import torch
 
 from medidiff.errors import MedidiffError, ScanError
 from medidiff.io import Scan, affine_from_spacing
+from medidiff.core.latent_model import LatentModel
 from medidiff.core.model import DiffusionModel
 from medidiff.core.progress import Progress, plain_twin
 
+AnyModel = DiffusionModel | LatentModel
 
 
 @dataclass
@@ -141,6 +148,85 @@ def training_affine(model: DiffusionModel) -> np.ndarray:
     return aff
 
 
+# -- the two kinds of model ------------------------------------------------------------------------
+def prior_of(model: AnyModel) -> DiffusionModel:
+    """The network the samplers run: the model itself, or a latent model's prior."""
+    return model.prior if isinstance(model, LatentModel) else model
+
+
+def load_generator(spec: Any, device: str | torch.device) -> AnyModel:
+    """A pixel or latent model from a loaded model, a name or a folder, on ``device``."""
+    from medidiff.core.devices import resolve_device
+    from medidiff.model_store.registry import find_model, resolve_model
+
+    dev = resolve_device(device)
+    if isinstance(spec, LatentModel):
+        return spec.to(dev)
+    if not isinstance(spec, DiffusionModel):
+        from medidiff.core.latent_model import is_latent_model
+
+        folder = find_model(spec)
+        if is_latent_model(folder):
+            return LatentModel.load(folder, device=dev)
+    return resolve_model(spec, device=dev)
+
+
+@dataclass(frozen=True)
+class Field:
+    """What one sample is: its pixel size, the network's size, the x0 clip, the geometry."""
+
+    size: tuple[int, ...]
+    network_size: tuple[int, ...]
+    clip_x0: float | None
+    spacing: tuple[float, ...]
+    affine: np.ndarray
+    modality: str
+
+    def options(self, model: AnyModel) -> str:
+        """The manifest's ``options`` column: what else decides the pixels ('' for a pixel model's defaults)."""
+        parts = []
+        if isinstance(model, LatentModel):
+            parts += ["latent", f"clip_x0={'none' if self.clip_x0 is None else f'{self.clip_x0:.6g}'}"]
+        if isinstance(model, LatentModel) or self.size != tuple(model.config.image_size):
+            parts.append("size=" + "x".join(map(str, self.size)))
+        return ";".join(parts)
+
+
+def sample_field(model: AnyModel, image_size: Sequence[int] | None = None, clip_x0: float | str | None = "auto") -> Field:
+    """Check ``image_size`` / ``clip_x0`` for ``model`` and describe its samples (see :class:`Field`).
+
+    ``image_size`` (pixels) defaults to the training field; a latent model needs multiples of its
+    autoencoder factor. ``clip_x0``: ``"auto"`` is 1 for pixel models (network units) and the
+    stored ``x0_limit`` for latent models; ``None`` does not clip.
+    """
+    import math
+
+    prior = prior_of(model)
+    dims = prior.config.spatial_dims
+    if clip_x0 == "auto":
+        clip_x0 = model.x0_limit if isinstance(model, LatentModel) else 1.0
+    elif clip_x0 is not None and not (isinstance(clip_x0, (int, float)) and not isinstance(clip_x0, bool)
+                                      and math.isfinite(clip_x0) and clip_x0 > 0):
+        raise MedidiffError(f"clip_x0 must be a number > 0, 'auto' or None, got {clip_x0!r}")
+    if isinstance(model, LatentModel):
+        f = model.autoencoder.factor
+        size = tuple(int(s) for s in (image_size if image_size is not None else model.field_size))
+        if len(size) != dims or any(s < f or s % f for s in size):
+            raise MedidiffError(f"image size {size}: this {dims}D latent model needs {dims} sizes, "
+                                f"each a positive multiple of {f}")
+        c = model.autoencoder.config
+        spacing = tuple(c.spacing) or (1.0,) * dims
+        from types import SimpleNamespace
+
+        affine = training_affine(SimpleNamespace(config=c))  # type: ignore[arg-type]  (reads config fields only)
+        return Field(size, tuple(s // f for s in size), clip_x0, spacing, affine, c.modality)
+    size = tuple(int(s) for s in (image_size if image_size is not None else model.config.image_size))
+    if len(size) != dims or any(s < 1 for s in size):
+        raise MedidiffError(f"image size {size}: this {dims}D model needs {dims} positive sizes")
+    spacing = tuple(model.config.spacing) or (1.0,) * dims
+    return Field(size, size, clip_x0, spacing, training_affine(model), model.config.modality)
+
+
 # -- sampling -------------------------------------------------------------------------------------
 @contextlib.contextmanager
 def _batch_invariant(device: torch.device, enabled: bool) -> Iterator[None]:
@@ -167,7 +253,7 @@ Sink = Callable[[_Job, Scan, Scan | None, np.ndarray], None]
 
 
 def _sample_jobs(
-    model: DiffusionModel,
+    model: AnyModel,
     jobs: Sequence[_Job],
     sink: Sink,
     *,
@@ -176,21 +262,25 @@ def _sample_jobs(
     guidance: float,
     batch_size: int,
     bit_identical: bool,
+    field: Field | None = None,
 ) -> Generator[Progress, None, None]:
     """Sample ``jobs`` in batches, hand each finished sample to ``sink``; one Progress per network step.
 
-    The first event (step 0) comes before the first network call.
+    The first event (step 0) comes before the first network call. ``field``: see :func:`sample_field`
+    (default: the training field).
     """
     from medidiff.core.sampling import check_sampler, generate_batch
 
+    field = field or sample_field(model)
+    latent = isinstance(model, LatentModel)
+    # a latent is sampled in one piece (no prior windows): see medidiff.core.latent_model
+    net = model.whole_field_prior(field.network_size) if latent else model
     try:
-        sampler = check_sampler(model, sampler)
+        sampler = check_sampler(net, sampler)
     except ValueError as exc:
         raise MedidiffError(str(exc)) from None
-    dev = model.device
+    dev = net.device
     per_call = 1 if (bit_identical and dev.type == "cpu") else max(1, int(batch_size))
-    base_affine = training_affine(model)
-    spacing = tuple(model.config.spacing) or (1.0,) * model.config.spatial_dims
     total = len(jobs) * steps
     done_units = 0
     t0 = time.perf_counter()
@@ -206,15 +296,15 @@ def _sample_jobs(
                 break
             batch.append(nxt)
         k += len(batch)
-        size = batch[0].mask.shape if batch[0].mask is not None else tuple(model.config.image_size)
+        size = batch[0].mask.shape if batch[0].mask is not None else field.network_size
         labels = None
         if batch[0].label is not None:
             labels = torch.tensor([j.label for j in batch], dtype=torch.long, device=dev)
         masks = None
         if batch[0].mask is not None:
             masks = torch.from_numpy(np.stack([j.mask for j in batch])[:, None].astype(np.float32)).to(dev)
-        inner = generate_batch(model, [j.seed for j in batch], sampler=sampler, steps=steps, class_labels=labels,
-                               masks=masks, guidance=guidance, image_size=size)
+        inner = generate_batch(net, [j.seed for j in batch], sampler=sampler, steps=steps, class_labels=labels,
+                               masks=masks, guidance=guidance, clip_x0=field.clip_x0, image_size=size)
         try:
             while True:
                 with _batch_invariant(dev, bit_identical):
@@ -231,18 +321,24 @@ def _sample_jobs(
                                values={"samples/s": finished / max(time.perf_counter() - t0, 1e-9)})
         finally:
             inner.close()
-        images = model.normaliser.inverse(x[:, 0].detach().float().cpu().numpy())
+        if latent:
+            with _batch_invariant(dev, bit_identical):
+                images = model.decode(x.detach())
+        else:
+            images = model.normaliser.inverse(x[:, 0].detach().float().cpu().numpy())
         for job, img in zip(batch, images):
             src = job.mask_scan
-            geo_spacing, affine = (src.spacing, src.affine) if src is not None and src.shape == img.shape else (spacing, base_affine)
+            geo_spacing, affine = (src.spacing, src.affine) if src is not None and src.shape == img.shape else (field.spacing, field.affine)
             meta = {"synthetic": True, "seed": int(job.seed), "index": int(job.index),
-                    "label": job.label, "class_name": class_name(model, job.label),
-                    "description": f"medidiff sample {job.index:05d}",
+                    "label": job.label, "class_name": class_name(net, job.label),
+                    "description": f"medidiff {'latent ' if latent else ''}sample {job.index:05d}",
                     "model": Path(model.path).name if model.path else ""}
-            scan = Scan(np.ascontiguousarray(img, dtype=np.float32), geo_spacing, affine, model.config.modality, meta)
+            if latent:
+                meta["latent"] = True
+            scan = Scan(np.ascontiguousarray(img, dtype=np.float32), geo_spacing, affine, field.modality, meta)
             mask_scan = None
             if job.mask is not None:
-                mask_scan = Scan(job.mask.astype(np.float32), geo_spacing, affine, model.config.modality,
+                mask_scan = Scan(job.mask.astype(np.float32), geo_spacing, affine, field.modality,
                                  {"synthetic": True, "label_map": True, "index": int(job.index)})
             sink(job, scan, mask_scan, img)
             finished += 1
@@ -251,10 +347,11 @@ def _sample_jobs(
                        preview=preview, values={"samples/s": finished / max(time.perf_counter() - t0, 1e-9)})
 
 
-def _make_jobs(model: DiffusionModel, indices: Sequence[int], n: int, seed: int, labels: Any,
+def _make_jobs(model: AnyModel, indices: Sequence[int], n: int, seed: int, labels: Any,
                masks: Sequence[Scan | np.ndarray] | None) -> list[_Job]:
     from medidiff.core.sampling import sample_seed
 
+    model = prior_of(model)
     if masks is not None and not model.config.mask_classes:
         raise MedidiffError(f"{model.path or 'model'}: this model has no mask conditioning; do not pass masks")
     if masks is not None and len(masks) == 0:
@@ -271,7 +368,7 @@ def _make_jobs(model: DiffusionModel, indices: Sequence[int], n: int, seed: int,
 
 
 def generate_steps(
-    model: DiffusionModel | str | Path,
+    model: AnyModel | str | Path,
     n: int | None = None,
     *,
     seed: int = 0,
@@ -284,8 +381,10 @@ def generate_steps(
     device: str | torch.device = "auto",
     start: int = 0,
     bit_identical: bool = False,
+    image_size: Sequence[int] | None = None,
+    clip_x0: float | str | None = "auto",
 ) -> Generator[Progress, None, GenerateResult]:
-    """Generate ``n`` synthetic scans, yielding a ``Progress`` per network step.
+    """Generate ``n`` synthetic scans with a pixel or latent model, yielding a ``Progress`` per network step.
 
     Sample ``i`` uses the seed ``sample_seed(seed, start + i)``, so the result does not depend on
     ``batch_size`` and a run can be split into pieces with ``start``. ``labels``: ``None`` (a
@@ -295,20 +394,21 @@ def generate_steps(
     units with the model's training spacing and orientation (a mask Scan's own geometry when
     given), ``meta["synthetic"] = True`` and the seed and label. ``bit_identical`` trades speed
     for arrays identical across batch sizes on the CPU (see the module docstring). The first
-    event (step 0) comes before any network call.
+    event (step 0) comes before any network call. ``image_size`` / ``clip_x0``: see
+    :func:`sample_field` (a latent model samples a larger field as one latent, no windows).
     """
-    from medidiff.core.devices import resolve_device
-    from medidiff.model_store.registry import resolve_model
-
     if n is None:
         if masks is None:
             raise MedidiffError("say how many samples to generate (n)")
         n = len(masks)
     if int(n) < 0:
         raise MedidiffError(f"n must be >= 0, got {n}")
-    if steps < 1:
-        raise MedidiffError(f"steps must be >= 1, got {steps}")
-    model = resolve_model(model, device=resolve_device(device))
+    if not isinstance(steps, int) or steps < 1:
+        raise MedidiffError(f"steps must be an integer >= 1, got {steps!r}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise MedidiffError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    model = load_generator(model, device)
+    field = sample_field(model, image_size, clip_x0)
     yield Progress(step=0, total=int(n) * int(steps), message="preparing")
     indices = list(range(int(start), int(start) + int(n)))
     jobs = _make_jobs(model, [i - int(start) for i in indices], int(n), seed, labels, masks)
@@ -327,7 +427,7 @@ def generate_steps(
             out_masks.append(mask)
 
     yield from _sample_jobs(model, jobs, keep, sampler=sampler, steps=steps, guidance=guidance,
-                            batch_size=batch_size, bit_identical=bit_identical)
+                            batch_size=batch_size, bit_identical=bit_identical, field=field)
     return GenerateResult(scans=scans, masks=out_masks if masks is not None else None,
                           seeds=[j.seed for j in jobs], labels=[j.label for j in jobs])
 

@@ -14,10 +14,13 @@ The steps (Rombach et al. 2022, as MONAI's tutorials do them, but with the scale
    stored in config.json and again in ``latent.json`` (see :mod:`medidiff.core.latent_model`).
    Latent batches are not augmented again (``augment=False``): flips and affines of a latent
    are not latents of flipped images.
-4. :func:`generate_latent_steps` samples ``u`` with the existing samplers (x0 clipped to the
-   training latents' max ``|u|``, the stored ``x0_limit``, not to the pixel models' 1: the
-   standardised latents have unit variance), maps back to ``z`` and decodes,
-   in gaussian-blended windows of the training latent field when a larger output is asked for.
+4. Generation is the shared path of pixel models (:mod:`medidiff.tasks.generate`,
+   :mod:`medidiff.tasks.dataset`: seeds, batches, manifest, data card, resume, shards): it
+   samples ``u`` with the existing samplers (x0 clipped to the training latents' max ``|u|``,
+   the stored ``x0_limit``, not to the pixel models' 1: the standardised latents have unit
+   variance), on the whole latent of the requested field at once, maps back to ``z`` and
+   decodes (:meth:`LatentModel.decode`). :func:`generate_latent_steps` is that path for latent
+   models only.
 
 The run folder is the one ``train_steps`` writes (``RUN/model``, ``RUN/log.csv``, ``RUN/state``);
 the autoencoder and ``latent.json`` are added to ``RUN/model`` when training ends or is
@@ -32,7 +35,6 @@ import math
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -46,7 +48,7 @@ from medidiff.errors import MedidiffError, OutputError
 from medidiff.io import Scan
 from medidiff.tasks.autoencoder_train import (AutoencoderResult, AutoencoderTrainConfig, train_autoencoder,
                                               train_autoencoder_steps)
-from medidiff.tasks.generate import GenerateResult, training_affine
+from medidiff.tasks.generate import GenerateResult
 from medidiff.tasks.train import train_steps
 from medidiff.tasks.train_config import TrainConfig
 
@@ -192,15 +194,6 @@ def train_latent_steps(
     return LatentTrainResult(model=lm, run_dir=run_dir, losses=result.losses, seconds=result.seconds)
 
 
-def _pixel_geometry(ae: Autoencoder) -> tuple[tuple[float, ...], np.ndarray]:
-    """Spacing and affine of decoded images: the autoencoder's training geometry."""
-    c = ae.config
-    spacing = tuple(c.spacing) or (1.0,) * c.spatial_dims
-    # training_affine reads only these config fields, which the autoencoder records too
-    affine = training_affine(SimpleNamespace(config=c))  # type: ignore[arg-type]
-    return spacing, affine
-
-
 def generate_latent_steps(
     model: LatentModel | str | Path,
     n: int,
@@ -215,95 +208,25 @@ def generate_latent_steps(
 ) -> Generator[Progress, None, GenerateResult]:
     """Generate ``n`` scans with a latent model, yielding a ``Progress`` per network step.
 
+    The shared :func:`medidiff.tasks.generate.generate_steps` restricted to latent models (data
+    set folders: :func:`medidiff.tasks.dataset.generate_dataset`, which takes latent models too).
     Sample ``j`` draws its noise from ``sample_seed(seed, j)``: the same seed (and batch size, on
     the CPU) gives the same bytes. ``image_size`` (pixels, multiples of the autoencoder factor)
-    defaults to the training field; larger latents are sampled with the prior's sliding window and
-    decoded in windows of the training latent field. ``clip_x0``: clip the sampler's x0
-    prediction (standardised latent units) to this; ``"auto"`` uses the model's ``x0_limit`` (the
-    training latents' max ``|u|``), ``None`` does not clip. Scans are in the training scans' units
-    and geometry, ``meta["synthetic"] = True``.
+    defaults to the training field; a larger field is sampled as one latent (no windows) and
+    decoded in one piece. ``clip_x0``: clip the sampler's x0 prediction (standardised latent
+    units) to this; ``"auto"`` uses the model's ``x0_limit``, ``None`` does not clip. Scans are in
+    the training scans' units and geometry, ``meta["synthetic"] = True``.
     """
     from medidiff.core.devices import resolve_device
-    from medidiff.core.sampling import check_sampler, generate_batch, sample_seed
+    from medidiff.tasks.generate import generate_steps
 
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise MedidiffError(f"n must be an integer >= 1, got {n!r}")
-    if not isinstance(steps, int) or steps < 1:
-        raise MedidiffError(f"steps must be an integer >= 1, got {steps!r}")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise MedidiffError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-    dev = resolve_device(device)
-    lm = model.to(dev) if isinstance(model, LatentModel) else LatentModel.load(Path(model).expanduser(), device=dev)
-    prior, ae = lm.prior, lm.autoencoder
-    f = ae.factor
-    size = tuple(int(s) for s in (image_size if image_size is not None else lm.field_size))
-    if len(size) != prior.config.spatial_dims or any(s < f or s % f for s in size):
-        raise MedidiffError(f"image size {size}: this {prior.config.spatial_dims}D latent model needs "
-                            f"{prior.config.spatial_dims} sizes, each a positive multiple of {f}")
-    if clip_x0 == "auto":
-        clip_x0 = lm.x0_limit
-    elif clip_x0 is not None and not (isinstance(clip_x0, (int, float)) and math.isfinite(clip_x0) and clip_x0 > 0):
-        raise MedidiffError(f"clip_x0 must be a number > 0, 'auto' or None, got {clip_x0!r}")
-    try:
-        sampler = check_sampler(prior, sampler)
-    except ValueError as exc:
-        raise MedidiffError(str(exc)) from None
-    latent_size = tuple(s // f for s in size)
-    batches = [list(range(i, min(i + batch_size, n))) for i in range(0, n, batch_size)]
-    total = len(batches) * steps
-    yield Progress(step=0, total=total, message=f"sampling {n} latents of {'x'.join(map(str, latent_size))}")
-    spacing, affine = _pixel_geometry(ae)
-    norm = prior.normaliser
-    scans, seeds = [], []
-    for b, idx in enumerate(batches):
-        batch_seeds = [sample_seed(seed, j) for j in idx]
-        u = yield from relay(generate_batch(prior, batch_seeds, sampler=sampler, steps=steps, clip_x0=clip_x0,
-                                            image_size=latent_size),
-                             step=b * steps, total=total, message=f"samples {idx[0] + 1}-{idx[-1] + 1}/{n}")
-        z = u.float() * float(norm.half_range) + float((norm.high + norm.low) / 2.0)
-        x = ae.decode(z, roi=tuple(prior.config.image_size)).cpu().numpy()[:, 0]
-        for j, s, img in zip(idx, batch_seeds, ae.normaliser.inverse(x)):
-            meta = {"synthetic": True, "latent": True, "seed": int(s), "index": int(j),
-                    "description": f"medidiff latent sample {j:05d}", "model": Path(lm.path).name if lm.path else ""}
-            scans.append(Scan(np.ascontiguousarray(img, dtype=np.float32), spacing, affine, ae.config.modality, meta))
-            seeds.append(int(s))
-    return GenerateResult(scans=scans, masks=None, seeds=seeds, labels=[None] * n)
+    if not isinstance(model, LatentModel):
+        model = LatentModel.load(Path(model).expanduser(), device=resolve_device(device))
+    return (yield from generate_steps(model, n, seed=seed, sampler=sampler, steps=steps, batch_size=batch_size,
+                                      image_size=image_size, clip_x0=clip_x0, device=device))
 
 
 train_latent = plain_twin(train_latent_steps, "train latent")
 generate_latent = plain_twin(generate_latent_steps, "generate latent")
-
-
-LATENT_FORMATS = ("nifti", "tiff", "png")
-
-
-def write_latent_samples(result: GenerateResult, out: str | Path, format: str = "nifti", overwrite: bool = False) -> Path:
-    """Write generated scans to a new folder ``out`` (atomically) with a ``manifest.csv`` (file, index, seed, sha256).
-
-    This is the latent path's own small writer; the shared data-set path (resume, shards, data
-    card, memorisation check: :mod:`medidiff.tasks.dataset`) does not take latent models yet.
-    """
-    import csv
-
-    from medidiff.core.autoencoder import sha256_file
-    from medidiff.io import save_scan
-    from medidiff.io.atomic import atomic_dir
-    from medidiff.tasks.dataset import sample_name
-
-    if format not in LATENT_FORMATS:
-        raise MedidiffError(f"format {format!r}: choose one of {', '.join(LATENT_FORMATS)}")
-    dims = result.scans[0].ndim if result.scans else 2
-    if format == "png" and dims != 2:
-        raise MedidiffError("format png holds 2D images only; choose nifti or tiff for volumes")
-    with atomic_dir(out, overwrite=overwrite) as tmp:
-        rows = []
-        for scan in result.scans:
-            name = sample_name(int(scan.meta["index"]), format, dims)
-            save_scan(scan, tmp / name, format=format)
-            rows.append({"file": name, "index": scan.meta["index"], "seed": scan.meta["seed"],
-                         "sha256": sha256_file(tmp / name)})
-        with open(tmp / "manifest.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=["file", "index", "seed", "sha256"])
-            writer.writeheader()
-            writer.writerows(rows)
-    return Path(out)

@@ -192,8 +192,8 @@ def test_cli_generate_and_errors(tiny_latent, capsys, tmp_path):
     code, out, err = call(capsys, "latent", "generate", folder, "--n", 2, "--steps", 2, "--out", tmp_path / "synth",
                           "--device", "cpu")
     assert code == 0, err
-    files = sorted(p.name for p in (tmp_path / "synth").iterdir())
-    assert files == ["manifest.csv", "sample_00000.nii.gz", "sample_00001.nii.gz"]
+    files = {p.name for p in (tmp_path / "synth").iterdir()}
+    assert {"DATA_CARD.md", "manifest.csv", "sample_00000.nii.gz", "sample_00001.nii.gz"} <= files
     from medidiff.io import load_scan
 
     assert load_scan(tmp_path / "synth" / "sample_00000.nii.gz").shape == (96, 128)
@@ -227,16 +227,20 @@ def test_autoencoder_time_budget_stops_at_a_step_boundary(mr_train_scan, tmp_pat
     assert Autoencoder.load(tmp_path / "ae").config.training["steps_done"] == 1
 
 
-def test_pixel_space_tasks_refuse_a_latent_model(tiny_latent, capsys, tmp_path):
-    # the prior inside a latent folder is an ordinary model folder: without the guard `generate`
-    # would write latents as if they were images, and denoise would "denoise" in latent units
-    from cli_runner import call
+def test_pixel_space_tasks_refuse_a_latent_model_but_generate_takes_it(tiny_latent, capsys, tmp_path):
+    # the prior inside a latent folder is an ordinary model folder: without the guard denoise
+    # would "denoise" in latent units; `medidiff generate` goes through the latent path instead
     from medidiff.errors import ModelError
+    from medidiff.io import load_scan
     from medidiff.model_store.registry import resolve_model
 
     folder = tiny_latent.run_dir / "model"
     with pytest.raises(ModelError, match="latent"):
         resolve_model(folder)
-    code, _, err = call(capsys, "generate", folder, "--n", "1", "--out", tmp_path / "out")
-    assert code == 2 and "medidiff latent generate" in err and len(err.strip().splitlines()) == 1
-    assert not (tmp_path / "out").exists()
+    code, _, err = call(capsys, "generate", folder, "--n", "2", "--steps", "2", "--out", tmp_path / "out",
+                        "--device", "cpu")
+    assert code == 0, err
+    # decoded images in scan units at the training field, not 24x32 latents
+    scan = load_scan(tmp_path / "out" / "sample_00000.nii.gz")
+    assert scan.shape == (96, 128) and float(np.percentile(scan.array, 99)) > 200
+    assert (tmp_path / "out" / "DATA_CARD.md").is_file()
