@@ -283,8 +283,9 @@ def atomic_outputs(outputs: Iterable[str | Path | None], overwrite: bool = False
                 folder.rmdir()
         _name_outputs(exc, pairs)
         if isinstance(exc, OSError):
-            target = next((o for o, s in pairs if exc.filename and str(s) in str(exc.filename)), pairs[0][0] if pairs else Path("."))
-            raise _cannot_write(target, exc) from exc
+            # name the output whose staged path failed (else the first one)
+            named = [o for o, s in pairs if exc.filename and str(s) in str(exc.filename)]
+            raise _cannot_write((named or [o for o, _ in pairs] or [Path(".")])[0], exc) from exc
         raise
     for stage in stages.values():  # the old outputs moved aside go with it
         shutil.rmtree(stage, ignore_errors=True)
