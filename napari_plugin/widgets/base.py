@@ -134,6 +134,8 @@ class TaskWidget(QWidget):
         self.batch = BatchControl(self)
         self.form.addRow("Run on", self.batch)
         self.batch.changed.connect(lambda mode: self.layer_picker.setEnabled(mode == "layer"))
+        self.remember_controls(run_on=self.batch.combo, input_folder=self.batch.input_folder,
+                               output_folder=self.batch.output_folder)
         return self.batch
 
     def add_slice_axis_row(self) -> SliceAxisControl:

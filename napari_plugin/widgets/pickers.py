@@ -260,6 +260,7 @@ class LayerPicker(QComboBox):
         self._layer_type = layer_type
         self._optional = optional
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
+        self.setToolTip(f"The {layer_type} layer to work on (the list follows the viewer's layers)")
         events = viewer.layers.events
         for event in (events.inserted, events.removed, events.moved, events.changed):
             event.connect(self.refresh)
