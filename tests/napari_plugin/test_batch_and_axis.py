@@ -154,3 +154,26 @@ def test_a_folder_is_written_to_the_output_folder_never_the_input(make_napari_vi
     start = n_records()
     widget.controls.run_button.click()
     assert not widget.runner.running and any("exists" in m for m in errors_since(start))
+
+
+def test_anomaly_runs_on_every_layer_too(make_napari_viewer, qtbot, tiny_mr_model, mr_volume):
+    import napari.layers
+
+    from napari_medidiff.widgets.anomaly import AnomalyWidget
+
+    viewer = make_napari_viewer()
+    a, b = _two_slices(mr_volume)
+    sources = [add_scan(viewer, a, "first"), add_scan(viewer, b, "second")]
+    widget = dock(viewer, AnomalyWidget)
+    widget.device_picker.setCurrentIndex(widget.device_picker.findData("cpu"))
+    widget.model_picker.set_spec(str(tiny_mr_model.path))
+    widget.method.setCurrentText("ddpm")
+    widget.threshold.setValue(30.0)
+    widget.batch.set_mode("layers")
+    assert run_widget(qtbot, widget) == "succeeded", widget.controls.status.text()
+    for src in sources:
+        heat, labels = viewer.layers[f"{src.name} anomaly map"], viewer.layers[f"{src.name} anomalies"]
+        assert isinstance(labels, napari.layers.Labels)
+        for out in (heat, labels):
+            assert out.data.shape == src.data.shape
+            same_geometry(out, src)
