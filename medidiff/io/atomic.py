@@ -196,6 +196,7 @@ def _commit(pairs: list[tuple[Path, Path]], overwrite: bool, stages: dict[Path, 
     """Move every staged output into place; on any failure put back what was there before and re-raise."""
     done: list[tuple[Path, Path | None]] = []  # (output now in place, the old one moved aside or None)
     aside: Path | None = None
+    holders: dict[Path, Path] = {}  # stage folder -> the folder in it that holds the old outputs
     out = pairs[0][0] if pairs else Path(".")
     try:
         for out, staged in pairs:
@@ -206,9 +207,13 @@ def _commit(pairs: list[tuple[Path, Path]], overwrite: bool, stages: dict[Path, 
                 if not overwrite:
                     raise OutputError(f"{out}: appeared while this command ran (another program wrote it?); "
                                       "nothing was written, run again or pass --overwrite")
-                # the old output goes aside into the stage folder (same file system), so it can come back
-                aside = stages[out.resolve().parent] / f".old.{out.name}"
-                os.replace(out, aside)
+                # the old output goes aside into the stage folder (same file system), so it can come back;
+                # a fresh folder there, so its name can clash with no staged output
+                stage = stages[out.resolve().parent]
+                if stage not in holders:
+                    holders[stage] = Path(tempfile.mkdtemp(prefix=".old.", dir=stage))
+                os.replace(out, holders[stage] / out.name)
+                aside = holders[stage] / out.name
             os.replace(staged, out)
             done.append((out, aside))
             aside = None
