@@ -26,19 +26,18 @@ with one line naming the file for anything else.
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from medidiff.core.config_check import MAX_CHANNELS, MAX_SIDE, ModelConfigError, read_record
+from medidiff.core.config_check import MAX_CHANNELS, FolderConfig, ModelConfigError, built_from_record, open_folder
 from medidiff.core.intensity import Normaliser
+from medidiff.core.model import fit_weights, read_weights, write_folder
 from medidiff.errors import ModelError
-from medidiff.io.atomic import atomic_dir
 from medidiff.version import __version__
-from medidiff.io.hashing import sha256_path as sha256_file
+from medidiff.io.hashing import sha256_path as sha256_file  # noqa: F401  (latent_model and tasks.latent use it)
 
 FORMAT = "medidiff-autoencoder"
 FORMAT_VERSION = 1
@@ -53,8 +52,12 @@ AE_PRESETS: dict[str, dict[str, Any]] = {
 
 
 @dataclass
-class AutoencoderConfig:
-    """Everything needed to rebuild an autoencoder, stored as config.json."""
+class AutoencoderConfig(FolderConfig):
+    """Everything needed to rebuild an autoencoder, stored as config.json (shared parts: ``FolderConfig``)."""
+
+    WHAT = "autoencoder"
+    PRESETS = AE_PRESETS
+    NETWORK_TUPLES = ("channels",)
 
     spatial_dims: int
     image_size: tuple[int, ...]  # training field in pixels (array order)
@@ -70,48 +73,24 @@ class AutoencoderConfig:
     medidiff_version: str = __version__
 
     def __post_init__(self) -> None:
-        self.image_size = tuple(int(s) for s in self.image_size)
-        self.spacing = tuple(float(s) for s in self.spacing)
-        if self.spatial_dims not in (2, 3):
-            raise ModelConfigError(f"autoencoder spatial_dims must be 2 or 3, got {self.spatial_dims}")
-        if len(self.image_size) != self.spatial_dims or not all(1 <= s <= MAX_SIDE for s in self.image_size):
-            raise ModelConfigError(f"autoencoder image_size {self.image_size} must be {self.spatial_dims} sizes in 1..{MAX_SIDE}")
-        if not self.network:
-            if self.preset not in AE_PRESETS:
-                raise ModelConfigError(f"unknown autoencoder preset {self.preset!r}; choose one of {', '.join(AE_PRESETS)}")
-            self.network = dict(AE_PRESETS[self.preset])
-        _check_network(self.network, "autoencoder config")
-        if not isinstance(self.latent_channels, int) or not 1 <= self.latent_channels <= 64:
-            raise ModelConfigError(f"autoencoder latent_channels must be an integer in 1..64, got {self.latent_channels!r}")
-        if any(s % self.factor for s in self.image_size):
-            raise ModelConfigError(f"autoencoder image_size {self.image_size} must be divisible by {self.factor} "
-                                   f"({len(self.network['channels']) - 1} downsamplings)")
+        self.settle()
+
+    def check_network(self) -> None:
+        """The ``AutoencoderKL`` arguments and the latent channel count."""
+        _check_network(self.network, self.where)
+        lc = self.latent_channels
+        if not isinstance(lc, int) or isinstance(lc, bool) or not 1 <= lc <= 64:
+            raise ModelConfigError(f"{self.where}: latent_channels must be an integer in 1..64, got {lc!r}")
 
     @property
     def factor(self) -> int:
         """Downsampling per axis (pixels per latent voxel along each axis)."""
-        return 2 ** (len(self.network["channels"]) - 1)
+        return self.size_multiple
 
     @property
     def latent_size(self) -> tuple[int, ...]:
         """The training field in latent voxels."""
         return tuple(s // self.factor for s in self.image_size)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["image_size"] = list(self.image_size)
-        d["spacing"] = list(self.spacing)
-        d["network"] = {k: list(v) if isinstance(v, tuple) else v for k, v in self.network.items()}
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "AutoencoderConfig":
-        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
-        net = dict(known.get("network", {}))
-        if "channels" in net and isinstance(net["channels"], list):
-            net["channels"] = tuple(net["channels"])
-        known["network"] = net
-        return cls(**known)
 
 
 def _check_network(net: Any, where: str | Path) -> None:
@@ -140,8 +119,6 @@ def build_autoencoder(config: AutoencoderConfig) -> torch.nn.Module:
         norm_num_groups=net["norm_num_groups"], with_encoder_nonlocal_attn=False, with_decoder_nonlocal_attn=False,
         include_fc=False,
     )
-
-
 
 
 class Autoencoder:
@@ -226,52 +203,17 @@ class Autoencoder:
     # -- save / load ---------------------------------------------------------------------------
     def save(self, folder: str | Path, overwrite: bool = False) -> Path:
         """Write the autoencoder folder atomically (config.json + weights.safetensors with its sha256)."""
-        from safetensors.torch import save_file
-
-        folder = Path(folder)
-        weights = {k: v.detach().to("cpu").contiguous() for k, v in self.network.state_dict().items()}
-        with atomic_dir(folder, overwrite=overwrite) as tmp:
-            wpath = tmp / "weights.safetensors"
-            save_file(weights, str(wpath), metadata={"format": FORMAT})
-            config = {"format": FORMAT, "format_version": FORMAT_VERSION, **self.config.to_dict(),
-                      "weights_sha256": sha256_file(wpath)}
-            (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        self.path = folder
-        return folder
+        self.path = write_folder(folder, FORMAT, FORMAT_VERSION, self.config.to_dict(), self.network.state_dict(),
+                                 overwrite=overwrite)
+        return self.path
 
     @classmethod
     def load(cls, folder: str | Path, device: str | torch.device = "cpu") -> "Autoencoder":
         """Load an autoencoder folder (no unpickling; hash checked); ``ModelError`` on any problem."""
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        folder = Path(folder)
-        cpath, wpath = folder / "config.json", folder / "weights.safetensors"
-        if not folder.is_dir() or not cpath.is_file():
-            raise ModelError(f"{folder}: not a medidiff autoencoder folder (no config.json); train one with "
-                             "`medidiff latent train-autoencoder`")
-        raw = read_record(cpath, FORMAT, "autoencoder config", folder="autoencoder")
-        version = raw.get("format_version")
-        if not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
-            raise ModelError(f"{cpath}: autoencoder format_version {version!r} is not one this medidiff reads (1..{FORMAT_VERSION})")
-        if not wpath.is_file():
-            raise ModelError(f"{wpath}: missing; the autoencoder folder is incomplete")
-        expected, actual = raw.get("weights_sha256"), sha256_file(wpath)
-        if expected != actual:
-            raise ModelError(f"{wpath}: sha256 {actual[:12]}... does not match config.json ({str(expected)[:12]}...); "
-                             "the weights are corrupted or were replaced")
-        try:
-            config = AutoencoderConfig.from_dict({k: v for k, v in raw.items() if k not in ("format", "format_version", "weights_sha256")})
-            model = cls(config)
-        except ModelError as exc:
-            raise ModelError(f"{cpath}: {exc}") from None
-        except (TypeError, ValueError, KeyError, AttributeError) as exc:
-            raise ModelError(f"{cpath}: config does not describe a valid autoencoder ({exc!r})") from None
-        try:
-            model.network.load_state_dict(load_file(str(wpath)), strict=True)
-        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise ModelError(f"{wpath}: weights do not fit the network in config.json ({first})") from None
-        model.network.eval()
-        model.path = folder
+        raw, cpath, wpath = open_folder(folder, FORMAT, FORMAT_VERSION, "autoencoder",
+                                        hint="; train one with `medidiff latent train-autoencoder`")
+        config = AutoencoderConfig.from_record(raw, cpath)
+        model = built_from_record(lambda: cls(config), cpath, "autoencoder")
+        fit_weights(model.network, read_weights(wpath), wpath)
+        model.path = Path(folder)
         return model.to(device)

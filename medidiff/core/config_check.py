@@ -1,4 +1,4 @@
-"""Sense checks for a model's ``config.json``, without torch.
+"""Sense checks for a model's ``config.json``, and what every model-like folder config shares; no torch.
 
 ``DiffusionModel.load`` and the model registry (``medidiff models``) run :func:`check_config` on
 the raw JSON before building anything, so a damaged or hostile config (channels 100000 or -16,
@@ -6,13 +6,21 @@ norm groups 0, timesteps <= 0, an image size of 262144 squared, a negative spaci
 with one line naming the file and the field, instead of a MONAI traceback or a memory blow-up.
 The limits are generous: far above any model medidiff trains, far below what would exhaust a
 machine.
+
+:class:`FolderConfig` is the one home of what ``ModelConfig`` (``core.model``) and
+``AutoencoderConfig`` (``core.autoencoder``) do alike: geometry coercion and checks, the network
+filled in from a preset, ``to_dict``/``from_dict`` for config.json (unknown keys ignored, so
+folders of other versions load). :func:`open_folder` is the one set of checks both ``load``
+methods run before building anything: a folder, a config.json record of the right format and a
+readable version, and weights whose sha256 matches the record.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, ClassVar, TypeVar
 
 from medidiff.choices import PREDICTIONS_FOR, ScheduleKind
 from medidiff.errors import ModelError
@@ -63,17 +71,132 @@ def read_record(path: Path, fmt: str, what: str, folder: str = "model") -> dict[
     return raw
 
 
-def check_format_version(raw: dict[str, Any], where: str | Path) -> int:
-    """The config's ``format_version`` as an int; one-line ``ModelError`` when damaged or newer."""
+def check_format_version(raw: dict[str, Any], where: str | Path, newest: int = FORMAT_VERSION, what: str = "model") -> int:
+    """The config's ``format_version`` as an int; one-line ``ModelError`` when damaged or newer than ``newest``."""
     from medidiff.version import __version__
 
     version = raw.get("format_version")
     if not _is_int(version) or version < 1:
         raise ModelConfigError(f"{where}: format_version must be a positive integer, got {version!r}; the config is damaged")
-    if version > FORMAT_VERSION:
-        raise ModelError(f"{where}: model format version {version} is newer than this medidiff ({__version__}) reads "
-                         f"(up to {FORMAT_VERSION}); upgrade medidiff")
+    if version > newest:
+        raise ModelError(f"{where}: {what} format version {version} is newer than this medidiff ({__version__}) reads "
+                         f"(up to {newest}); upgrade medidiff")
     return version
+
+
+def open_folder(folder: str | Path, fmt: str, newest: int, what: str = "model", hint: str = "") -> tuple[dict[str, Any], Path, Path]:
+    """``(record, config path, weights path)`` of a model-like folder, or a one-line ``ModelError``.
+
+    Checks, in order: ``folder`` is a folder with a ``config.json`` holding a JSON object of format
+    ``fmt`` and a ``format_version`` in 1..``newest``, and its ``weights.safetensors`` exists and
+    has the sha256 the record names. ``what`` names the kind of folder in messages; ``hint`` (e.g.
+    "; train one with ...") ends the messages for a missing folder or config.
+    """
+    from medidiff.io.hashing import sha256_path
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ModelError(f"{folder}: not a folder; a medidiff {what} is a folder with config.json and weights.safetensors{hint}")
+    cpath, wpath = folder / "config.json", folder / "weights.safetensors"
+    if not cpath.is_file():
+        raise ModelError(f"{folder}: no config.json, so this is not a medidiff {what} folder{hint}")
+    raw = read_record(cpath, fmt, f"{what} config", folder=what)
+    check_format_version(raw, cpath, newest, what)
+    if not wpath.is_file():
+        raise ModelError(f"{wpath}: missing; the {what} folder is incomplete")
+    expected, actual = raw.get("weights_sha256"), sha256_path(wpath)
+    if expected != actual:
+        raise ModelError(f"{wpath}: sha256 {actual[:12]}... does not match config.json ({str(expected)[:12]}...); "
+                         "the weights are corrupted or were replaced")
+    return raw, cpath, wpath
+
+
+T = TypeVar("T")
+C = TypeVar("C", bound="FolderConfig")
+
+
+def built_from_record(make: Callable[[], T], cpath: str | Path, what: str = "model") -> T:
+    """``make()``, with every failure to build from a folder's record turned into one ``ModelError`` line naming ``cpath``."""
+    try:
+        return make()
+    except ModelError as exc:
+        raise ModelError(f"{cpath}: {exc}") from None
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        raise ModelError(f"{cpath}: config does not describe a valid {what} ({exc!r})") from None
+
+
+class FolderConfig:
+    """Base of the dataclass configs a folder stores as config.json (``ModelConfig``, ``AutoencoderConfig``).
+
+    A subclass is a ``@dataclass`` with at least ``spatial_dims``, ``image_size``, ``preset``,
+    ``network`` and ``spacing`` fields; it sets ``WHAT`` (its name in messages), ``PRESETS``
+    (preset name -> network arguments) and ``NETWORK_TUPLES`` (network entries that are tuples in
+    Python and lists in JSON), calls :meth:`settle` from ``__post_init__`` and may override
+    :meth:`check_network`. The network halves the size ``len(channels) - 1`` times.
+    """
+
+    WHAT: ClassVar[str] = "model"
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {}
+    NETWORK_TUPLES: ClassVar[tuple[str, ...]] = ("channels",)
+
+    @property
+    def where(self) -> str:
+        """How messages name this config (e.g. "model config")."""
+        return f"{self.WHAT} config"
+
+    @property
+    def size_multiple(self) -> int:
+        """Every training size must be a multiple of this (the network's downsampling per axis)."""
+        return 2 ** (len(self.network["channels"]) - 1)
+
+    def check_network(self) -> None:
+        """Raise ``ModelConfigError`` for network (or other) values that make no sense; subclasses fill in."""
+
+    def settle(self) -> None:
+        """Coerce sizes to tuples, check the geometry, fill the network from the preset, check it all.
+
+        The shared ``__post_init__``: the same rules and messages for every folder config.
+        """
+        self.image_size = tuple(int(s) for s in self.image_size)
+        self.spacing = tuple(float(s) for s in self.spacing)
+        if not _is_int(self.spatial_dims) or self.spatial_dims not in (2, 3):
+            raise ModelConfigError(f"{self.where}: spatial_dims must be 2 or 3, got {self.spatial_dims!r}")
+        if len(self.image_size) != self.spatial_dims or not all(1 <= s <= MAX_SIDE for s in self.image_size):
+            raise ModelConfigError(f"{self.where}: image_size {list(self.image_size)} must be {self.spatial_dims} "
+                                   f"sizes in 1..{MAX_SIDE}")
+        if not self.network:
+            if self.preset not in self.PRESETS:
+                raise ModelConfigError(f"{self.where}: unknown preset {self.preset!r}; choose one of {', '.join(self.PRESETS)}")
+            self.network = dict(self.PRESETS[self.preset])
+        self.check_network()
+        m = self.size_multiple
+        if any(s % m for s in self.image_size):
+            raise ModelConfigError(f"{self.where}: image_size {list(self.image_size)} must be divisible by {m} "
+                                   f"({len(self.network['channels']) - 1} downsamplings)")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as config.json stores it (tuples as lists)."""
+        d = asdict(self)  # type: ignore[call-overload]  (subclasses are dataclasses)
+        d["image_size"] = list(self.image_size)
+        d["spacing"] = list(self.spacing)
+        d["network"] = {k: list(v) if isinstance(v, tuple) else v for k, v in self.network.items()}
+        return d
+
+    @classmethod
+    def from_dict(cls: type[C], d: dict[str, Any]) -> C:
+        """The config from a config.json record; keys this version does not know are ignored."""
+        if not isinstance(d, dict):
+            raise ModelConfigError(f"{cls.WHAT} config: expected a JSON object, got {type(d).__name__}")
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}  # type: ignore[attr-defined]
+        net = known.get("network")
+        if isinstance(net, dict):
+            known["network"] = {k: tuple(v) if k in cls.NETWORK_TUPLES and isinstance(v, list) else v for k, v in net.items()}
+        return cls(**known)
+
+    @classmethod
+    def from_record(cls: type[C], raw: dict[str, Any], cpath: str | Path) -> C:
+        """:meth:`from_dict` for a folder's record, every failure one ``ModelError`` line naming ``cpath``."""
+        return built_from_record(lambda: cls.from_dict(raw), cpath, cls.WHAT)
 
 
 def check_config(raw: Any, where: str | Path) -> None:

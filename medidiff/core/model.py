@@ -20,7 +20,7 @@ only tensors) and from the value checks, not from the hash.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ import torch
 
 from medidiff.version import __version__
 from medidiff.errors import MedidiffError, ModelError
-from medidiff.core.config_check import FORMAT, FORMAT_VERSION, ModelConfigError, check_config, check_format_version, read_record
+from medidiff.core.config_check import FORMAT, FORMAT_VERSION, FolderConfig, built_from_record, check_config, open_folder
 from medidiff.core.intensity import Normaliser
 from medidiff.io.atomic import atomic_dir
 from medidiff.core.schedule import NoiseSchedule, ScheduleConfig
@@ -49,8 +49,12 @@ class ConditioningError(MedidiffError, ValueError):
 
 
 @dataclass
-class ModelConfig:
-    """Everything needed to rebuild a model, stored as config.json."""
+class ModelConfig(FolderConfig):
+    """Everything needed to rebuild a model, stored as config.json (shared parts: ``FolderConfig``)."""
+
+    WHAT = "model"
+    PRESETS = PRESETS
+    NETWORK_TUPLES = ("channels", "attention_levels")
 
     spatial_dims: int
     image_size: tuple[int, ...]
@@ -71,47 +75,16 @@ class ModelConfig:
     medidiff_version: str = __version__
 
     def __post_init__(self) -> None:
-        self.image_size = tuple(int(s) for s in self.image_size)
-        self.spacing = tuple(float(s) for s in self.spacing)
-        if self.spatial_dims not in (2, 3):
-            raise ModelConfigError(f"spatial_dims must be 2 or 3, got {self.spatial_dims}")
-        if len(self.image_size) != self.spatial_dims:
-            raise ModelConfigError(f"image_size {self.image_size} does not have {self.spatial_dims} dimensions")
-        if not self.network:
-            if self.preset not in PRESETS:
-                raise ModelConfigError(f"unknown preset {self.preset!r}; choose one of {sorted(PRESETS)}")
-            self.network = dict(PRESETS[self.preset])
-        levels = len(self.network["channels"])
-        factor = 2 ** (levels - 1)
-        if any(s % factor for s in self.image_size):
-            raise ModelConfigError(f"image_size {self.image_size} must be divisible by {factor} for preset {self.preset!r}")
-        check_config(self.to_dict(), "model config")
+        self.settle()
+
+    def check_network(self) -> None:
+        """Every field a network, schedule, normaliser and geometry are built from (``check_config``)."""
+        check_config(self.to_dict(), self.where)
 
     @property
     def in_channels(self) -> int:
         # image + (mask given indicator + one channel per mask label) when mask-conditioned
         return 1 + (1 + self.mask_classes if self.mask_classes else 0)
-
-    @property
-    def size_multiple(self) -> int:
-        return 2 ** (len(self.network["channels"]) - 1)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["image_size"] = list(self.image_size)
-        d["spacing"] = list(self.spacing)
-        d["network"] = {k: list(v) if isinstance(v, tuple) else v for k, v in self.network.items()}
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
-        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
-        net = dict(known.get("network", {}))
-        for k in ("channels", "attention_levels"):
-            if k in net:
-                net[k] = tuple(net[k])
-        known["network"] = net
-        return cls(**known)
 
 
 def build_network(config: ModelConfig) -> torch.nn.Module:
@@ -301,64 +274,65 @@ class DiffusionModel:
     def save(self, folder: str | Path, overwrite: bool = False, model_card: str | None = None,
              state_dict: dict[str, torch.Tensor] | None = None) -> Path:
         """Write the model folder atomically; ``state_dict`` overrides the weights (e.g. EMA)."""
-        from safetensors.torch import save_file
-
-        folder = Path(folder)
-        weights = {k: v.detach().to("cpu").contiguous() for k, v in (state_dict or self.network.state_dict()).items()}
-        with atomic_dir(folder, overwrite=overwrite) as tmp:
-            wpath = tmp / "weights.safetensors"
-            save_file(weights, str(wpath), metadata={"format": FORMAT})
-            config = {"format": FORMAT, "format_version": FORMAT_VERSION, **self.config.to_dict()}
-            config["weights_sha256"] = _sha256(wpath)
-            (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-            (tmp / "MODEL_CARD.md").write_text(model_card or default_model_card(self))
+        folder = write_folder(folder, FORMAT, FORMAT_VERSION, self.config.to_dict(), state_dict or self.network.state_dict(),
+                              overwrite=overwrite, extra={"MODEL_CARD.md": model_card or default_model_card(self)})
         self.path = folder
         return folder
 
     @classmethod
     def load(cls, folder: str | Path, device: str | torch.device = "cpu") -> "DiffusionModel":
         """Load a model folder (no unpickling; hash checked); ``ModelError`` on any problem."""
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        folder = Path(folder)
-        if not folder.is_dir():
-            raise ModelError(f"{folder}: not a folder; a medidiff model is a folder with config.json and weights.safetensors")
-        cpath, wpath = folder / "config.json", folder / "weights.safetensors"
-        if not cpath.is_file():
-            raise ModelError(f"{folder}: no config.json, so this is not a medidiff model folder")
-        raw = read_record(cpath, FORMAT, "model config")
-        check_format_version(raw, cpath)
+        raw, cpath, wpath = open_folder(folder, FORMAT, FORMAT_VERSION, "model")
         check_config(raw, cpath)
-        if not wpath.is_file():
-            raise ModelError(f"{wpath}: missing; the model folder is incomplete")
-        expected = raw.get("weights_sha256")
-        actual = _sha256(wpath)
-        if expected != actual:
-            raise ModelError(f"{wpath}: sha256 {actual[:12]}... does not match config.json ({str(expected)[:12]}...); the weights are corrupted or were replaced")
-        try:
-            config = ModelConfig.from_dict({k: v for k, v in raw.items() if k not in ("format", "format_version", "weights_sha256")})
-        except (TypeError, ValueError, KeyError, AttributeError) as exc:
-            raise ModelError(f"{cpath}: config does not describe a valid model ({exc!r})") from None
-        try:
-            weights = load_file(str(wpath))
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise ModelError(f"{wpath}: cannot read weights ({exc})") from None
-        try:
-            # the schedule and normaliser entries are checked when they are built
-            model = cls(config)
-        except (TypeError, ValueError, KeyError) as exc:
-            raise ModelError(f"{cpath}: config does not describe a valid model ({exc!r})") from None
-        try:
-            model.network.load_state_dict(weights, strict=True)
-        except RuntimeError as exc:
-            first = str(exc).splitlines()[0]
-            raise ModelError(f"{wpath}: weights do not fit the network in config.json ({first})") from None
-        model.network.eval()
-        model.path = folder
+        config = ModelConfig.from_record(raw, cpath)
+        weights = read_weights(wpath)
+        # the schedule and normaliser entries are checked when they are built
+        model = built_from_record(lambda: cls(config), cpath, "model")
+        fit_weights(model.network, weights, wpath)
+        model.path = Path(folder)
         return model.to(device)
 
 
+def write_folder(folder: str | Path, fmt: str, version: int, record: dict[str, Any], state_dict: dict[str, torch.Tensor],
+                 overwrite: bool = False, extra: dict[str, str] | None = None) -> Path:
+    """Write a model-like folder atomically: weights.safetensors, config.json (``record`` + format + sha256), ``extra`` text files.
+
+    The one writer of the folders :func:`medidiff.core.config_check.open_folder` reads.
+    """
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    weights = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
+    with atomic_dir(folder, overwrite=overwrite) as tmp:
+        wpath = tmp / "weights.safetensors"
+        save_file(weights, str(wpath), metadata={"format": fmt})
+        config = {"format": fmt, "format_version": version, **record, "weights_sha256": _sha256(wpath)}
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        for name, text in (extra or {}).items():
+            (tmp / name).write_text(text)
+    return folder
+
+
+def read_weights(wpath: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a ``weights.safetensors`` file (never unpickled); one-line ``ModelError`` if unreadable."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(wpath))
+    except (SafetensorError, OSError, ValueError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ModelError(f"{wpath}: cannot read weights ({first})") from None
+
+
+def fit_weights(network: torch.nn.Module, weights: dict[str, torch.Tensor], wpath: Path) -> None:
+    """Load ``weights`` into ``network`` exactly (strict) and switch it to eval mode; one-line ``ModelError`` if they do not fit."""
+    try:
+        network.load_state_dict(weights, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ModelError(f"{wpath}: weights do not fit the network in config.json ({first})") from None
+    network.eval()
 
 
 def default_model_card(model: DiffusionModel) -> str:

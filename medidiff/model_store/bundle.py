@@ -92,6 +92,7 @@ def convert_bundle(bundle: str | Path, image_size: tuple[int, ...], normaliser: 
 
 
 def _convert(bundle: Path, cpath: Path, cfg: dict, args: dict, image_size, normaliser, modality, spacing):
+    from medidiff.core.config_check import built_from_record
     from medidiff.core.model import DiffusionModel, ModelConfig
     from medidiff.core.schedule import ScheduleConfig
 
@@ -119,11 +120,13 @@ def _convert(bundle: Path, cpath: Path, cfg: dict, args: dict, image_size, norma
         beta_schedule=str(sched.get("schedule", "linear_beta")) if kind == "ddpm" else "linear_beta",
         beta_start=float(sched.get("beta_start", 1e-4)), beta_end=float(sched.get("beta_end", 2e-2)),
     )
-    config = ModelConfig(spatial_dims=dims, image_size=tuple(image_size), preset="custom", network=network,
-                         schedule=schedule.to_dict(), normaliser=normaliser.to_dict(),
-                         num_classes=int(args["num_class_embeds"]) - 1 if args.get("num_class_embeds") else 0,
-                         spacing=tuple(spacing), modality=modality,
-                         training={"converted_from": f"MONAI bundle {bundle.resolve().name}"})
+    # config errors name inference.json (ModelConfig's own messages name only "model config")
+    config = built_from_record(lambda: ModelConfig(
+        spatial_dims=dims, image_size=tuple(image_size), preset="custom", network=network,
+        schedule=schedule.to_dict(), normaliser=normaliser.to_dict(),
+        num_classes=int(args["num_class_embeds"]) - 1 if args.get("num_class_embeds") else 0,
+        spacing=tuple(spacing), modality=modality,
+        training={"converted_from": f"MONAI bundle {bundle.resolve().name}"}), cpath)
     model = DiffusionModel(config)
     weights = _read_weights(bundle)
     try:

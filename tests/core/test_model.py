@@ -184,3 +184,14 @@ def test_conditions_a_model_was_not_trained_with_are_refused():
         cond.check_class_labels(torch.tensor([3]), 1)
     # a ValueError too, for callers written against the older behaviour
     assert issubclass(ConditioningError, ValueError) and issubclass(ConditioningError, MedidiffError)
+
+
+def test_a_folder_written_by_the_earlier_code_still_loads_with_the_same_record():
+    # the built-in mr2d was written before the shared FolderConfig: it loads, and to_dict gives
+    # back exactly what its config.json holds (so a re-save writes the same record)
+    folder = Path(__file__).resolve().parents[2] / "medidiff" / "builtin" / "mr2d"
+    raw = json.loads((folder / "config.json").read_text())
+    model = DiffusionModel.load(folder)
+    assert model.config.network["attention_levels"] == (False, False, False)
+    record = {k: v for k, v in raw.items() if k not in ("format", "format_version", "weights_sha256")}
+    assert model.config.to_dict() == record
