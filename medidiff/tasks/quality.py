@@ -1,8 +1,12 @@
 """Quality and memorisation report of a generated image set: ``evaluate_generated``.
 
-* fidelity: KID (:func:`medidiff.core.metrics.kid` on :func:`medidiff.core.metrics.image_features`, both sets
-  mapped to [0, 1] by the real images' 0.5-99.5 percentiles, so absolute intensity counts) and the
-  Jensen-Shannon distance of the pooled intensity histograms (:func:`metrics.histogram_distance`);
+* fidelity: KID on :func:`medidiff.core.metrics.image_features` (both sets mapped to [0, 1] by
+  the real images' 0.5-99.5 percentiles, so absolute intensity counts) with a bootstrap spread
+  that resamples both sets (:func:`medidiff.core.metrics.distributions.kid_bootstrap`: it widens
+  as the sets shrink), next to the real-vs-real floor of the same run (two random halves of the
+  real set, :func:`~medidiff.core.metrics.distributions.kid_floor`) and, with training images,
+  the training-vs-real KID (what a model that reproduced its training set exactly would score);
+  and the Jensen-Shannon distance of the pooled intensity histograms (:func:`metrics.histogram_distance`);
 * diversity: mean pairwise MS-SSIM among the samples and among the real images (lower = more
   diverse; a set of near-copies of each other scores near 1);
 * memorisation: for each sample, the most similar training image by normalised cross-correlation
@@ -31,6 +35,12 @@ import numpy as np
 from medidiff.errors import MedidiffError
 from medidiff.io import Scan
 
+# what the KID's features can and cannot see; printed with every report that shows a KID
+FEATURES_NOTE = ("KID features are hand-made (intensity histogram, gradient orientations at 16/32 px, power "
+                 "spectrum, 8x8 layout, on a 64x64 resize): they see brightness, edges, texture scale and coarse "
+                 "layout, not anatomy (a slice with ventricles in the wrong place or no symmetry can score well). "
+                 "Read a KID only against the floor of the same run and the contact sheet.")
+
 ImageSet = str | Path | Sequence[str | Path | Scan | np.ndarray]
 
 
@@ -53,7 +63,7 @@ class QualityReport:
     n_samples: int
     n_real: int
     kid: float
-    kid_std: float
+    kid_std: float  # bootstrap over both sets
     histogram_js: float
     diversity_samples: float
     diversity_real: float
@@ -62,6 +72,14 @@ class QualityReport:
     neighbours: list[Neighbour] = field(default_factory=list)
     flagged: list[int] = field(default_factory=list)
     report: str | None = None
+    kid_low: float = float("nan")  # 95 % bootstrap interval
+    kid_high: float = float("nan")
+    kid_floor: float = float("nan")  # real vs real: two halves of the real set
+    kid_floor_std: float = float("nan")
+    kid_floor_low: float = float("nan")
+    kid_floor_high: float = float("nan")
+    kid_training: float = float("nan")  # training vs real (with training images)
+    kid_training_std: float = float("nan")
 
     @property
     def max_similarity(self) -> float:
@@ -76,13 +94,19 @@ class QualityReport:
         """(name, value) pairs for tables."""
         out = [
             ("samples / real images", f"{self.n_samples} / {self.n_real}"),
-            ("KID (hand-made features; ~0 = same distribution)", f"{self.kid:.4f} +- {self.kid_std:.4f}"),
+            ("KID samples vs real (hand-made features; +- bootstrap std [95 % interval])",
+             f"{self.kid:.4f} +- {self.kid_std:.4f} [{self.kid_low:.4f}, {self.kid_high:.4f}]"),
+            ("KID floor: real vs real (two halves of the real set)",
+             f"{self.kid_floor:.4f} +- {self.kid_floor_std:.4f} [{self.kid_floor_low:.4f}, {self.kid_floor_high:.4f}]"
+             if np.isfinite(self.kid_floor) else "n/a (fewer than 4 real images)"),
             ("intensity histogram JS distance (0..1)", f"{self.histogram_js:.4f}"),
             ("diversity: mean pairwise MS-SSIM, samples", f"{self.diversity_samples:.4f}"),
             ("diversity: mean pairwise MS-SSIM, real", f"{self.diversity_real:.4f}"),
         ]
         if self.n_training:
             out += [
+                ("KID training vs real (a model that copied its training set)",
+                 f"{self.kid_training:.4f} +- {self.kid_training_std:.4f}"),
                 ("training images searched", str(self.n_training)),
                 ("highest sample-training NCC", f"{self.max_similarity:.4f}"),
                 (f"samples flagged as memorised (NCC >= {self.threshold:g})", str(len(self.flagged))),
@@ -92,7 +116,7 @@ class QualityReport:
     def to_markdown(self) -> str:
         """A '## Quality' section for data cards."""
         rows = "\n".join(f"| {k} | {v} |" for k, v in self.lines())
-        text = f"## Quality\n\n| measure | value |\n|---|---|\n{rows}\n"
+        text = f"## Quality\n\n| measure | value |\n|---|---|\n{rows}\n\n{FEATURES_NOTE}\n"
         if not self.n_training:
             text += "\nNo memorisation check: no training images were given (`--training`).\n"
         elif self.flagged:
@@ -246,24 +270,36 @@ def evaluate_generated(
     if hi <= lo:
         lo, hi = float(r_stack.min()), float(r_stack.max()) + 1.0
     vr = (float(lo), float(hi))
-    kid_mean, kid_std = metrics.kid(metrics.image_features(s_stack, value_range=vr),
-                                    metrics.image_features(r_stack, value_range=vr), seed=seed)
+    from medidiff.core.metrics.distributions import kid_bootstrap, kid_floor
+
+    s_feats, r_feats = metrics.image_features(s_stack, value_range=vr), metrics.image_features(r_stack, value_range=vr)
+    kid_est = kid_bootstrap(s_feats, r_feats, seed=seed)
+    floor = kid_floor(r_feats, seed=seed) if len(r_feats) >= 4 else None
     js = metrics.histogram_distance(list(s_stack), list(r_stack), method="js", value_range=vr)
     div_s = metrics.mean_pairwise_ms_ssim(np.clip(s_stack, *vr), seed=seed, data_range=vr[1] - vr[0])
     div_r = metrics.mean_pairwise_ms_ssim(np.clip(r_stack, *vr), seed=seed, data_range=vr[1] - vr[0])
     neighbours: list[Neighbour] = []
     t_imgs: list[np.ndarray] = []
+    kid_training = None
     if training is not None:
         t_imgs, _ = _images(_load_items(training, "training"))
         neighbours = nearest_training(s_stack, t_imgs)
+        t_stack = np.stack([t for im in t_imgs for t in _tiles(im, size)])
+        if len(t_stack) >= 2:
+            kid_training = kid_bootstrap(metrics.image_features(t_stack, value_range=vr), r_feats, seed=seed)
         for nb in neighbours:
             nb.sample_name = s_names[nb.sample]
     flagged = [nb.sample for nb in neighbours if nb.score >= threshold]
     result = QualityReport(
-        n_samples=len(s_stack), n_real=len(r_stack), kid=float(kid_mean), kid_std=float(kid_std), histogram_js=float(js),
+        n_samples=len(s_stack), n_real=len(r_stack), kid=kid_est.value, kid_std=kid_est.std, histogram_js=float(js),
         diversity_samples=float(div_s), diversity_real=float(div_r), threshold=float(threshold),
-        n_training=len(t_imgs), neighbours=neighbours, flagged=flagged,
+        n_training=len(t_imgs), neighbours=neighbours, flagged=flagged, kid_low=kid_est.low, kid_high=kid_est.high,
     )
+    if floor is not None:
+        result.kid_floor, result.kid_floor_std = floor.value, floor.std
+        result.kid_floor_low, result.kid_floor_high = floor.low, floor.high
+    if kid_training is not None:
+        result.kid_training, result.kid_training_std = kid_training.value, kid_training.std
     if report is not None:
         result.report = str(contact_sheet(s_stack, r_stack, t_imgs, neighbours, flagged, report, seed=seed,
                                           real_pixels=real_pixels))

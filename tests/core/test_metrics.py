@@ -263,3 +263,31 @@ def test_nearest_neighbours_finds_planted_copy(metric: str) -> None:
     assert metrics.nearest_neighbours(np.ones((64, 64)), references)[1][0] == 0.0
     with pytest.raises(ValueError, match="resize"):
         metrics.nearest_neighbours(np.zeros((32, 32)), references)
+
+
+def test_kid_bootstrap_spread_reflects_few_samples_and_floor_is_near_zero() -> None:
+    from medidiff.core.metrics.distributions import kid_bootstrap, kid_floor
+
+    camera = metrics.image_features(_crops(CAMERA, 96, 64, seed=21))
+    moon = metrics.image_features(_crops(MOON, 48, 64, seed=22))
+    # with fewer images than the subset size, subset KID reports no spread at all; the bootstrap
+    # (both sets resampled) does, and it shrinks as the sets grow
+    few_old = metrics.kid(camera[:6], camera[48:54])
+    few = kid_bootstrap(camera[:6], camera[48:54], seed=0)
+    many = kid_bootstrap(camera[:48], camera[48:], seed=0)
+    assert few_old[1] < 1e-12 and few.std > 0
+    assert few.std > 2 * many.std and (few.high - few.low) > 2 * (many.high - many.low)
+    assert few.value == pytest.approx(few_old[0])  # the same estimate on the full sets
+    assert few.low <= few.value <= few.high and few.n_x == 6 and few.resamples == 200
+    # same seed, same numbers
+    assert kid_bootstrap(camera[:6], camera[48:54], seed=0) == few
+    # the real-vs-real floor of one distribution holds 0 in its interval; other distributions'
+    # KIDs lie above it (heavily noisy copies: the whole interval; crops of another image, the
+    # moon, do not: at 48 images the floor's interval is wider than their KID with these features)
+    floor = kid_floor(camera, seed=0)
+    assert floor.low < 0 < floor.high and floor.n_x == 48
+    noisy = metrics.image_features(_crops(CAMERA, 48, 64, seed=21) + np.random.default_rng(0).normal(0, 40, (48, 64, 64)))
+    assert kid_bootstrap(noisy, camera, seed=0).low > floor.high
+    assert kid_bootstrap(moon, camera, seed=0).value > floor.value
+    with pytest.raises(ValueError):
+        kid_floor(camera[:3])

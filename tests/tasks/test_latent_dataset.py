@@ -47,6 +47,11 @@ def test_latent_data_set_has_manifest_card_and_memorisation_check(tiny_latent, m
     q = result.quality
     assert q.n_training == 16 and len(q.neighbours) == 4 and all(0 < nb.score <= 1 for nb in q.neighbours)
     assert (out / "quality.png").is_file()
+    # KID with its bootstrap interval, next to the real-vs-real floor and training-vs-real
+    assert q.kid_low <= q.kid <= q.kid_high and q.kid_std > 0
+    assert np.isfinite(q.kid_floor) and q.kid_floor_low <= q.kid_floor <= q.kid_floor_high
+    assert np.isfinite(q.kid_training)
+    assert "real vs real" in card and "not anatomy" in card
     # the same options resume; other options are refused like another seed
     again = generate_dataset(folder, out, 4, steps=3, batch_size=2, device="cpu", seed=1)
     assert again.written == 0 and again.skipped == 4

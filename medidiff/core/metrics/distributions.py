@@ -1,20 +1,34 @@
 """Distributions of image sets: diversity, distribution distances and memorisation.
 
-Diversity :func:`mean_pairwise_ms_ssim`; distances :func:`kid`, :func:`mmd_rbf` on
-:func:`image_features` (a fixed hand-made feature space, no learned weights, no download),
-:func:`histogram_distance`; memorisation :func:`nearest_neighbours`.
+Diversity :func:`mean_pairwise_ms_ssim`; distances :func:`kid`, :func:`kid_bootstrap`,
+:func:`kid_floor`, :func:`mmd_rbf` on :func:`image_features` (a fixed hand-made feature space,
+no learned weights, no download), :func:`histogram_distance`; memorisation
+:func:`nearest_neighbours`.
+
+How sure a KID is
+    KID is the unbiased MMD^2 of a cubic polynomial kernel between two feature sets. :func:`kid`
+    reports the spread over random *subsets* drawn without replacement; with fewer images than
+    the subset size every subset is the whole set and that spread is 0, however few images there
+    are. :func:`kid_bootstrap` resamples *both* sets with replacement (each resample the size of
+    its set) and reports the spread and a percentile interval of the resampled values, which
+    grows as the sets shrink. Pairs of copies of one image are left out of the within-set means
+    (they would be ``k(x, x)`` terms, which bias MMD^2 upwards). :func:`kid_floor` is the same
+    estimate between two random halves of the real set: what KID reads when both sides come
+    from one distribution, at about this many images; a generated set is only distinguishable
+    from real when its KID is clearly above that floor.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats
 
 from .image_quality import _data_range, _ms_ssim_stack, ssim
 
-__all__ = ["mean_pairwise_ms_ssim", "kid", "mmd_rbf", "image_features", "histogram_distance", "nearest_neighbours",
+__all__ = ["mean_pairwise_ms_ssim", "kid", "kid_bootstrap", "kid_floor", "KIDEstimate", "mmd_rbf", "image_features", "histogram_distance", "nearest_neighbours",
            "FEATURE_SIZE"]
 
 
@@ -82,6 +96,89 @@ def kid(
             _unbiased_mmd2((xs @ xs.T / d + 1.0) ** 3, (ys @ ys.T / d + 1.0) ** 3, (xs @ ys.T / d + 1.0) ** 3)
         )
     return float(np.mean(values)), float(np.std(values))
+
+
+@dataclass(frozen=True)
+class KIDEstimate:
+    """A KID value with its bootstrap spread: ``value`` on the full sets, ``std`` and the
+    ``low``..``high`` percentile interval (``level``, e.g. 0.95) over ``resamples`` bootstrap sets."""
+
+    value: float
+    std: float
+    low: float
+    high: float
+    n_x: int
+    n_y: int
+    resamples: int
+    level: float = 0.95
+
+    def text(self, scale: float = 1.0) -> str:
+        """``value +- std [low, high]`` (times ``scale``)."""
+        return (f"{self.value * scale:.4f} +- {self.std * scale:.4f} "
+                f"[{self.low * scale:.4f}, {self.high * scale:.4f}]")
+
+
+def _poly(a: np.ndarray, b: np.ndarray, d: int) -> np.ndarray:
+    return (a @ b.T / d + 1.0) ** 3
+
+
+def _mmd2_indexed(kxx: np.ndarray, kyy: np.ndarray, kxy: np.ndarray, ix: np.ndarray, iy: np.ndarray) -> float:
+    """Unbiased MMD^2 of the index sets ``ix``, ``iy`` (with repeats), leaving out pairs of copies."""
+    def within(k: np.ndarray, idx: np.ndarray) -> float:
+        sub = k[np.ix_(idx, idx)]
+        keep = idx[:, None] != idx[None, :]
+        return float(sub[keep].mean()) if keep.any() else 0.0
+
+    return within(kxx, ix) + within(kyy, iy) - 2.0 * float(kxy[np.ix_(ix, iy)].mean())
+
+
+def kid_bootstrap(
+    x_feats: np.ndarray, y_feats: np.ndarray, resamples: int = 200, seed: int = 0, level: float = 0.95,
+    max_n: int = 2000,
+) -> KIDEstimate:
+    """KID with a bootstrap spread that resamples both sets (see the module docstring).
+
+    ``value`` is the unbiased MMD^2 of the full sets (the same polynomial kernel as :func:`kid`);
+    ``std`` and the ``level`` percentile interval come from ``resamples`` bootstrap pairs, each set
+    resampled with replacement at its own size (redrawn if it holds one image only). Sets larger than ``max_n`` are first subsampled
+    (seeded) to bound the kernel matrices. Same ``seed``, same result.
+    """
+    x, y = _feats(x_feats, "x_feats"), _feats(y_feats, "y_feats")
+    if x.shape[1] != y.shape[1]:
+        raise ValueError(f"feature sizes differ: {x.shape[1]} vs {y.shape[1]}")
+    if x.shape[0] < 2 or y.shape[0] < 2:
+        raise ValueError("KID needs at least 2 samples in each set")
+    if resamples < 2 or not 0 < level < 1:
+        raise ValueError(f"need resamples >= 2 and 0 < level < 1, got {resamples}, {level}")
+    rng = np.random.default_rng(seed)
+    if x.shape[0] > max_n:
+        x = x[np.sort(rng.choice(x.shape[0], max_n, replace=False))]
+    if y.shape[0] > max_n:
+        y = y[np.sort(rng.choice(y.shape[0], max_n, replace=False))]
+    d = x.shape[1]
+    kxx, kyy, kxy = _poly(x, x, d), _poly(y, y, d), _poly(x, y, d)
+    value = _unbiased_mmd2(kxx, kyy, kxy)
+    nx, ny = x.shape[0], y.shape[0]
+    def draw(n: int) -> np.ndarray:  # a resample with at least 2 distinct images (else no within-set pair)
+        while True:
+            idx = rng.integers(0, n, n)
+            if np.any(idx != idx[0]):
+                return idx
+
+    values = np.array([_mmd2_indexed(kxx, kyy, kxy, draw(nx), draw(ny)) for _ in range(int(resamples))])
+    tail = (1.0 - level) / 2.0
+    low, high = np.quantile(values, [tail, 1.0 - tail])
+    return KIDEstimate(float(value), float(values.std()), float(low), float(high), nx, ny, int(resamples), float(level))
+
+
+def kid_floor(real_feats: np.ndarray, resamples: int = 200, seed: int = 0, level: float = 0.95) -> KIDEstimate:
+    """The real-vs-real KID: :func:`kid_bootstrap` between two random halves (seeded) of ``real_feats``."""
+    r = _feats(real_feats, "real_feats")
+    if r.shape[0] < 4:
+        raise ValueError("a real-vs-real KID floor needs at least 4 real images (2 per half)")
+    order = np.random.default_rng(seed).permutation(r.shape[0])
+    half = r.shape[0] // 2
+    return kid_bootstrap(r[order[:half]], r[order[half:]], resamples=resamples, seed=seed + 1, level=level)
 
 
 def _sq_dists(a: np.ndarray, b: np.ndarray) -> np.ndarray:
