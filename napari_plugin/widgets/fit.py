@@ -29,7 +29,7 @@ from .base import TaskWidget
 from .pickers import LayerPicker, ModelPicker
 from .results import add_scan_layer
 from .train import LossCurve
-from .wording import FIT_TIPS, MODALITIES, NOISE_TIPS
+from .wording import FIT_TIPS, MODALITIES, NOISE_NAMES, NOISE_TIPS, number
 
 __all__ = ["FitWidget", "FitOutcome"]
 
@@ -195,8 +195,13 @@ class FitWidget(TaskWidget):
                                  "model": str(outcome.saved) if outcome.saved else ""}}
         add_scan_layer(self.viewer, result.scan, f"{like.name} denoised (fitted)", "image", like=like,
                        metadata=info, **style)
-        text = (f"fitted in {result.steps} steps, {result.seconds:.0f} s ({how}); noise level "
-                f"{result.sigma:.3g} ({result.noise_model})")
+        name = NOISE_NAMES.get(result.noise_model, result.noise_model)
+        how_sigma = "given" if self._options.get("sigma") is not None else "estimated"
+        if result.noise_model == NoiseChoice.POISSON_GAUSSIAN.value:  # sigma is of the stabilised image
+            noise = f"{name} noise ({how_sigma})"
+        else:
+            noise = f"noise level {number(result.sigma)} ({name}, {how_sigma})"
+        text = f"fitted in {result.steps} steps, {result.seconds:.0f} s ({how}); {noise}"
         if outcome.saved is not None:
             for widget in QApplication.allWidgets():  # every model list in the viewer learns the new model
                 if isinstance(widget, ModelPicker):

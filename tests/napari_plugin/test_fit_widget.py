@@ -6,6 +6,10 @@ The noisy layer is a crop of the held-out cell microscopy sample with Poisson-Ga
 
 from __future__ import annotations
 
+import os
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -18,6 +22,7 @@ from viewer_helpers import add_scan, dock, run_widget, same_geometry  # noqa: E4
 pytestmark = pytest.mark.qt
 
 LEVEL = 0.1  # Poisson-Gaussian, total std 10% of the range at the brightest value (tests/tasks/test_fit.py)
+ROOT = Path(__file__).resolve().parents[2]
 STEPS = 100  # training steps: the step limit ends training (reproducible), not the clock
 
 
@@ -46,10 +51,11 @@ def test_fit_denoises_the_layer_and_keeps_the_model(make_napari_viewer, qtbot, n
     from napari_medidiff.widgets.denoise import DenoiseWidget
 
     scan, clean = noisy_cells
-    viewer = make_napari_viewer()
+    viewer = make_napari_viewer(show=True)
+    viewer.window.resize(1100, 760)
     source = add_scan(viewer, scan, "noisy cells")
     widget = _fit(viewer)
-    other = dock(viewer, DenoiseWidget)  # another widget's model list learns the kept model too
+    other = DenoiseWidget(viewer)  # another widget's model list (not docked) learns the kept model too
     assert not widget.model_picker.isEnabled()  # from scratch by default: no model needed
     for control in (widget.start, widget.minutes, widget.max_steps, widget.draws, widget.keep_as, widget.loss_curve):
         assert control.toolTip()
@@ -67,6 +73,7 @@ def test_fit_denoises_the_layer_and_keeps_the_model(make_napari_viewer, qtbot, n
     assert out.metadata["medidiff_fit"]["steps"] == STEPS and "kept as cells-fit" in widget.result_label.text()
     for picker in (widget.model_picker, other.model_picker):
         assert picker.combo.findText("cells-fit") >= 0
+    _screenshot(viewer, qtbot)
     # the kept model is a model: the Denoise widget runs it
     other.device_picker.setCurrentIndex(other.device_picker.findData("cpu"))
     other.model_picker.set_spec("cells-fit")
@@ -99,3 +106,16 @@ def test_cancel_stops_the_fit_and_adds_nothing(make_napari_viewer, qtbot, noisy_
     assert [layer.name for layer in viewer.layers] == ["noisy cells"]
     assert not (user_model_dir() / "never-kept").exists()
     assert widget.controls.status.text() == "cancelled"
+
+
+def _screenshot(viewer, qtbot) -> None:
+    """The viewer with the Fit widget after a run (``MEDIDIFF_UPDATE_DOCS_SCREENSHOT=1``: also for the README)."""
+    viewer.canvas.grid.enabled = True
+    viewer.reset_view()
+    qtbot.wait(200)
+    (ROOT / "test-artifacts").mkdir(exist_ok=True)
+    path = ROOT / "test-artifacts" / "viewer-fit.png"
+    viewer.window.screenshot(str(path), canvas_only=False)
+    assert path.stat().st_size > 10_000
+    if os.environ.get("MEDIDIFF_UPDATE_DOCS_SCREENSHOT") == "1":
+        shutil.copyfile(path, ROOT / "docs" / "images" / "napari-fit.png")
