@@ -212,10 +212,14 @@ def run_condition(model, name, val, clean, spacing, noise, level, seed, args, fi
         log(f"  fit: {fitted.steps} steps in {fitted.seconds:.0f} s")
         if args.n2v_python:
             t0 = time.perf_counter()
-            pred, rep = n2v(args.n2v_python, noisy, args.fit_minutes, 0, args.threads,
-                            args.out / "n2v" / f"{name}_{noise}_{level:g}")
-            row["N2V"] = (*score(clean, pred), (time.perf_counter() - t0) / n)
-            log(f"  n2v: {rep}")
+            try:
+                pred, rep = n2v(args.n2v_python, noisy, args.fit_minutes, 0, args.threads,
+                                args.out / "n2v" / f"{name}_{noise}_{level:g}")
+            except (RuntimeError, subprocess.TimeoutExpired) as exc:  # one failed peer must not lose the run
+                log(f"  n2v failed: {exc}")
+            else:
+                row["N2V"] = (*score(clean, pred), (time.perf_counter() - t0) / n)
+                log(f"  n2v: {rep}")
     return estimate_text(res, noise, level, span), pick, row
 
 

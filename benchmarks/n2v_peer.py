@@ -16,7 +16,8 @@ image (fewer only when the image has under 32 patches), Adam + ReduceLROnPlateau
 change: training runs until Lightning's ``max_time`` (``--minutes``, the same wall-clock budget as
 ``--fit-minutes``) instead of the default 30 epochs. An epoch is one pass over the image's
 non-overlapping 64 x 64 patches, so on one 532 x 275 image the default would stop after ~60
-optimiser steps, well inside the budget and far from converged; the budget is the fairer limit. Prediction uses CAREamics' default tiling of the whole image. The input is
+optimiser steps, well inside the budget and far from converged; the budget is the fairer limit. Prediction is one pass over the whole image, reflect-padded to sides divisible by 4 (CAREamics'
+UNet refuses others) and cropped back. The input is
 an ``.npy`` of shape (Y, X) or (S, Y, X) (slices trained on together, axes ``SYX``); the output
 has the same shape, float32. The last line on stdout is a JSON report (seconds, epochs, steps).
 
@@ -86,9 +87,12 @@ def run(noisy: np.ndarray, minutes: float, seed: int, workdir: Path) -> tuple[np
     careamist.train(train_data=noisy.astype(np.float32))
     t_train = time.perf_counter() - t0
     t0 = time.perf_counter()
-    preds, _ = careamist.predict(noisy.astype(np.float32))
+    # CAREamics' UNet (depth 2) needs sides divisible by 4: reflect-pad the few missing pixels, crop after
+    pad = [(0, 0)] * (noisy.ndim - 2) + [(0, (-n) % 4) for n in noisy.shape[-2:]]
+    preds, _ = careamist.predict(np.pad(noisy.astype(np.float32), pad, mode="reflect"))
     t_pred = time.perf_counter() - t0
-    out = np.asarray(preds[0] if len(preds) == 1 else np.stack(preds), dtype=np.float32).reshape(noisy.shape)
+    out = np.asarray(preds[0] if len(preds) == 1 else np.stack(preds), dtype=np.float32)
+    out = out.reshape(np.pad(noisy, pad).shape)[..., : noisy.shape[-2], : noisy.shape[-1]]
     trainer = careamist.trainer
     report = {"careamics": careamics.__version__, "torchvision": tv, "train_s": round(t_train, 1),
               "predict_s": round(t_pred, 1), "epochs": int(trainer.current_epoch), "steps": int(trainer.global_step),
