@@ -14,7 +14,14 @@ train, z >= 18 are held out (the split every medidiff test uses).
 2. training speed (optimiser steps/s, batch 16, tiny preset) of the latent prior on 24x32 latents
    and of a pixel-space model on the same 96x128 slices; sampling time per image (dpm++2m, 20 steps);
 3. a latent prior trained for ``--prior-steps`` steps; 8 samples beside 8 real training slices in
-   OUT/latent-samples.png, and each sample's nearest training slice (NCC; 1 = a copy).
+   OUT/latent-samples.png, and each sample's nearest training slice (NCC; 1 = a copy);
+4. ``--kid-samples`` samples written as a data set by the shared path (OUT/synth: manifest, data
+   card, quality report without real pixels), KID with its bootstrap interval against the held-out
+   slices and against the training slices, each next to its real-vs-real floor (two halves of that
+   real set), the training-vs-held-out KID, the memorisation check, and the evaluate report's
+   contact sheet (samples beside real slices, OUT/latent-evaluate.png: not in the data set);
+5. the seam at 2x the training field (192 x 256, one latent, decoded whole): ``seam_ratio`` at
+   the borders windows of the training field would have, 4 samples, OUT/latent-2x.png.
 
 Prints a Markdown summary and writes OUT/results.json.
 """
@@ -151,6 +158,45 @@ def contact_sheet(train: Scan, real: np.ndarray, ae_dir: Path, out: Path, steps:
             "nearest_index": [int(i) for i in idx], "final_loss": round(float(np.mean(lat.losses[-50:])), 4)}
 
 
+def quality(train: Scan, real: np.ndarray, heldout: np.ndarray, out: Path, n: int, device: str) -> dict:
+    from medidiff.core.latent_model import LatentModel, seam_ratio, window_borders
+    from medidiff.reporting.figures import radiological, save_grid
+    from medidiff.tasks.dataset import generate_dataset
+    from medidiff.tasks.latent import generate_latent
+    from medidiff.tasks.quality import evaluate_generated
+
+    model_dir = out / "run" / "model"
+    t = time.perf_counter()
+    res = generate_dataset(model_dir, out / "synth", n, seed=100, steps=25, device=device, overwrite=True,
+                           real=list(heldout), training=[train])
+    gen_s = time.perf_counter() - t
+    q = res.quality
+    # the evaluate report may show real pixels (it is not shared): samples beside real slices
+    evaluate_generated(out / "synth", list(heldout), [train], report=out / "latent-evaluate.png", real_pixels=True)
+    q_train = evaluate_generated(out / "synth", list(real))
+
+    def kid(r) -> dict:
+        return {"kid": round(r.kid, 4), "kid_std": round(r.kid_std, 4), "kid_95": [round(r.kid_low, 4), round(r.kid_high, 4)],
+                "floor": round(r.kid_floor, 4), "floor_std": round(r.kid_floor_std, 4),
+                "floor_95": [round(r.kid_floor_low, 4), round(r.kid_floor_high, 4)], "n_samples": r.n_samples, "n_real": r.n_real}
+
+    lm = LatentModel.load(model_dir)
+    f, lat = lm.autoencoder.factor, tuple(lm.prior.config.image_size)
+    big = generate_latent(lm, 4, seed=0, steps=25, image_size=tuple(2 * f * s for s in lat), device=device)
+    imgs = np.stack([s.array for s in big.scans])
+    borders = [[b * f for b in window_borders(2 * s, s, 0.25)] for s in lat]
+    same = generate_latent(lm, 4, seed=0, steps=25, device=device)
+    save_grid([radiological(i, big.scans[0].affine, "MR") for i in imgs], out / "latent-2x.png", ncols=4,
+              suptitle="2x the training field (192 x 256), one latent, decoded whole")
+    return {"n": n, "generate_seconds": round(gen_s, 1), "vs_heldout": kid(q), "vs_training": kid(q_train),
+            "training_vs_heldout_kid": round(q.kid_training, 4), "training_vs_heldout_std": round(q.kid_training_std, 4),
+            "max_nearest_training_ncc": round(q.max_similarity, 3), "flagged": len(q.flagged),
+            "diversity_samples": round(q.diversity_samples, 3), "diversity_real": round(q.diversity_real, 3),
+            "seam_ratio_2x": round(seam_ratio(imgs, borders, period=f), 3),
+            "seam_ratio_1x_fake_borders": round(seam_ratio(np.stack([s.array for s in same.scans]),
+                                                           [[lat[0] * f // 2], [lat[1] * f // 2]], period=f), 3)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("/tmp/medidiff-bench-latent"))
@@ -158,6 +204,7 @@ def main() -> None:
     ap.add_argument("--eval-every", type=int, default=100)
     ap.add_argument("--prior-steps", type=int, default=1500)
     ap.add_argument("--speed-steps", type=int, default=20)
+    ap.add_argument("--kid-samples", type=int, default=32)
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
@@ -167,13 +214,14 @@ def main() -> None:
     sp = speed(train, args.out / "ae", args.speed_steps, args.device)
     print(sp, flush=True)
     sheet = contact_sheet(train, real, args.out / "ae", args.out, args.prior_steps, args.device)
+    qual = quality(train, real, heldout, args.out, args.kid_samples, args.device)
     results = {"autoencoder_curve": rows, "autoencoder_refs": refs, "speed": sp, "contact_sheet": sheet,
-               "threads": torch.get_num_threads()}
+               "quality": qual, "threads": torch.get_num_threads()}
     (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print("| AE steps | train s | held-out PSNR dB |\n|---|---|---|")
     for r in rows:
         print(f"| {r['step']} | {r['train_seconds']} | {r['heldout_psnr_db']} |")
-    print(json.dumps({"refs": refs, "speed": sp, "sheet": sheet}, indent=2))
+    print(json.dumps({"refs": refs, "speed": sp, "sheet": sheet, "quality": qual}, indent=2))
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ Examples:
   medidiff generate my-run/model --n 50 --label tumour --guidance 2 --out synth_tumour/
   medidiff generate my-seg-model --masks masks/ --out synth_pairs/ --format dicom
   medidiff generate my-run/model --n 200 --out synth/ --real real_scans/ --training train_scans/
+  medidiff generate runs/latent/model --n 100 --out synth/   (a latent model: same folder, manifest, card)
 \b
 Sharding (one process per GPU or CPU share; same files and manifest as one process):
   python -m torch.distributed.run --standalone --nproc_per_node 2 -m medidiff generate my-run/model -n 1000 --out synth/
@@ -26,7 +27,7 @@ Rerunning the same command on the same folder resumes: finished files (checked b
 
 @app.command(epilog=EPILOG)
 def generate(
-    model: str = typer.Argument(..., metavar="MODEL", help="Model folder or name (see `medidiff models`)."),
+    model: str = typer.Argument(..., metavar="MODEL", help="Model folder or name (see `medidiff models`); pixel or latent."),
     n: int = typer.Option(None, "--n", "-n", "--num-samples", min=1, help="Number of samples (default with --masks: one per mask)."),
     out: Path = typer.Option(..., "--out", help="Output folder (resumed if it holds a run with the same settings)."),
     format: str = typer.Option("nifti", "--format", help="nifti, dicom (marked SYNTHETIC), tiff or png."),

@@ -79,6 +79,18 @@ def test_latent_resume_after_interruption_is_byte_identical(tiny_latent, tmp_pat
         assert (out / name).read_bytes() == (ref / name).read_bytes()
 
 
+def test_latent_shards_union_equals_one_process(tiny_latent, tmp_path):
+    # torchrun sharding (RANK / WORLD_SIZE, here given explicitly) through the same path
+    folder = tiny_latent.run_dir / "model"
+    kw = dict(steps=2, device="cpu", bit_identical=True, seed=4)
+    generate_dataset(folder, tmp_path / "one", 3, **kw)
+    r1 = generate_dataset(folder, tmp_path / "two", 3, rank=1, world=2, **kw)
+    assert not r1.complete and r1.written == 1
+    r0 = generate_dataset(folder, tmp_path / "two", 3, rank=0, world=2, **kw)
+    assert r0.complete and r0.written == 2
+    assert _rows(tmp_path / "two") == _rows(tmp_path / "one")
+
+
 def test_window_borders_follow_monai_grid():
     assert window_borders(48, 24, 0.25) == [18, 24, 42]
     assert window_borders(24, 24) == []
