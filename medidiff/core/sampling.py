@@ -167,7 +167,7 @@ def network_output_steps(
 network_output = plain_twin(network_output_steps, "network")
 
 
-def _guided(model: DiffusionModel, class_labels, masks, guidance: float) -> bool:
+def _guided(class_labels: torch.Tensor | None, masks: torch.Tensor | None, guidance: float) -> bool:
     """Whether ``predict`` runs the conditional and the unconditional batch together."""
     return (class_labels is not None or masks is not None) and guidance != 1.0
 
@@ -197,7 +197,7 @@ def predict_steps(
     spatial = tuple(x_t.shape[2:])
     labels = model.check_class_labels(class_labels, b)
     cond = model.condition_channels(masks, b, spatial, x_t.device)
-    if _guided(model, labels, masks, guidance):
+    if _guided(labels, masks, guidance):
         null_labels = None if labels is None else torch.full_like(labels, model.null_class)
         null_cond = None if cond is None else model.condition_channels(None, b, spatial, x_t.device)
         x_in = torch.cat([x_t, x_t])
@@ -261,7 +261,7 @@ def sample(
     if sw_batch_size is None:
         sw_batch_size = window_batch_size(model, x.device)
     per_step = predict_calls(model, x.shape[0], x.shape[2:], sw_batch_size,
-                             _guided(model, class_labels, masks, guidance))
+                             _guided(class_labels, masks, guidance))
     calls = 0
     for i in range(total):
         t, t_next = times[i], times[i + 1]

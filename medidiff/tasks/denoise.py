@@ -170,7 +170,7 @@ def _sample_generators(seed: int, k: int, idx: list[int]) -> list[torch.Generato
     return sample_generators([sample_seed(base, j) for j in idx])
 
 
-def _x0(gen):
+def _x0(gen: Generator[Progress, None, tuple[torch.Tensor, torch.Tensor]]) -> Generator[Progress, None, torch.Tensor]:
     """The clean estimate of a ``predict_steps`` generator (its events passed on)."""
     return (yield from gen)[0]
 
@@ -304,7 +304,7 @@ def denoise_steps(
                 for idx in batches) * k_samples
     sampler = "euler" if kind == "rflow" else "ddim"
 
-    def tweedie(x_t: torch.Tensor, t: float):
+    def tweedie(x_t: torch.Tensor, t: float) -> Generator[Progress, None, torch.Tensor]:
         return ensemble_average_steps(lambda x: _x0(predict_steps(model, x, t, sw_batch_size=sw)), x_t, ensemble)
 
     out = np.empty(items.shape, dtype=np.float32)
