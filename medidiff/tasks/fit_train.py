@@ -57,20 +57,25 @@ class FitTrainResult:
     seconds: float
     losses: list[float] = field(default_factory=list)
     stopped_by_clock: bool = False
+    times: list[float] = field(default_factory=list)  # wall seconds since the start, at the end of each step
 
 
 def _rng(seed: int, step: int, stream: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([int(seed), int(step), int(stream)]))
 
 
-def _crops(items: np.ndarray, crop: int, n: int, rng: np.random.Generator) -> np.ndarray:
-    """``n`` random ``crop x crop`` patches of the ``(N, H, W)`` stack, randomly flipped and rotated."""
-    count, h, w = items.shape
+def _crops(items, crop: int, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` random ``crop x crop`` patches of the ``(N, H, W)`` stack (or a list of 2D items of any
+    sizes), randomly flipped and rotated, and the index of the item each came from."""
+    count = len(items)
     out = np.empty((n, crop, crop), dtype=np.float32)
+    which = np.empty(n, dtype=np.int64)
     for k in range(n):
         i = int(rng.integers(count))
+        which[k] = i
+        h, w = items[i].shape
         y0, x0 = int(rng.integers(h - crop + 1)), int(rng.integers(w - crop + 1))
-        patch = items[i, y0:y0 + crop, x0:x0 + crop]
+        patch = items[i][y0:y0 + crop, x0:x0 + crop]
         if rng.random() < 0.5:
             patch = patch[:, ::-1]
         if rng.random() < 0.5:
@@ -78,7 +83,7 @@ def _crops(items: np.ndarray, crop: int, n: int, rng: np.random.Generator) -> np
         if rng.random() < 0.5:
             patch = patch.T
         out[k] = patch
-    return out
+    return out, which
 
 
 def level_times(model: DiffusionModel, levels: np.ndarray) -> np.ndarray:
@@ -87,20 +92,27 @@ def level_times(model: DiffusionModel, levels: np.ndarray) -> np.ndarray:
     return np.array([sched.timestep_for_noise(float(s)) for s in levels], dtype=np.float64)
 
 
-def fit_network_steps(model: DiffusionModel, items: np.ndarray, sigma_net: float, cfg: FitTrainConfig,
+def fit_network_steps(model: DiffusionModel, items, sigma_net: float | np.ndarray, cfg: FitTrainConfig,
                       device: torch.device) -> Generator[Progress, None, FitTrainResult]:
     """Train ``model``'s network in place on the noisy ``(N, H, W)`` network-unit ``items``; yields per step.
 
-    ``sigma_net``: the items' own Gaussian noise std (network units). The model's weights end as
-    the EMA weights. The caller owns ``model`` (pass a copy of a shared model).
+    ``items`` may also be a list of 2D arrays of different sizes (``train --noisy`` on a folder:
+    every side at least ``cfg.crop``). ``sigma_net``: the items' own Gaussian noise std (network
+    units), one number or one per item; each crop's extra levels are multiples of its item's.
+    The model's weights end as the EMA weights. The caller owns ``model`` (pass a copy of a shared model).
     """
     sched = model.schedule
     net = model.network.to(device)
     ema = copy.deepcopy(net).eval().requires_grad_(False)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr)
-    data = np.ascontiguousarray(items, dtype=np.float32)
+    if isinstance(items, np.ndarray):
+        data = np.ascontiguousarray(items, dtype=np.float32)
+    else:
+        data = [np.ascontiguousarray(a, dtype=np.float32) for a in items]
+    sigmas = np.broadcast_to(np.asarray(sigma_net, dtype=np.float64).reshape(-1), (len(data),))
     warm = max(1, min(WARMUP_STEPS, cfg.max_steps // 20))
     losses: list[float] = []
+    clock: list[float] = []
     t0 = time.perf_counter()
     deadline = t0 + 60.0 * cfg.minutes
     by_clock = False
@@ -111,8 +123,9 @@ def fit_network_steps(model: DiffusionModel, items: np.ndarray, sigma_net: float
                 by_clock = True
                 break
             rng = _rng(cfg.seed, step, 1)
-            y = torch.from_numpy(_crops(data, cfg.crop, cfg.batch_size, rng)).unsqueeze(1)
-            levels = sigma_net * np.exp(rng.uniform(np.log(S_LOW), np.log(S_HIGH), cfg.batch_size))
+            patches, which = _crops(data, cfg.crop, cfg.batch_size, rng)
+            y = torch.from_numpy(patches).unsqueeze(1)
+            levels = sigmas[which] * np.exp(rng.uniform(np.log(S_LOW), np.log(S_HIGH), cfg.batch_size))
             times = level_times(model, levels)
             ab = np.array([sched.alpha_sigma(t) for t in times], dtype=np.float64)
             gen = torch.Generator().manual_seed(int(_rng(cfg.seed, step, 2).integers(2**62)))
@@ -137,6 +150,7 @@ def fit_network_steps(model: DiffusionModel, items: np.ndarray, sigma_net: float
                     be.copy_(b)
             losses.append(float(loss.detach()))
             elapsed = time.perf_counter() - t0
+            clock.append(elapsed)
             # per cent of the budget used: of the clock or of the steps, whichever runs out first
             used = max(elapsed / max(60.0 * cfg.minutes, 1e-9), (step + 1) / cfg.max_steps)
             yield Progress(step=min(99, int(100 * used)), total=100, message=f"fit step {step + 1}",
@@ -144,4 +158,4 @@ def fit_network_steps(model: DiffusionModel, items: np.ndarray, sigma_net: float
     finally:
         net.eval()
     net.load_state_dict(ema.state_dict())
-    return FitTrainResult(model, len(losses), time.perf_counter() - t0, losses, by_clock)
+    return FitTrainResult(model, len(losses), time.perf_counter() - t0, losses, by_clock, clock)

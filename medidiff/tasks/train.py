@@ -10,6 +10,11 @@ A run is never lost whole: it checkpoints every ``checkpoint_every`` steps *and*
 ``checkpoint_minutes`` of wall time, closing the generator (cancel in napari, Ctrl-C or SIGTERM
 in the CLI) checkpoints at the step boundary, and a folder left without a checkpoint can simply
 be trained into again. Only one run at a time may write into a run folder (a folder lock).
+
+``noise`` (white, simplex, coarse) and ``timestep_sampling`` (uniform, low-noise, log-normal)
+choose the training noise and its levels (:mod:`medidiff.tasks.train_noise`, which has the maths);
+the defaults draw exactly what they always did. ``noisy=True`` trains on noisy scans with no
+clean data, with the objective of ``denoise --fit`` (:mod:`medidiff.tasks.train_noisy`).
 """
 
 from __future__ import annotations
