@@ -64,8 +64,14 @@ def save_grid(
     overlays: Sequence[np.ndarray | None] | None = None,
     overwrite: bool = True,
     cell_inches: float = 2.6,
+    value_range: tuple[float, float] | None = None,
 ) -> Path:
-    """Draw 2D ``images`` in a grid (optional titles, colour maps, overlays) and save a PNG."""
+    """Draw 2D ``images`` in a grid (optional titles, colour maps, overlays) and save a PNG.
+
+    Each image gets its own display window (0.5-99.5 percentiles) unless ``shared_range`` (one
+    window over all) or ``value_range`` (this window for all: e.g. the real images' range, so
+    generated and real images are drawn on the same scale and a brightness error shows).
+    """
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -76,6 +82,9 @@ def save_grid(
     nrows = int(np.ceil(n / ncols))
     fig, axes = plt.subplots(nrows, ncols, figsize=(cell_inches * ncols, cell_inches * nrows + (0.4 if suptitle else 0)), squeeze=False)
     rng = _display_range(np.concatenate([np.ravel(i) for i in images])) if shared_range else None
+    if value_range is not None:
+        lo, hi = (float(v) for v in value_range)
+        rng = (lo, hi if hi > lo else lo + 1.0)
     for k, ax in enumerate(axes.ravel()):
         ax.axis("off")
         if k >= n:

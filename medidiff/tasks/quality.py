@@ -302,15 +302,19 @@ def evaluate_generated(
         result.kid_training, result.kid_training_std = kid_training.value, kid_training.std
     if report is not None:
         result.report = str(contact_sheet(s_stack, r_stack, t_imgs, neighbours, flagged, report, seed=seed,
-                                          real_pixels=real_pixels))
+                                          real_pixels=real_pixels, value_range=vr))
     return result
 
 
 def contact_sheet(samples: np.ndarray, real: np.ndarray, training: list[np.ndarray], neighbours: list[Neighbour],
-                  flagged: list[int], path: str | Path, ncols: int = 8, seed: int = 0, real_pixels: bool = True) -> Path:
+                  flagged: list[int], path: str | Path, ncols: int = 8, seed: int = 0, real_pixels: bool = True,
+                  value_range: tuple[float, float] | None = None) -> Path:
     """PNG: a row of samples, a row of real images, then flagged samples beside their training match.
 
     With ``real_pixels=False`` no real or training pixel is drawn: rows of samples, flagged ones titled.
+    ``value_range`` (the real images' 0.5-99.5 percentiles in :func:`evaluate_generated`): one
+    display window for every image of a sheet with real pixels, so samples and real images are
+    drawn on the same scale (a sheet without real pixels keeps a window per sample).
     """
     from medidiff.reporting.figures import save_grid
 
@@ -318,6 +322,7 @@ def contact_sheet(samples: np.ndarray, real: np.ndarray, training: list[np.ndarr
         ncols = max(2, min(ncols, len(samples)))
         n = min(len(samples), 2 * ncols)
         titles = [f"FLAGGED sample {i}" if i in flagged else f"sample {i}" for i in range(n)]
+        # each sample in its own window: a window from the real images would carry their statistics
         return save_grid([samples[i] for i in range(n)], path, titles=titles, ncols=ncols,
                          suptitle="generated samples (no real or training pixels are shown)")
 
@@ -339,4 +344,5 @@ def contact_sheet(samples: np.ndarray, real: np.ndarray, training: list[np.ndarr
         titles += [f"FLAGGED sample {i}", f"training {nb.training} ncc={nb.score:.3f}"]
     blank = np.zeros(size)
     keep = [im if im is not None else blank for im in images]
-    return save_grid(keep, path, titles=titles, ncols=ncols, suptitle="samples (top), real (middle), flagged vs nearest training")
+    return save_grid(keep, path, titles=titles, ncols=ncols, value_range=value_range,
+                     suptitle="samples (top), real (middle), flagged vs nearest training; one intensity window")

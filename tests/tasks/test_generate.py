@@ -454,3 +454,19 @@ def test_batched_resume_is_bit_identical(tiny_mr_model, tmp_path):
     result = generate_dataset(tiny_mr_model, out, 5, **batched)
     assert result.complete
     assert manifest(out) == manifest(ref)
+
+
+def test_evaluate_sheet_draws_samples_and_real_on_one_intensity_window(mr_heldout_slices, tmp_path):
+    # a sample set twice as bright as the real slices must look brighter beside them, not the same
+    from matplotlib.image import imread
+
+    real = list(mr_heldout_slices)
+    sheets = {}
+    for name, gain in (("same", 1.0), ("bright", 2.0)):
+        samples = [s * gain for s in mr_heldout_slices[:3]]
+        evaluate_generated(samples, real, report=tmp_path / f"{name}.png", real_pixels=True)
+        sheets[name] = imread(tmp_path / f"{name}.png")[..., :3].mean(axis=2)
+    height = sheets["same"].shape[0]
+    top = slice(0, height // 2)  # the samples' row
+    # (a window per image would draw both rows identically)
+    assert sheets["bright"][top].mean() > sheets["same"][top].mean() + 0.01
