@@ -243,6 +243,7 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=4, help="posterior samples")
     ap.add_argument("--ddim-steps", type=int, default=5)
     ap.add_argument("--datasets", nargs="+", default=["microscopy", "MR", "CT"], choices=list(DATASETS))
+    ap.add_argument("--noises", nargs="+", default=None, help="only these noise models (default: each dataset's)")
     ap.add_argument("--fit-datasets", nargs="*", default=["microscopy"], choices=list(DATASETS),
                     help="datasets that also get --fit and N2V (each costs 2 x --fit-minutes per row)")
     ap.add_argument("--fit-minutes", type=float, default=1.0, help="wall-clock training budget of --fit and of N2V")
@@ -270,6 +271,8 @@ def main() -> None:
         times: dict[str, list[float]] = {c: [] for c in COLUMNS}
         fit_here = name in args.fit_datasets
         for n_i, noise in enumerate(noises):
+            if args.noises and noise not in args.noises:
+                continue
             for l_i, level in enumerate(args.levels):
                 est, pick, row = run_condition(model, name, val, clean, spacing, noise, level,
                                                1000 * d_i + 10 * n_i + l_i, args, fit_here)
