@@ -56,13 +56,14 @@ from medidiff.core.metrics import auprc, auroc, best_dice, dice
 from medidiff.io import Scan
 from medidiff.tasks.anomaly import SCORE_PERCENTILE, calibrate_threshold, detect_anomalies
 from medidiff.tasks.anomaly.fdr import bh_mask, healthy_sample
+from medidiff.tasks.anomaly.scores import fit_profile, structural_residual, zscore
 
 DATA = Path(nibabel.__file__).parent / "tests" / "data" / "example4d.nii.gz"
 SLABS = {"train": range(0, 16), "calibration": (16, 17), "validation": (18, 19, 20), "test": (21, 22, 23)}
 FDR_LEVELS = (0.05, 0.1)
-LEVELS = (150.0, 300.0, 450.0, 600.0)  # noise times reconstructed once, 3 draws each
-TIME_SETS = {"t=150,300": (150.0, 300.0), "t=300,450": (300.0, 450.0), "t=450,600": (450.0, 600.0)}
-VARIANTS = ("residual", "mean-recon residual", "z-score", "z + ssim")
+LEVELS = (150.0, 300.0, 450.0)  # noise times reconstructed once, 3 draws each (t = 600 lost everywhere before)
+TIME_SETS = {"t=150,300": (150.0, 300.0), "t=300,450": (300.0, 450.0)}
+VARIANTS = ("residual", "z + ssim", "z | x", "z | recon", "z | recon + ssim | recon")
 SMOOTHING = ("median 3", "gauss 2")  # the task's 3x3 median, or a Gaussian (sigma 2 voxels) at lesion scale
 DRAWS = 3
 
@@ -186,8 +187,9 @@ def local_ssim(a: np.ndarray, b: np.ndarray, sigma: float = 1.5, L: float = 2.0)
 def raw_maps(rec) -> dict[str, np.ndarray]:
     """Per level: the residual |x - mean of the draws| and the structural residual 1 - SSIM (before post-processing)."""
     x, recs, _ = rec
-    maps = {}
+    maps = {"x": x}
     for t, r in recs.items():
+        maps[f"rec{t:g}"] = r.mean(0)
         mean = r.mean(0)
         maps[f"res{t:g}"] = np.abs(x - r).mean(0)
         maps[f"mres{t:g}"] = np.abs(x - mean)
@@ -200,6 +202,8 @@ class Variants:
 
     def __init__(self, calib_raw: list[tuple[dict, np.ndarray]]) -> None:
         self.stats = {}
+        self.calib_raw = calib_raw
+        self.profiles: dict = {}
         for key in calib_raw[0][0]:
             v = np.concatenate([m[key][fg] for m, fg in calib_raw])
             self.stats[key] = (float(np.mean(v)), float(np.std(v)) or 1.0)
@@ -208,8 +212,34 @@ class Variants:
         mu, sd = self.stats[key]
         return (m[key] - mu) / sd
 
+    @staticmethod
+    def parts(m: dict, ts: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The task's raw parts for levels ``ts``: residual, mean reconstruction, 1 - SSIM(x, mean reconstruction)."""
+        res = np.mean([m[f"res{t:g}"] for t in ts], 0)
+        rec = np.mean([m[f"rec{t:g}"] for t in ts], 0)
+        return res, rec, structural_residual(m["x"], rec)
+
+    def profile(self, ts: tuple[float, ...], on: str) -> dict:
+        """Healthy statistics per bin of ``on`` (``x``: the input's intensity, ``recon``: the mean reconstruction)."""
+        if (ts, on) not in self.profiles:
+            res, rec, ss, xs = [], [], [], []
+            for m, fg in self.calib_raw:
+                r, c, s_ = self.parts(m, ts)
+                res.append(r[fg]), rec.append(c[fg]), ss.append(s_[fg]), xs.append(m["x"][fg])
+            key = np.concatenate(xs if on == "x" else rec)
+            self.profiles[(ts, on)] = fit_profile(key, {"residual": np.concatenate(res), "ssim": np.concatenate(ss)})
+        return self.profiles[(ts, on)]
+
     def make(self, m: dict, fg: np.ndarray, variant: str, ts: tuple[float, ...], smooth: str = "median 3") -> np.ndarray:
-        if variant == "residual":  # the task's map (up to units): mean over draws of |x - x0_k|
+        if variant.startswith("z |"):  # conditional healthy z-scores (medidiff.tasks.anomaly.scores)
+            res, rec, ss = self.parts(m, ts)
+            on = "x" if variant == "z | x" else "recon"
+            prof = self.profile(ts, on)
+            key = m["x"] if on == "x" else rec
+            out = zscore(res, key, prof, "residual")
+            if "ssim" in variant:
+                out = out + zscore(ss, key, prof, "ssim")
+        elif variant == "residual":  # the task's map (up to units): mean over draws of |x - x0_k|
             out = np.mean([m[f"res{t:g}"] for t in ts], 0)
         elif variant == "mean-recon residual":  # |x - mean of the draws' x0|: the draws' noise averages out first
             out = np.mean([m[f"mres{t:g}"] for t in ts], 0)
@@ -273,6 +303,23 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def task_row(model, name: str, calib: list[Scan], items: list[Item], ood_flags: list[bool],
+             thr: float | None = None, **options) -> dict:
+    """The task API end to end: calibrate on ``calib`` with ``options`` (unless ``thr`` is given), map ``items``."""
+    if thr is None:
+        thr = calibrate_threshold(model, calib, 99.0, save=False, device="cpu", **options)
+
+    def task_map(scan: Scan) -> tuple[np.ndarray, np.ndarray]:
+        with warnings.catch_warnings(record=True):
+            warnings.simplefilter("always")
+            r = detect_anomalies(model, scan, threshold=thr, device="cpu", **options)
+        ood_flags.append(r.out_of_distribution)
+        return r.map.array, r.foreground.array > 0
+
+    maps, secs = timed_maps(task_map, [it[2] for it in items])
+    return evaluate(name, maps, items, [task_map(s) for s in calib], secs, thr)
+
+
 def timed_maps(fn: MapFn, scans: list[Scan]) -> tuple[list, float]:
     t0 = time.perf_counter()
     out = [fn(s) for s in scans]
@@ -287,6 +334,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=Path("/tmp/bench-anomaly"), help="folder for table.md and results.json")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    ap.add_argument("--scores", nargs="*", default=["zscore", "ssim"], help="task --score options run end to end on test")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)  # on a shared CPU, torch's default pool oversubscribes
     t_start = time.perf_counter()
@@ -303,7 +351,7 @@ def main() -> None:
           + ", ".join(f"{s} {len(v)} slices" for s, v in splits.items()), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
 
-    # diffusion reconstructions once per slice (4 levels x 3 draws = 12 network calls), variants from them
+    # diffusion reconstructions once per slice (3 levels x 3 draws = 9 network calls), variants from them
     t0 = time.perf_counter()
     raw = {s: [(raw_maps(r), r[2]) for r in (reconstructions(model, it[2], args.seed + k) for k, it in enumerate(items))]
            for s, items in splits.items()}
@@ -342,18 +390,12 @@ def main() -> None:
     maps, secs = timed_maps(ae, scans)
     rows.append(evaluate(f"denoising autoencoder, coarse noise ({ae_params:,} parameters)", maps, test, [ae(s) for s in calib], secs))
 
-    ood_flags = []
-
-    def task_map(scan: Scan) -> tuple[np.ndarray, np.ndarray]:
-        with warnings.catch_warnings(record=True):
-            warnings.simplefilter("always")
-            r = detect_anomalies(model, scan, threshold=thr, device="cpu")
-        ood_flags.append(r.out_of_distribution)
-        return r.map.array, r.foreground.array > 0
-
-    maps, secs = timed_maps(task_map, scans)
-    cal_maps = [task_map(s) for s in calib]
-    rows.append(evaluate(f"medidiff default ({args.model}: ddpm, Tweedie, t=300,450, 3 draws each)", maps, test, cal_maps, secs, thr))
+    ood_flags: list[bool] = []
+    rows.append(task_row(model, f"medidiff default ({args.model}: ddpm, Tweedie, t=300,450, 3 draws each)", calib, test,
+                         ood_flags, thr=thr))
+    for score in args.scores:  # the task's own score options, calibrated on the calibration slab like the default
+        rows.append(task_row(model, f"medidiff --score {score} ({args.model}: ddpm, Tweedie, t=300,450, 3 draws each)",
+                             calib, test, [], score=score))
     for (variant, smooth, ts_name, ts), aims in chosen.items():
         mk = lambda pairs: [(var.make(m, fg, variant, ts, smooth), fg) for m, fg in pairs]  # noqa: E731
         rows.append(evaluate(f"best {' and '.join(aims)} on validation: {variant}, {smooth}, {ts_name} ({DRAWS} draws each)",

@@ -75,6 +75,14 @@ class TimestepSampling(Choice):
     LOG_NORMAL = "log-normal"
 
 
+class AnomalyScore(Choice):
+    """What an anomaly map scores (``medidiff anomaly --score``; maths in ``medidiff.tasks.anomaly.scores``)."""
+
+    RESIDUAL = "residual"
+    ZSCORE = "zscore"
+    SSIM = "ssim"
+
+
 class Reconstruction(Choice):
     TWEEDIE = "tweedie"
     DDIM = "ddim"

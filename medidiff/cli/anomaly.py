@@ -14,7 +14,7 @@ import typer
 from typer.core import TyperGroup
 
 from medidiff.cli import app
-from medidiff.choices import AnomalyMethod, Direction, Reconstruction
+from medidiff.choices import AnomalyMethod, AnomalyScore, Direction, Reconstruction
 from medidiff.cli.common import DEVICE, OVERWRITE, SEED, existing_path
 
 
@@ -50,6 +50,7 @@ DDIM_STEPS = typer.Option(None, "--ddim-steps", help="DDIM steps per reconstruct
 PATCH_SIZE = typer.Option(None, "--patch-size", help="Noised patch of --method patched, e.g. 16 or 16,16 (default: a quarter of the side).")
 MEDIAN_SIZE = typer.Option(None, "--median-size", help="Median filter of the map in voxels (0: none; default 3).")
 DIRECTION = typer.Option(None, "--direction", help="both (|x - recon|), bright or dark (only lesions brighter/darker than expected).")
+SCORE = typer.Option(None, "--score", help="residual (|x - recon|), zscore ((residual - healthy mean) / healthy spread at the same reconstructed intensity) or ssim (zscore + the z-scored 1 - local SSIM); the last two need a calibration made with them. Default: the calibrated one, else residual.")
 BATCH_SIZE = typer.Option(8, "--batch-size", help="Slices (or patches) per network call.")
 
 
@@ -81,6 +82,7 @@ def detect(
     patch_size: str = PATCH_SIZE,
     median_size: int = MEDIAN_SIZE,
     direction: Direction = DIRECTION,
+    score: AnomalyScore = SCORE,
     report: Path = typer.Option(None, "--report", help="Also write a PNG: scan, map, mask on the most anomalous slice."),
     batch_size: int = BATCH_SIZE,
     device: str = DEVICE,
@@ -103,7 +105,7 @@ def detect(
     from medidiff.model_store.registry import find_model
 
     opts = _options(method=method, timesteps=timesteps, recon=recon, ddim_steps=ddim_steps, patch_size=patch_size,
-                    median_size=median_size, direction=direction, threshold=threshold, fdr=fdr,
+                    median_size=median_size, direction=direction, score=score, threshold=threshold, fdr=fdr,
                     batch_size=batch_size, seed=seed, device=device)
     model = find_model(model)  # a folder, a built-in name or a user model name
     existing_path(input)
@@ -160,6 +162,7 @@ def calibrate(
     patch_size: str = PATCH_SIZE,
     median_size: int = MEDIAN_SIZE,
     direction: Direction = DIRECTION,
+    score: AnomalyScore = SCORE,
     batch_size: int = BATCH_SIZE,
     device: str = DEVICE,
     seed: int = SEED,
@@ -180,7 +183,7 @@ def calibrate(
     from medidiff.tasks.anomaly.options import AnomalyOptionError
 
     opts = _options(method=method, timesteps=timesteps, recon=recon, ddim_steps=ddim_steps, patch_size=patch_size,
-                    median_size=median_size, direction=direction, batch_size=batch_size, seed=seed, device=device)
+                    median_size=median_size, direction=direction, score=score, batch_size=batch_size, seed=seed, device=device)
     if not 0 < percentile < 100:
         raise AnomalyOptionError("percentile", f"must be between 0 and 100 (exclusive), got {percentile}")
     model = find_model(model)

@@ -4,12 +4,16 @@ The threshold is the ``percentile`` of the anomaly map over the foreground voxel
 scans, so about ``100 - percentile`` % of healthy tissue is flagged. The calibration also keeps
 a sorted random sample of those healthy voxel scores (:func:`medidiff.tasks.anomaly.fdr.healthy_sample`),
 from which detection with ``fdr=q`` computes conformal p-values. Both are only valid for the
-map settings they were made with, which are stored alongside.
+map settings they were made with, which are stored alongside. For the ``zscore`` and ``ssim``
+scores (:mod:`.scores`) the calibration first fits the healthy statistics per bin of
+reconstructed intensity on the calibration scans' raw residuals (``score_profile``), then
+thresholds the scored maps of the same scans.
 """
 
 from __future__ import annotations
 
 from collections.abc import Generator, Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +26,10 @@ from medidiff.core.sampling import sample_seed
 from medidiff.errors import InvalidScanError
 from medidiff.io import Scan
 
-from . import fdr, ood
+from . import fdr, ood, scores
 from .detect import use_model
-from .maps import map_steps, plan_scan, tissue_fraction
-from .options import SCORE_PERCENTILE, AnomalyOptionError, AnomalyOptions
+from .maps import map_steps, plan_scan, scored_map, tissue_fraction
+from .options import DEFAULT_SCORE, SCORE_PERCENTILE, AnomalyOptionError, AnomalyOptions
 
 MAX_SOURCES = 20  # calibration scans named in config.json (the count is always complete)
 
@@ -73,14 +77,21 @@ def calibrate_threshold_steps(
     total = sum(p.calls for p in plans)
     values = []
     step = 0
+    # a z-score needs the healthy statistics first: map the raw residual, keep the raw parts
+    raw = settings if settings.score == DEFAULT_SCORE else replace(settings, score=DEFAULT_SCORE)
+    parts: list[dict] = [{} for _ in plans]
     try:
         for k, plan in enumerate(plans):
-            amap = yield from map_steps(model, plan, settings, sample_seed(opts.seed, k), opts.batch_size,
-                                        step, total, f"scan {k + 1}/{len(scans)} ")
+            amap = yield from map_steps(model, plan, raw, sample_seed(opts.seed, k), opts.batch_size,
+                                        step, total, f"scan {k + 1}/{len(scans)} ", parts=parts[k])
             step += plan.calls
             values.append(amap[plan.foreground])
     finally:
         release_memory(model.device)
+    score_profile = None
+    if settings.score != DEFAULT_SCORE:
+        score_profile = fit_score_profile(plans, parts)
+        values = [scored_map(p, settings, parts[k], score_profile)[p.foreground] for k, p in enumerate(plans)]
     profile = ood.profile_scans([(p.normaliser.forward(p.stack), p.fg) for p in plans])
     pooled = np.concatenate(values) if values else np.zeros(0)
     if pooled.size == 0:
@@ -97,12 +108,31 @@ def calibrate_threshold_steps(
         "healthy_scores": fdr.encode_scores(sample),
         "profile": profile,
     }
+    if score_profile is not None:
+        model.config.anomaly["score_profile"] = score_profile
+        model.config.anomaly["units"] = f"healthy z-scores ({settings.score}; see medidiff.tasks.anomaly.scores)"
     if save and model.path is not None:
         save_calibration(model)
     return threshold
 
 
 calibrate_threshold = plain_twin(calibrate_threshold_steps, "calibrate")
+
+
+def fit_score_profile(plans: list, parts: list[dict]) -> dict[str, Any]:
+    """Healthy statistics of the raw parts per bin of mean reconstruction, pooled over the scans' foreground."""
+    res, rec, ssim = [], [], []
+    for plan, items in zip(plans, parts):
+        for i, (r, c, s_) in items.items():
+            fg = plan.fg[i]
+            res.append(r[fg])
+            rec.append(c[fg])
+            if s_ is not None:
+                ssim.append(s_[fg])
+    named = {"residual": np.concatenate(res)}
+    if ssim:
+        named["ssim"] = np.concatenate(ssim)
+    return scores.fit_profile(np.concatenate(rec), named)
 
 
 def calibration_section(cal: dict[str, Any]) -> str:

@@ -29,7 +29,7 @@ from medidiff.io import Scan
 from . import fdr as fdr_maths
 from . import ood as ood_check
 from .maps import map_steps, plan_scan, scan_score
-from .options import SCORE_PERCENTILE, AnomalyOptions, MapSettings
+from .options import DEFAULT_SCORE, SCORE_PERCENTILE, AnomalyOptions, MapSettings
 
 
 @dataclass
@@ -142,10 +142,17 @@ def detect_anomalies_steps(
     if table is None:
         thr = float(_calibration(model, settings, "a threshold (--threshold VALUE)")["threshold"]) \
             if opts.threshold == "auto" else float(opts.threshold)
+    profile = None
+    if settings.score != DEFAULT_SCORE:
+        profile = _calibration(model, settings, "--score residual").get("score_profile")
+        if profile is None:
+            raise ModelError(f"{model.path or 'this model'}: --score {settings.score} needs healthy statistics the "
+                             f"calibration does not keep; recalibrate with `medidiff anomaly calibrate MODEL HEALTHY_DIR "
+                             f"--score {settings.score}`")
     model.network.eval()
     plan = plan_scan(model, scan, settings, opts.batch_size, model.config.anomaly.get("tissue_level"))
     try:
-        amap = yield from map_steps(model, plan, settings, opts.seed, opts.batch_size)
+        amap = yield from map_steps(model, plan, settings, opts.seed, opts.batch_size, profile=profile)
     finally:
         release_memory(model.device)
     fg = plan.foreground

@@ -17,9 +17,11 @@ model cannot explain as healthy anatomy (a lesion) comes back changed, so the re
               each patch, so the cost is one small window per patch.
 
 Reconstruction is one Tweedie step (``predict``: one network call) or a few DDIM steps from
-``t`` (``recon="ddim"``). Residuals are averaged over ``timesteps``, median filtered, kept
-inside the foreground (Otsu), and optionally one-signed (``direction="bright"`` keeps only
-voxels brighter than the reconstruction).
+``t`` (``recon="ddim"``). Residuals are averaged over ``timesteps``, optionally one-signed
+(``direction="bright"`` keeps only voxels brighter than the reconstruction), turned into the
+chosen ``score`` (the residual itself, or healthy z-scores given the mean reconstruction,
+with a structural 1 - SSIM part: :mod:`.scores`), median filtered and kept inside the
+foreground (Otsu).
 
 Units. MR and microscopy have no absolute units (a model with a per-scan normaliser). A
 calibrated model of that kind normalises each scan on its own, anchored on its tissue:
@@ -57,6 +59,7 @@ from medidiff.core.slicing import SliceLayout
 from medidiff.errors import InvalidScanError
 from medidiff.io import Scan
 
+from . import scores
 from .options import SCORE_PERCENTILE, MapSettings
 
 
@@ -197,16 +200,42 @@ def _postprocess(m: np.ndarray, fg: np.ndarray, s: MapSettings) -> np.ndarray:
     return np.where(fg, m, 0.0).astype(np.float32)
 
 
+RawParts = dict[int, tuple[np.ndarray, np.ndarray, np.ndarray | None]]  # item -> (residual, mean recon, 1 - SSIM)
+
+
+def score_item(s: MapSettings, res: np.ndarray, x: np.ndarray, rec: np.ndarray, fg: np.ndarray,
+               profile: dict | None, parts: RawParts | None = None, i: int = 0) -> np.ndarray:
+    """One item's map: its ``s.score`` from the raw residual and mean reconstruction, post-processed.
+
+    ``parts``, when given, collects the raw maps (what a calibration fits its profile on).
+    """
+    need = parts is not None or "ssim" in scores.parts_of(s.score)  # a calibration fits every part
+    ssim = scores.structural_residual(x, rec) if need else None
+    if parts is not None:
+        parts[i] = (res.astype(np.float32), rec.astype(np.float32), ssim)
+    return _postprocess(scores.combine(s.score, res, rec, ssim, profile), fg, s)
+
+
+def scored_map(plan: Plan, s: MapSettings, parts: RawParts, profile: dict | None) -> np.ndarray:
+    """The map of a planned scan from collected raw parts (after the profile was fitted on them)."""
+    out = np.zeros(plan.stack.shape, dtype=np.float32)
+    for i, (res, rec, ssim) in parts.items():
+        out[i] = _postprocess(scores.combine(s.score, res, rec, ssim, profile), plan.fg[i], s)
+    return plan.layout.from_items(out)
+
+
 def map_steps(
     model: DiffusionModel, plan: Plan, s: MapSettings, seed: int, batch_size: int,
-    step0: int = 0, total: int | None = None, label: str = "",
+    step0: int = 0, total: int | None = None, label: str = "", profile: dict | None = None,
+    parts: RawParts | None = None,
 ) -> Generator[Progress, None, np.ndarray]:
     """The anomaly map of a planned scan, in the scan's units and axis order.
 
     Yields one ``Progress`` per network call (sliding-window batches included: ``plan.calls``
     in all); the event after the last call of an item batch carries its map as preview. Item
     ``i`` draws its noise from its own generator (``sample_seed(seed, i)``), so the map does
-    not depend on ``batch_size``.
+    not depend on ``batch_size``. ``profile``: the calibration's healthy statistics, needed by
+    the ``zscore`` and ``ssim`` scores; ``parts`` collects the raw maps per item.
     """
     total = plan.calls if total is None else total
     norm = plan.normaliser
@@ -233,6 +262,7 @@ def map_steps(
         for i in plan.items:
             x = torch.from_numpy(norm.forward(plan.stack[i]))
             acc = np.zeros(spatial, dtype=np.float64)
+            racc = np.zeros(spatial, dtype=np.float64)
             cnt = np.zeros(spatial, dtype=np.float64)
             for n_t, t in enumerate(ts):
                 a, sig = model.schedule.alpha_sigma(t)
@@ -252,28 +282,32 @@ def map_steps(
                     for j, k in enumerate(chunk):
                         pat = plan.patches[k]
                         acc[pat] += residual(x[pat].numpy(), rec[j][rels[j]], s.direction)
+                        racc[pat] += rec[j][rels[j]]
                         cnt[pat] += 1
                     if n_t + 1 < len(ts) or n_c + 1 < len(chunks):
                         yield Progress(step=step, total=total, message=message)
             m = (acc / np.maximum(cnt, 1) / len(ts)) * half
-            out[i] = _postprocess(m, plan.fg[i], s)
+            out[i] = score_item(s, m, x.numpy(), racc / np.maximum(cnt, 1), plan.fg[i], profile, parts, i)
             yield Progress(step=step, total=total, message=f"{label}patched", preview=out[i] if out[i].ndim == 2 else None)
     else:
         for b0 in range(0, len(plan.items), batch_size):
             batch = plan.items[b0 : b0 + batch_size]
             x = torch.from_numpy(norm.forward(plan.stack[batch]))[:, None]
             acc = np.zeros((len(batch), *spatial), dtype=np.float64)
+            racc = np.zeros((len(batch), *spatial), dtype=np.float64)
             for n_t, t in enumerate(ts):
                 a, sig = model.schedule.alpha_sigma(t)
                 eps = torch.stack([_draw(s.method, gens[i], spatial) for i in batch])[:, None]
                 x_t = (a * x + sig * eps).to(device)
                 message = f"{label}{s.method} t={t:.0f}"
-                rec = yield from recon(x_t, t, message)
-                acc += residual(x[:, 0].numpy(), rec[:, 0].float().cpu().numpy(), s.direction)
+                rec = (yield from recon(x_t, t, message))[:, 0].float().cpu().numpy()
+                acc += residual(x[:, 0].numpy(), rec, s.direction)
+                racc += rec
                 if n_t + 1 < len(ts):
                     yield Progress(step=step, total=total, message=message)
             for j, i in enumerate(batch):
-                out[i] = _postprocess(acc[j] / len(ts) * half, plan.fg[i], s)
+                out[i] = score_item(s, acc[j] / len(ts) * half, x[j, 0].numpy(), racc[j] / len(ts), plan.fg[i],
+                                    profile, parts, i)
             last = out[batch[-1]]
             yield Progress(step=step, total=total, message=f"{label}{s.method}", preview=last if last.ndim == 2 else None)
     return plan.layout.from_items(out)

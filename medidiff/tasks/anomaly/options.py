@@ -15,12 +15,14 @@ import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-from medidiff.choices import AnomalyMethod, Direction, Reconstruction, TrainingNoise
+from medidiff.choices import AnomalyMethod, AnomalyScore, Direction, Reconstruction, TrainingNoise
 from medidiff.errors import MedidiffError
 
 METHODS = AnomalyMethod.values()
 RECONS = Reconstruction.values()
 DIRECTIONS = Direction.values()
+SCORES = AnomalyScore.values()
+DEFAULT_SCORE = AnomalyScore.RESIDUAL.value
 SCORE_PERCENTILE = 99.0
 # default noise levels as fractions of the schedule length (300 and 450 of a 1000-step DDPM), each
 # drawn DEFAULT_DRAWS times with fresh noise. Higher t hides a lesion under more noise, so the model
@@ -87,6 +89,7 @@ class MapSettings:
     median_size: int
     foreground: bool
     direction: str
+    score: str = DEFAULT_SCORE
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready, in the form stored in ``config.json`` (lists, not tuples)."""
@@ -115,6 +118,10 @@ class AnomalyOptions:
     patch_size:  the noised patch of ``patched`` (default a quarter of the side);
     median_size: median filter of the map (0 or 1: none); foreground: score Otsu tissue only;
     direction:   ``both`` (|x - recon|), ``bright`` or ``dark`` (one-signed residual);
+    score:       ``residual`` (the residual r), ``zscore`` ((r - mu) / sd, mu and sd of healthy
+                 calibration residuals at the same reconstructed intensity) or ``ssim`` (that
+                 z-score plus the z-score of 1 - local SSIM(x, reconstruction)); see
+                 :mod:`medidiff.tasks.anomaly.scores`; the last two need a calibration;
     threshold:   ``"auto"`` (the calibrated threshold) or a number in the map's units;
     fdr:         instead of a threshold, a mask whose expected share of false voxels is at most
                  ``fdr`` (conformal p-values against the calibration's healthy voxels, then
@@ -131,6 +138,7 @@ class AnomalyOptions:
     median_size: int | None = None
     foreground: bool | None = None
     direction: str | None = None
+    score: str | None = None
     threshold: str | float = "auto"
     fdr: float | None = None
     batch_size: int = 8
@@ -142,6 +150,7 @@ class AnomalyOptions:
         set_(self, "method", _choice("method", self.method, METHODS))
         set_(self, "recon", _choice("recon", self.recon, RECONS))
         set_(self, "direction", _choice("direction", self.direction, DIRECTIONS))
+        set_(self, "score", _choice("score", self.score, SCORES))
         set_(self, "ddim_steps", _int("ddim_steps", self.ddim_steps, 1, MAX_DDIM_STEPS))
         set_(self, "median_size", _int("median_size", self.median_size, 0, MAX_MEDIAN))
         set_(self, "batch_size", _int("batch_size", self.batch_size, 1, MAX_BATCH))
@@ -211,6 +220,7 @@ class AnomalyOptions:
             median_size=3 if values["median_size"] is None else int(values["median_size"]),
             foreground=True if values["foreground"] is None else bool(values["foreground"]),
             direction=values["direction"] or Direction.BOTH.value,
+            score=values["score"] or DEFAULT_SCORE,
         )
         check_method(model, settings.method)
         return settings
@@ -270,4 +280,4 @@ def parse_patch_size(text: str | None) -> tuple[int, ...] | None:
 
 __all__ = ["AnomalyOptions", "AnomalyOptionError", "MapSettings", "resolve_options", "trained_noise",
            "check_method", "parse_timesteps", "parse_threshold", "parse_patch_size", "SCORE_PERCENTILE",
-           "DEFAULT_T_FRACTIONS", "DEFAULT_DRAWS"]
+           "DEFAULT_T_FRACTIONS", "DEFAULT_DRAWS", "SCORES", "DEFAULT_SCORE"]
