@@ -216,7 +216,7 @@ class TaskWidget(QWidget):
     # -- the job
     def make_job(self) -> Generator[Any, None, Any]:
         """Read the controls (main thread) and return the job generator; raises on bad input."""
-        axis = self.slice_axis.axis() if self.slice_axis is not None and self.slice_axis.isEnabled() else None
+        axis = self.slice_axis.axis() if self.slice_axis is not None else None  # None: nothing to choose
         mode = self.batch.mode() if self.batch is not None else "layer"
         if mode != "layer":
             return self._make_batch_job(mode, axis)

@@ -69,9 +69,10 @@ def folder_items(in_dir: str, out_dir: str, outputs: Callable[[Path, str], Seque
     from medidiff.io.atomic import check_output_path
 
     if not in_dir.strip():
-        raise ScanError(Path("."), "no input folder chosen; choose the folder of scans to process")
+        raise ScanError(None, "Run on a folder: no input folder chosen; choose the folder of scans to process")
     if not out_dir.strip():
-        raise OutputError("no output folder chosen; choose where the results are saved (not the input folder)")
+        raise OutputError("Run on a folder: no output folder chosen; choose where the results are saved "
+                          "(not the input folder)")
     src, dst = Path(in_dir).expanduser(), Path(out_dir).expanduser()
     if not src.is_dir():
         raise ScanError(src, "is not a folder; choose a folder of scans")

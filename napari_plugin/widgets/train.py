@@ -226,7 +226,8 @@ class TrainWidget(TaskWidget):
                    "layers": [layer.name for layer in layers]}
         return (scans,), options
 
-    def _job(self, spec: str, args: tuple[Any, ...], options: dict[str, Any]) -> Generator[Any, None, Any]:
+    def _job(self, spec: str, args: tuple[Any, ...], options: dict[str, Any],
+             axis: int | None = None) -> Generator[Any, None, Any]:
         # runs in the worker thread; a time budget is not a task option, so this drives the
         # task itself: after the budget it closes the generator, which checkpoints the model
         from medidiff.model_store.registry import user_model_dir

@@ -132,6 +132,9 @@ def test_a_folder_is_written_to_the_output_folder_never_the_input(make_napari_vi
     widget = _denoise(viewer, tiny_mr_model)
     widget.batch.set_mode("folder")
     widget.batch.input_folder.setText(str(src))
+    start = n_records()
+    widget.controls.run_button.click()  # no output folder yet
+    assert not widget.runner.running and any("no output folder" in m for m in errors_since(start))
     # the input folder (or a folder inside it) as output is refused in one line, before any work
     for bad in (src, src / "out"):
         widget.batch.output_folder.setText(str(bad))
