@@ -23,7 +23,7 @@ pytestmark = pytest.mark.qt
 
 LEVEL = 0.1  # Poisson-Gaussian, total std 10% of the range at the brightest value (tests/tasks/test_fit.py)
 ROOT = Path(__file__).resolve().parents[2]
-STEPS = 100  # training steps: the step limit ends training (reproducible), not the clock
+STEPS = 40  # training steps: the step limit ends training (reproducible), not the clock
 
 
 @pytest.fixture(scope="module")
