@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-WIDGETS = ("Denoise", "Generate synthetic images", "Detect anomalies", "Train a model")
+WIDGETS = ("Denoise", "Generate synthetic images", "Detect anomalies", "Train a model", "Fit to this scan")
 
 
 def open_demo_viewer(run: bool = True):

@@ -4,6 +4,8 @@ Runs ``medidiff.tasks.anomaly.detect_anomalies_steps`` in a worker. The map (sca
 units) is added as a semi-transparent ``inferno`` overlay and the mask ``map > threshold`` (inside
 the scored foreground) as a labels layer, both with the input layer's geometry. Changing the
 threshold after a run redraws the labels from the map without running the model again.
+*Run on* runs it on every image layer (map and labels per layer) or on a folder of scans (maps
+under the scans' names, masks in ``masks/``); *Slice along* picks the axis a 2D model walks.
 """
 
 from __future__ import annotations

@@ -287,10 +287,14 @@ class TaskWidget(QWidget):
         self.result_label.setText("")
         try:
             job = self.make_job()
-        except (MedidiffError, ValueError) as exc:
+        except Exception as exc:  # a bad input is one line; anything else is a bug, logged with its traceback
             from napari.utils.notifications import show_error
 
-            message = str(exc)
+            from .worker import error_message
+
+            if not isinstance(exc, (MedidiffError, ValueError)):
+                LOG.exception("%s: could not start", self.title)
+            message = str(exc) if isinstance(exc, (MedidiffError, ValueError)) else error_message(self.title, exc)
             self.controls.status.setText(message)
             show_error(message)
             return

@@ -5,6 +5,8 @@ scale, translate, affine and metadata. The *Modality* control says what the scan
 file does not (a NIfTI records no modality): it decides the noise model under ``auto`` and the
 model picked by default. Left at "from the file", a scan whose file records no modality is
 taken to be what the chosen model is for (an MR NIfTI with an MR model gets Rician noise). Every control is remembered for the next session.
+*Run on* runs it on every image layer or on a folder of scans (``widgets.batch``); *Slice along*
+picks the axis a 2D model walks through a volume (``widgets.slice_axis``).
 """
 
 from __future__ import annotations
