@@ -12,7 +12,7 @@ A widget that works on one image layer (``self.layer_picker``) can instead imple
 the main thread, safe to call in the worker), ``show_result_for(layer, result)`` and, for a
 folder of scans, ``output_paths(out_dir, name)`` and ``save_result(result, out_dir, name, scan)``;
 with ``add_batch_row()`` it then runs on every image layer or on a folder too
-(``medidiff_napari.widgets.batch``), and with ``add_slice_axis_row()`` a 2D model slices a
+(``napari_medidiff.widgets.batch``), and with ``add_slice_axis_row()`` a 2D model slices a
 volume along the axis the user picks (``widgets.slice_axis``).
 
 The base does the rest once for all widgets: it loads the model in the worker (``ModelCache``),
