@@ -257,7 +257,7 @@ def seam_ratio(images: np.ndarray, borders: Sequence[Sequence[int]], period: int
     with ``period`` the autoencoder factor, reference and border sit at the same phase of the
     decoder's upsampling grid, which has its own faint period. 1 means the borders look like
     their neighbourhood; a window grid shows as > 1 (the pixel-space windows of issue 14
-    measured 1.2-1.3). ``nan`` when there are no borders.
+    measured 1.2-1.3). Borders outside the image are skipped; ``nan`` when none is left.
     """
     stack = np.asarray(images, dtype=np.float64)
     at, near = [], []
@@ -267,6 +267,8 @@ def seam_ratio(images: np.ndarray, borders: Sequence[Sequence[int]], period: int
         n = grad.shape[ax]
         edge = set(positions)
         for b in positions:
+            if not 0 < b <= n:  # not inside the image: no gradient across it
+                continue
             at.append(np.take(grad, [b - 1], axis=ax).ravel())
             ref = [b - 1 + k * period * sign for k in range(1, beside + 1) for sign in (-1, 1)]
             ref = [r for r in ref if 0 <= r < n and (r + 1) not in edge]
