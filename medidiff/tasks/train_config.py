@@ -118,6 +118,9 @@ def check_config(cfg: TrainConfig) -> None:
                                   (cfg.timestep_sampling, TimestepSampling, "timestep-sampling")):
         if value not in choice.values():
             raise MedidiffError(f"--{option} {value!r}: choose one of {', '.join(choice.values())}")
+    if cfg.timestep_sampling != TimestepSampling.UNIFORM and cfg.schedule != "ddpm":
+        raise MedidiffError(f"--timestep-sampling {cfg.timestep_sampling} is for --schedule ddpm; "
+                            f"{cfg.schedule} trains with uniform times")
     if cfg.noisy and (cfg.noise != TrainingNoise.WHITE or cfg.dims != 2 or cfg.schedule != "ddpm"
                       or cfg.prediction not in (None, "epsilon")):
         raise MedidiffError("--noisy trains 2D DDPM epsilon models with white noise only; drop --noise, "
