@@ -103,7 +103,7 @@ def generate_runner(kind: str, n: int, batch: int, steps: int):
     if kind.startswith("medidiff"):
         def run():
             res = generate(model, n, steps=steps, batch_size=batch, device="cpu", seed=0,
-                           sampler="ddim" if kind == "medidiff-ddim" else None, bit_identical=kind == "medidiff-bit")
+                           sampler="dpm++2m" if kind == "medidiff-dpm" else None, bit_identical=kind == "medidiff-bit")
             return None, {"images": len(res.scans), "threads": torch.get_num_threads()}
         return run
 

@@ -95,9 +95,9 @@ def part_threads(args, mon: LoadMonitor) -> list[str]:
 def part_generate(args, mon: LoadMonitor) -> list[str]:
     mon.phase = "generate"
     spec = {"part": "generate", "n": args.gen_n, "batch": args.gen_batch, "steps": args.gen_steps}
-    workers = [Worker("medidiff generate (defaults: batched, dpm++2m)", {**spec, "kind": "medidiff"},
+    workers = [Worker("medidiff generate (defaults: batched, ddim)", {**spec, "kind": "medidiff"},
                       base_threads=args.threads),
-               Worker("medidiff generate sampler=ddim (batched)", {**spec, "kind": "medidiff-ddim"},
+               Worker("medidiff generate sampler=dpm++2m (batched)", {**spec, "kind": "medidiff-dpm"},
                       base_threads=args.threads),
                Worker("MONAI DDIM + DiffusionInferer.sample", {**spec, "kind": "monai"}, base_threads=args.threads),
                Worker("medidiff generate bit_identical=True (opt-in)", {**spec, "kind": "medidiff-bit"},

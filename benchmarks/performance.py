@@ -29,7 +29,7 @@ Everything runs on the CPU. Three parts, each printed as a markdown table:
    each in a fresh process, on the machine as it is ("ambient") and under 2 busy-loop processes
    started (and killed) by this script; ratio to the best setting per condition.
 3. **CPU generation**: ``medidiff.tasks.generate`` (its defaults: batched on the CPU, sampler
-   ``dpm++2m``; and with ``sampler="ddim"``) against MONAI ``DDIMScheduler`` +
+   ``ddim``; and with ``sampler="dpm++2m"``) against MONAI ``DDIMScheduler`` +
    ``DiffusionInferer.sample``, same steps (one network call each) and batch size; plus
    medidiff's opt-in ``bit_identical=True`` mode (one sample per network call) for reference.
 

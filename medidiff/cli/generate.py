@@ -32,7 +32,7 @@ def generate(
     out: Path = typer.Option(..., "--out", help="Output folder (resumed if it holds a run with the same settings)."),
     format: str = typer.Option("nifti", "--format", help="nifti, dicom (marked SYNTHETIC), tiff or png."),
     seed: int = SEED,
-    sampler: str = typer.Option(None, "--sampler", help="ddpm, ddim, dpm++2m (default for DDPM models) or euler (rflow)."),
+    sampler: str = typer.Option(None, "--sampler", help="ddpm, ddim (default for DDPM models), dpm++2m or euler (rflow)."),
     steps: int = typer.Option(20, "--steps", min=1, help="Sampling steps."),
     guidance: float = typer.Option(1.0, "--guidance", help="Classifier-free guidance scale (1 = none; 2-4 follows the condition more)."),
     label: list[str] = typer.Option(None, "--label", help="Class (name or index) for every sample; repeat to give one per sample. Default: classes in turn."),

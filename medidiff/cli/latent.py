@@ -132,7 +132,7 @@ def generate_cmd(
     out: Path = typer.Option(..., "--out", help="Output folder: samples, manifest.csv, DATA_CARD.md (resumed if it "
                              "holds a run with the same settings)."),
     format: str = typer.Option("nifti", "--format", help="nifti, dicom (marked SYNTHETIC), tiff or png (2D)."),
-    sampler: str = typer.Option(None, "--sampler", help="ddpm, ddim, dpm++2m (default for DDPM priors) or euler (rflow)."),
+    sampler: str = typer.Option(None, "--sampler", help="ddpm, ddim (default for DDPM priors), dpm++2m or euler (rflow)."),
     steps: int = typer.Option(20, "--steps", min=1, help="Sampling steps."),
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Samples per network call."),
     image_size: str = typer.Option(None, "--image-size", help="Output size in pixels (multiples of 4; default: the training "

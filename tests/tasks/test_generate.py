@@ -95,7 +95,7 @@ def test_generate_gives_scans_in_training_geometry(tiny_mr_model):
         assert scan.meta["synthetic"] is True and scan.meta["seed"] == result.seeds[i]
         # scan units: inside the normaliser's range, not network units
         assert norm.low - 1 <= scan.array.min() and scan.array.max() <= norm.high + 1
-        assert scan.array.max() > 0.5 * norm.high
+        assert scan.array.max() > 0.25 * norm.high  # network units would stay near 1; 4 ddim steps give ~300 of 727
     again = generate(tiny_mr_model, 3, seed=1, steps=4, device="cpu")
     assert all(np.array_equal(a.array, b.array) for a, b in zip(result.scans, again.scans))
     other = generate(tiny_mr_model, 1, seed=2, steps=4, device="cpu")
@@ -122,7 +122,7 @@ def test_same_files_and_sha256_across_batch_sizes(tiny_mr_model, tmp_path):
         assert (tmp_path / "a" / row["file"]).read_bytes() == (tmp_path / "b" / row["file"]).read_bytes()
     rows = manifest(tmp_path / "a")
     assert [r["file"] for r in rows] == [f"sample_{i:05d}.nii.gz" for i in range(4)]
-    assert {r["sampler"] for r in rows} == {"dpm++2m"} and {r["steps"] for r in rows} == {"4"}
+    assert {r["sampler"] for r in rows} == {"ddim"} and {r["steps"] for r in rows} == {"4"}
 
 
 def test_formats_share_pixel_hashes_and_read_back(tiny_mr_model, tmp_path):
