@@ -17,12 +17,14 @@ one tissue class moved to the other's level, soft edge, the scan's own grain), s
 Methods: the intensity outlier map ``|x - healthy tissue mean|``, a coarse-noise denoising
 autoencoder trained here on the training slab, medidiff's default map through the task API
 (``calibrate_threshold`` on the calibration slab, ``detect_anomalies``), and map variants made
-from the same diffusion reconstructions (noise levels 150-600 of 1000 x 3 draws): the raw residual
-``mean_k |x - x0_k|`` (the task's map), the residual of the mean reconstruction ``|x - mean_k x0_k|``,
-a per-level z-score against the healthy calibration residual (mean and spread of the calibration
-slices' tissue at that level), and that z-score plus a structural residual (1 - local SSIM, as a
-z-score too); each smoothed by the task's 3x3 median or by a Gaussian (sigma 2 voxels, inside the
-tissue) at lesion scale. The variant, smoothing and noise levels are chosen on the validation
+from the same diffusion reconstructions (noise levels 150, 300, 450 of 1000 x 3 draws): the raw
+residual ``mean_k |x - x0_k|`` (the task's map), a per-level global z-score against the healthy
+calibration residual plus a structural residual (1 - local SSIM, as a z-score too), and the
+task's conditional scores (:mod:`medidiff.tasks.anomaly.scores`): the residual as a healthy
+z-score given the input's intensity (``z | x``) or given the mean reconstruction (``z | recon``,
+the task's ``--score zscore``), and that plus the z-scored 1 - SSIM (``--score ssim``); each
+smoothed by the task's 3x3 median or by a Gaussian (sigma 2 voxels, inside the tissue) at lesion
+scale. The task's ``--score zscore`` and ``--score ssim`` also run end to end on test. The variant, smoothing and noise levels are chosen on the validation
 split, once for the best mean AUPRC over the two lesion kinds and once for the best iso-intense
 AUPRC; those choices (and nothing else chosen) are reported on test.
 
@@ -56,7 +58,7 @@ from medidiff.core.metrics import auprc, auroc, best_dice, dice
 from medidiff.io import Scan
 from medidiff.tasks.anomaly import SCORE_PERCENTILE, calibrate_threshold, detect_anomalies
 from medidiff.tasks.anomaly.fdr import bh_mask, healthy_sample
-from medidiff.tasks.anomaly.scores import fit_profile, structural_residual, zscore
+from medidiff.tasks.anomaly.scores import fit_profile, local_ssim, structural_residual, zscore
 
 DATA = Path(nibabel.__file__).parent / "tests" / "data" / "example4d.nii.gz"
 SLABS = {"train": range(0, 16), "calibration": (16, 17), "validation": (18, 19, 20), "test": (21, 22, 23)}
@@ -173,15 +175,6 @@ def reconstructions(model, scan: Scan, seed: int) -> tuple[np.ndarray, dict[floa
             x0, _ = predict(model, a * x + sig * torch.randn(x.shape, generator=gen), t)
             out[t] = x0[:, 0].float().numpy()
     return x[0, 0].numpy(), out, foreground(scan.array)
-
-
-def local_ssim(a: np.ndarray, b: np.ndarray, sigma: float = 1.5, L: float = 2.0) -> np.ndarray:
-    """The SSIM map of two images (Gaussian window ``sigma``; dynamic range ``L`` network units)."""
-    c1, c2 = (0.01 * L) ** 2, (0.03 * L) ** 2
-    g = lambda v: ndi.gaussian_filter(v, sigma, mode="nearest")  # noqa: E731
-    ma, mb = g(a), g(b)
-    va, vb, cov = g(a * a) - ma * ma, g(b * b) - mb * mb, g(a * b) - ma * mb
-    return ((2 * ma * mb + c1) * (2 * cov + c2)) / ((ma * ma + mb * mb + c1) * (va + vb + c2))
 
 
 def raw_maps(rec) -> dict[str, np.ndarray]:

@@ -20,8 +20,8 @@ Reconstruction is one Tweedie step (``predict``: one network call) or a few DDIM
 ``t`` (``recon="ddim"``). Residuals are averaged over ``timesteps``, optionally one-signed
 (``direction="bright"`` keeps only voxels brighter than the reconstruction), turned into the
 chosen ``score`` (the residual itself, or healthy z-scores given the mean reconstruction,
-with a structural 1 - SSIM part: :mod:`.scores`), median filtered and kept inside the
-foreground (Otsu).
+with a structural 1 - SSIM part: :mod:`.scores`), median filtered, optionally smoothed by a
+Gaussian inside the tissue (``smooth_sigma``) and kept inside the foreground (Otsu).
 
 Units. MR and microscopy have no absolute units (a model with a per-scan normaliser). A
 calibrated model of that kind normalises each scan on its own, anchored on its tissue:
@@ -197,6 +197,9 @@ def residual(x: np.ndarray, recon: np.ndarray, direction: str) -> np.ndarray:
 def _postprocess(m: np.ndarray, fg: np.ndarray, s: MapSettings) -> np.ndarray:
     if s.median_size > 1:
         m = ndi.median_filter(m, size=s.median_size, mode="nearest")
+    if s.smooth_sigma > 0 and fg.any():  # normalised convolution: the background does not leak into the edge
+        w = ndi.gaussian_filter(fg.astype(np.float64), s.smooth_sigma)
+        m = ndi.gaussian_filter(np.where(fg, m, 0.0), s.smooth_sigma) / np.maximum(w, 1e-6)
     return np.where(fg, m, 0.0).astype(np.float32)
 
 

@@ -39,6 +39,7 @@ WHITE_NOISE = TrainingNoise.WHITE.value  # "white"; older records said "gaussian
 MAX_DDIM_STEPS = 1000  # more steps than a 1000-step schedule has times is no reconstruction
 MAX_MEDIAN = 31  # voxels; a wider median filter erases lesions
 MAX_BATCH = 4096
+MAX_SIGMA = 10.0  # voxels; a wider Gaussian blurs a lesion into its surroundings
 
 
 class AnomalyOptionError(MedidiffError, ValueError):
@@ -90,6 +91,7 @@ class MapSettings:
     foreground: bool
     direction: str
     score: str = DEFAULT_SCORE
+    smooth_sigma: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready, in the form stored in ``config.json`` (lists, not tuples)."""
@@ -122,6 +124,8 @@ class AnomalyOptions:
                  calibration residuals at the same reconstructed intensity) or ``ssim`` (that
                  z-score plus the z-score of 1 - local SSIM(x, reconstruction)); see
                  :mod:`medidiff.tasks.anomaly.scores`; the last two need a calibration;
+    smooth_sigma: Gaussian smoothing of the map inside the tissue after the median filter,
+                 ``G * (m 1_fg) / G * 1_fg`` (sigma in voxels; 0: none, the default);
     threshold:   ``"auto"`` (the calibrated threshold) or a number in the map's units;
     fdr:         instead of a threshold, a mask whose expected share of false voxels is at most
                  ``fdr`` (conformal p-values against the calibration's healthy voxels, then
@@ -139,6 +143,7 @@ class AnomalyOptions:
     foreground: bool | None = None
     direction: str | None = None
     score: str | None = None
+    smooth_sigma: float | None = None
     threshold: str | float = "auto"
     fdr: float | None = None
     batch_size: int = 8
@@ -151,6 +156,11 @@ class AnomalyOptions:
         set_(self, "recon", _choice("recon", self.recon, RECONS))
         set_(self, "direction", _choice("direction", self.direction, DIRECTIONS))
         set_(self, "score", _choice("score", self.score, SCORES))
+        if self.smooth_sigma is not None:
+            sig = _number("smooth_sigma", self.smooth_sigma)
+            if not 0 <= sig <= MAX_SIGMA:
+                raise AnomalyOptionError("smooth_sigma", f"must be between 0 and {MAX_SIGMA:g} voxels, got {self.smooth_sigma!r}")
+            set_(self, "smooth_sigma", sig)
         set_(self, "ddim_steps", _int("ddim_steps", self.ddim_steps, 1, MAX_DDIM_STEPS))
         set_(self, "median_size", _int("median_size", self.median_size, 0, MAX_MEDIAN))
         set_(self, "batch_size", _int("batch_size", self.batch_size, 1, MAX_BATCH))
@@ -221,6 +231,7 @@ class AnomalyOptions:
             foreground=True if values["foreground"] is None else bool(values["foreground"]),
             direction=values["direction"] or Direction.BOTH.value,
             score=values["score"] or DEFAULT_SCORE,
+            smooth_sigma=float(values["smooth_sigma"] or 0.0),
         )
         check_method(model, settings.method)
         return settings
