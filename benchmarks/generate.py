@@ -122,7 +122,8 @@ def main() -> None:
     train_s = time.perf_counter() - t0 if args.model is None else float("nan")
 
     t0 = time.perf_counter()
-    synth = generate(model, 2 * len(tr_msk), masks=tr_msk, seed=0, steps=args.sample_steps, device=args.device)
+    synth = generate(model, 2 * len(tr_msk), masks=tr_msk, seed=0, steps=args.sample_steps, sampler="dpm++2m",
+                     device=args.device)
     gen_s = time.perf_counter() - t0
     syn_img = [s.array for s in synth.scans]
     syn_msk = [m.array for m in synth.masks]

@@ -2,7 +2,10 @@
 and a contact sheet of samples beside real slices.
 
     OMP_NUM_THREADS=1 python benchmarks/latent.py [--out OUT] [--ae-steps 600] [--eval-every 100]
-        [--prior-steps 1500] [--speed-steps 20] [--device cpu]
+        [--prior-steps 1500] [--speed-steps 20] [--kid-samples 32] [--reuse] [--device cpu]
+
+``--reuse`` skips steps 1-2 and the prior's training of step 3 when OUT holds the models of an
+earlier run (OUT/ae, OUT/run/model), and measures steps 3-5 on them.
 
 Data: nibabel's example4d.nii.gz, volume 0, whole axial slices of 96 x 128 (2 mm); slices z < 16
 train, z >= 18 are held out (the split every medidiff test uses).
@@ -21,7 +24,8 @@ train, z >= 18 are held out (the split every medidiff test uses).
    real set), the training-vs-held-out KID, the memorisation check, and the evaluate report's
    contact sheet (samples beside real slices, OUT/latent-evaluate.png: not in the data set);
 5. the seam at 2x the training field (192 x 256, one latent, decoded whole): ``seam_ratio`` at
-   the borders windows of the training field would have, 4 samples, OUT/latent-2x.png.
+   the borders windows of the training field would have, 16 samples, next to the same measure at
+   that grid shifted by 4..40 pixels (what anatomy alone does to it); OUT/latent-2x.png.
 
 Prints a Markdown summary and writes OUT/results.json.
 """
@@ -41,6 +45,8 @@ import numpy as np
 import torch
 
 from medidiff.io import Scan
+
+SAMPLER = "dpm++2m"  # named, so the numbers do not move when the library's default sampler does
 
 
 def load() -> tuple[Scan, np.ndarray, np.ndarray]:
@@ -128,24 +134,34 @@ def speed(train: Scan, ae_dir: Path, steps: int, device: str) -> dict:
     pix = train_pixel([train], None, dims=2, image_size=(96, 128), steps=steps, batch_size=16, seed=0, device=device,
                       checkpoint_every=0)
     t = time.perf_counter()
-    generate_latent(lat.model, 4, seed=0, steps=20, batch_size=4, device=device)
+    generate_latent(lat.model, 4, seed=0, steps=20, sampler=SAMPLER, batch_size=4, device=device)
     lat_sample = (time.perf_counter() - t) / 4
     t = time.perf_counter()
-    run_to_end(generate_batch(pix.model, [0, 1, 2, 3], steps=20))
+    run_to_end(generate_batch(pix.model, [0, 1, 2, 3], steps=20, sampler=SAMPLER))
     pix_sample = (time.perf_counter() - t) / 4
     return {"latent_steps_per_s": round(steps / lat.seconds, 2), "pixel_steps_per_s": round(steps / pix.seconds, 2),
             "latent_s_per_sample": round(lat_sample, 3), "pixel_s_per_sample": round(pix_sample, 3),
             "latent_prior_parameters": lat.model.prior.num_parameters(), "pixel_parameters": pix.model.num_parameters()}
 
 
-def contact_sheet(train: Scan, real: np.ndarray, ae_dir: Path, out: Path, steps: int, device: str) -> dict:
+def contact_sheet(train: Scan, real: np.ndarray, ae_dir: Path, out: Path, steps: int, device: str,
+                  reuse: bool = False) -> dict:
     from medidiff.core.metrics.distributions import nearest_neighbours
     from medidiff.reporting.figures import radiological, save_grid
     from medidiff.tasks.latent import generate_latent, train_latent
 
-    lat = train_latent([train], ae_dir, out / "run", steps=steps, batch_size=16, lr=2e-3, seed=0, device=device,
-                       checkpoint_every=0, overwrite=True)
-    samples = generate_latent(out / "run" / "model", 8, seed=0, steps=25, device=device)
+    if reuse and (out / "run" / "model" / "latent.json").is_file():
+        from types import SimpleNamespace
+
+        from medidiff.core.latent_model import LatentModel
+
+        record = LatentModel.load(out / "run" / "model").prior.config.training
+        steps = int(record["steps_done"])
+        lat = SimpleNamespace(seconds=float(record["seconds_this_session"]), losses=[float(record["final_loss"])])
+    else:
+        lat = train_latent([train], ae_dir, out / "run", steps=steps, batch_size=16, lr=2e-3, seed=0, device=device,
+                           checkpoint_every=0, overwrite=True)
+    samples = generate_latent(out / "run" / "model", 8, seed=0, steps=25, sampler=SAMPLER, device=device)
     imgs = [s.array for s in samples.scans]
     idx, ncc = nearest_neighbours(np.stack(imgs), real, metric="ncc")
     aff, mod = samples.scans[0].affine, "MR"
@@ -167,7 +183,8 @@ def quality(train: Scan, real: np.ndarray, heldout: np.ndarray, out: Path, n: in
 
     model_dir = out / "run" / "model"
     t = time.perf_counter()
-    res = generate_dataset(model_dir, out / "synth", n, seed=100, steps=25, device=device, overwrite=True,
+    res = generate_dataset(model_dir, out / "synth", n, seed=100, steps=25, sampler=SAMPLER, device=device,
+                           overwrite=True,
                            real=list(heldout), training=[train])
     gen_s = time.perf_counter() - t
     q = res.quality
@@ -182,17 +199,25 @@ def quality(train: Scan, real: np.ndarray, heldout: np.ndarray, out: Path, n: in
 
     lm = LatentModel.load(model_dir)
     f, lat = lm.autoencoder.factor, tuple(lm.prior.config.image_size)
-    big = generate_latent(lm, 4, seed=0, steps=25, image_size=tuple(2 * f * s for s in lat), device=device)
+    big = generate_latent(lm, 16, seed=0, steps=25, sampler=SAMPLER, image_size=tuple(2 * f * s for s in lat), device=device)
     imgs = np.stack([s.array for s in big.scans])
     borders = [[b * f for b in window_borders(2 * s, s, 0.25)] for s in lat]
-    same = generate_latent(lm, 4, seed=0, steps=25, device=device)
-    save_grid([radiological(i, big.scans[0].affine, "MR") for i in imgs], out / "latent-2x.png", ncols=4,
+    # the same measure at the grid shifted by 4..40 pixels: how much anatomy alone moves it
+    null = [seam_ratio(imgs, [[b + sh for b in ax] for ax in borders], period=f)
+            for sh in range(-40, 41, 4) if sh != 0]
+    true = seam_ratio(imgs, borders, period=f)
+    same = generate_latent(lm, 4, seed=0, steps=25, sampler=SAMPLER, device=device)
+    save_grid([radiological(i, big.scans[0].affine, "MR") for i in imgs[:8]], out / "latent-2x.png", ncols=4,
               suptitle="2x the training field (192 x 256), one latent, decoded whole")
     return {"n": n, "generate_seconds": round(gen_s, 1), "vs_heldout": kid(q), "vs_training": kid(q_train),
             "training_vs_heldout_kid": round(q.kid_training, 4), "training_vs_heldout_std": round(q.kid_training_std, 4),
             "max_nearest_training_ncc": round(q.max_similarity, 3), "flagged": len(q.flagged),
             "diversity_samples": round(q.diversity_samples, 3), "diversity_real": round(q.diversity_real, 3),
-            "seam_ratio_2x": round(seam_ratio(imgs, borders, period=f), 3),
+            "seam_ratio_2x": round(true, 3), "seam_ratio_2x_4_samples": round(seam_ratio(imgs[:4], borders, period=f), 3),
+            "seam_shifted_grids_min_median_max": [round(float(v), 3) for v in (min(null), np.median(null), max(null))],
+            "seam_true_grid_rank": f"{1 + sum(v > true for v in null)} of {len(null) + 1}",
+            "seam_per_line": {f"{'yx'[a]}={b}": round(seam_ratio(imgs, [[b] if k == a else [] for k in range(2)], period=f), 3)
+                              for a in range(2) for b in borders[a]},
             "seam_ratio_1x_fake_borders": round(seam_ratio(np.stack([s.array for s in same.scans]),
                                                            [[lat[0] * f // 2], [lat[1] * f // 2]], period=f), 3)}
 
@@ -205,15 +230,21 @@ def main() -> None:
     ap.add_argument("--prior-steps", type=int, default=1500)
     ap.add_argument("--speed-steps", type=int, default=20)
     ap.add_argument("--kid-samples", type=int, default=32)
+    ap.add_argument("--reuse", action="store_true", help="measure the models an earlier run left in --out")
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     args.out.mkdir(parents=True, exist_ok=True)
     train, real, heldout = load()
-    rows, ae_result, refs = autoencoder_curve(train, list(heldout), args.out, args.ae_steps, args.eval_every, args.device)
-    sp = speed(train, args.out / "ae", args.speed_steps, args.device)
+    reuse = args.reuse and (args.out / "run" / "model" / "latent.json").is_file()
+    if reuse:
+        rows, refs, sp = [], {}, {}
+    else:
+        rows, ae_result, refs = autoencoder_curve(train, list(heldout), args.out, args.ae_steps, args.eval_every,
+                                                  args.device)
+        sp = speed(train, args.out / "ae", args.speed_steps, args.device)
     print(sp, flush=True)
-    sheet = contact_sheet(train, real, args.out / "ae", args.out, args.prior_steps, args.device)
+    sheet = contact_sheet(train, real, args.out / "ae", args.out, args.prior_steps, args.device, reuse=reuse)
     qual = quality(train, real, heldout, args.out, args.kid_samples, args.device)
     results = {"autoencoder_curve": rows, "autoencoder_refs": refs, "speed": sp, "contact_sheet": sheet,
                "quality": qual, "threads": torch.get_num_threads()}
