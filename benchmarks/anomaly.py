@@ -21,7 +21,7 @@ from the same diffusion reconstructions (noise levels 150, 300, 450 of 1000 x 3 
 residual ``mean_k |x - x0_k|`` (the task's map), a per-level global z-score against the healthy
 calibration residual plus a structural residual (1 - local SSIM, as a z-score too), and the
 task's conditional scores (:mod:`medidiff.tasks.anomaly.scores`): the residual as a healthy
-z-score given the input's intensity (``z | x``) or given the mean reconstruction (``z | recon``,
+z-score given the input's intensity (``z given x``) or given the mean reconstruction (``z given recon``,
 the task's ``--score zscore``), and that plus the z-scored 1 - SSIM (``--score ssim``); each
 smoothed by the task's 3x3 median or by a Gaussian (sigma 2 voxels, inside the tissue) at lesion
 scale. The task's ``--score zscore`` and ``--score ssim`` also run end to end on test. The variant, smoothing and noise levels are chosen on the validation
@@ -65,7 +65,7 @@ SLABS = {"train": range(0, 16), "calibration": (16, 17), "validation": (18, 19, 
 FDR_LEVELS = (0.05, 0.1)
 LEVELS = (150.0, 300.0, 450.0)  # noise times reconstructed once, 3 draws each (t = 600 lost everywhere before)
 TIME_SETS = {"t=150,300": (150.0, 300.0), "t=300,450": (300.0, 450.0)}
-VARIANTS = ("residual", "z + ssim", "z | x", "z | recon", "z | recon + ssim | recon")
+VARIANTS = ("residual", "z + ssim", "z given x", "z given recon", "z given recon + ssim given recon")
 SMOOTHING = ("median 3", "gauss 2")  # the task's 3x3 median, or a Gaussian (sigma 2 voxels) at lesion scale
 DRAWS = 3
 
@@ -224,9 +224,9 @@ class Variants:
         return self.profiles[(ts, on)]
 
     def make(self, m: dict, fg: np.ndarray, variant: str, ts: tuple[float, ...], smooth: str = "median 3") -> np.ndarray:
-        if variant.startswith("z |"):  # conditional healthy z-scores (medidiff.tasks.anomaly.scores)
+        if variant.startswith("z given"):  # conditional healthy z-scores (medidiff.tasks.anomaly.scores)
             res, rec, ss = self.parts(m, ts)
-            on = "x" if variant == "z | x" else "recon"
+            on = "x" if variant == "z given x" else "recon"
             prof = self.profile(ts, on)
             key = m["x"] if on == "x" else rec
             out = zscore(res, key, prof, "residual")
