@@ -274,6 +274,7 @@ def main() -> None:
             if args.noises and noise not in args.noises:
                 continue
             for l_i, level in enumerate(args.levels):
+                l_i = LEVELS.index(level) if level in LEVELS else l_i  # a subset of levels draws the same noise
                 est, pick, row = run_condition(model, name, val, clean, spacing, noise, level,
                                                1000 * d_i + 10 * n_i + l_i, args, fit_here)
                 best = max(v[0] for k, v in row.items() if k != "noisy")
