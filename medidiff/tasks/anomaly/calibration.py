@@ -51,7 +51,8 @@ def calibrate_threshold_steps(
     threshold, percentile, method, options, voxel and scan counts, the calibration scans' names and
     ``healthy_scores``, a sorted sample of at most ``sample_size`` healthy voxel scores for FDR masks,
     and ``profile``, the scans' intensity and fine-structure statistics for the out-of-distribution
-    check (:mod:`.ood`).
+    check (:mod:`.ood`); for ``score="zscore"`` or ``"ssim"`` also ``score_profile``, the healthy
+    statistics per bin of reconstructed intensity (:func:`.scores.fit_profile`).
     With ``save`` and a model loaded from a folder it is written back to that folder atomically
     (the model card gains an "Anomaly calibration" section). Returns the threshold.
     """
