@@ -125,3 +125,43 @@ def generate_runner(kind: str, n: int, batch: int, steps: int):
         imgs = model.normaliser.inverse(torch.cat(outs)[:, 0].numpy())
         return None, {"images": len(imgs), "threads": torch.get_num_threads()}
     return run
+
+
+def train_runner(steps: int = 5, batch: int = 16, crop: int = 32):
+    """``steps`` optimiser steps of ``mr2d``'s network on crops of the MR sample: the train loop's compute.
+
+    The thread policy is applied as every task applies it (``resolve_device``); the network is a
+    copy, trained with AdamW on the epsilon loss at random timesteps (seeded, the same every call).
+    """
+    import copy
+
+    import torch
+
+    from medidiff.builtin.sample_scans import mr_sample
+    from medidiff.core.devices import resolve_device
+    from medidiff.model_store.registry import resolve_model
+
+    resolve_device("cpu")
+    model = resolve_model("mr2d", device="cpu")
+    net = copy.deepcopy(model.network).train()
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
+    vol = model.normaliser.for_scan(mr_sample().array).forward(mr_sample().array).astype("float32")
+    sched = model.schedule
+
+    def run():
+        g = torch.Generator().manual_seed(0)
+        for _ in range(steps):
+            z = torch.randint(0, vol.shape[0], (batch,), generator=g)
+            y = torch.randint(0, vol.shape[1] - crop + 1, (batch,), generator=g)
+            x = torch.randint(0, vol.shape[2] - crop + 1, (batch,), generator=g)
+            x0 = torch.stack([torch.from_numpy(vol[a, b:b + crop, c:c + crop]) for a, b, c in zip(z, y, x)])[:, None]
+            t = sched.sample_training_timesteps(batch, generator=g)
+            eps = torch.randn(x0.shape, generator=g)
+            loss = (net(sched.add_noise(x0, eps, t), t) - sched.training_target(x0, eps, t)).pow(2).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        return None, {"threads": torch.get_num_threads(), "wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
+                      "spincount": os.environ.get("GOMP_SPINCOUNT", "")}
+
+    return run

@@ -55,9 +55,10 @@ def part_denoise(args, mon: LoadMonitor) -> list[str]:
 
 
 def part_threads(args, mon: LoadMonitor) -> list[str]:
-    lines = ["| condition | setting | threads used | seconds, median [min-max] | vs best | CPU s per call (median) "
-             "| load avg during |", "|---|---|---|---|---|---|---|"]
+    lines = ["| task | condition | setting | threads used | seconds, median [min-max] | vs best | CPU s per call (median) "
+             "| load avg during |", "|---|---|---|---|---|---|---|---|"]
     reps = max(1, min(args.repeats, args.thread_repeats))
+    tasks = {"denoise": "medidiff", "train": "train"}
     loops: list[subprocess.Popen] = []
     try:
         for cond in ("ambient", "2 busy loops"):
@@ -65,30 +66,38 @@ def part_threads(args, mon: LoadMonitor) -> list[str]:
             if cond != "ambient":
                 loops = busy_loops(2, args.load_seconds)
                 time.sleep(args.load_settle)  # let the 1-minute load average see the loops
-            spec = {"part": "threads", "kind": "medidiff", "size": args.thread_size, "sw_batch": args.sw_batch}
-            workers = [Worker(name, spec, env) for name, env in THREAD_SETTINGS.items() if name in args.thread_settings]
-            try:
-                print(f"threads, {cond}", file=sys.stderr)
-                interleaved(workers, reps)
-            finally:
-                for w in workers:
-                    w.close()
-            best = min(summary(w)[0] for w in workers)
-            for w in workers:
-                med, lo, hi = summary(w)
-                last = w.results[-1]
-                used = f"{last['threads']}" + (f" {last['wait_policy']}" if last.get("wait_policy") else "") \
-                    + (f" spin {last['spincount']}" if last.get("spincount") else "")
-                loads = [r["load"] for r in w.results]
-                cpu = statistics.median(r["cpu_s"] for r in w.results)
-                lines.append(f"| {cond} | {w.name} | {used} | {med:.3f} [{lo:.3f}-{hi:.3f}] | {med / best:.2f}x | "
-                             f"{cpu:.3f} | {min(loads):.1f}-{max(loads):.1f} |")
+            for task in args.thread_tasks:
+                lines += _thread_rows(args, task, tasks[task], cond, reps)
             for p in loops:
                 p.kill()
     finally:
         for p in loops:
             p.kill()
             p.wait()
+    return lines
+
+
+def _thread_rows(args, task: str, kind: str, cond: str, reps: int) -> list[str]:
+    """One task's rows of the thread table: every setting in its own worker, interleaved."""
+    lines = []
+    spec = {"part": "threads", "kind": kind, "size": args.thread_size, "sw_batch": args.sw_batch}
+    workers = [Worker(name, spec, env) for name, env in THREAD_SETTINGS.items() if name in args.thread_settings]
+    try:
+        print(f"threads, {task}, {cond}", file=sys.stderr)
+        interleaved(workers, reps)
+    finally:
+        for w in workers:
+            w.close()
+    best = min(summary(w)[0] for w in workers)
+    for w in workers:
+        med, lo, hi = summary(w)
+        last = w.results[-1]
+        used = f"{last['threads']}" + (f" {last['wait_policy']}" if last.get("wait_policy") else "") \
+            + (f" spin {last['spincount']}" if last.get("spincount") else "")
+        loads = [r["load"] for r in w.results]
+        cpu = statistics.median(r["cpu_s"] for r in w.results)
+        lines.append(f"| {task} | {cond} | {w.name} | {used} | {med:.3f} [{lo:.3f}-{hi:.3f}] | {med / best:.2f}x | "
+                     f"{cpu:.3f} | {min(loads):.1f}-{max(loads):.1f} |")
     return lines
 
 

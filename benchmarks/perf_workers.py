@@ -60,10 +60,12 @@ def worker(spec: dict) -> None:
     import monai  # noqa: F401  (part of the import floor)
     import torch
 
-    from perf_runners import denoise_runner, generate_runner, psnr
+    from perf_runners import denoise_runner, generate_runner, psnr, train_runner
 
     if spec["part"] == "generate":
         run, clean = generate_runner(spec["kind"], spec["n"], spec["batch"], spec["steps"]), None
+    elif spec["kind"] == "train":
+        run, clean = train_runner(), None
     else:
         run, clean = denoise_runner(spec["kind"], spec["size"], spec["sw_batch"])
     floor = _rss_mb()

@@ -69,6 +69,8 @@ def main() -> None:
     ap.add_argument("--load-settle", type=float, default=20, help="seconds between starting the loops and the workers")
     ap.add_argument("--thread-settings", nargs="+", default=list(THREAD_SETTINGS), choices=list(THREAD_SETTINGS),
                     metavar="SETTING", help="subset of: " + ", ".join(THREAD_SETTINGS))
+    ap.add_argument("--thread-tasks", nargs="+", default=["denoise", "train"], choices=["denoise", "train"],
+                    help="what the thread part times: a denoise of the mosaic, 5 training steps of mr2d's network")
     ap.add_argument("--gen-n", type=int, default=32)
     ap.add_argument("--gen-batch", type=int, default=32)
     ap.add_argument("--gen-steps", type=int, default=20)
