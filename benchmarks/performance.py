@@ -22,7 +22,7 @@ Everything runs on the CPU. Three parts, each printed as a markdown table:
      512x512 its attention matrix needs ~8.7 GB).
 
    Every row has its PSNR against the clean mosaic, so speed is compared at equal quality.
-2. **Thread policies**: medidiff's denoise at 1 thread, 2 threads, 2 threads with
+2. **Thread policies**: medidiff's denoise, and 5 training steps of mr2d's network, at 1 thread, 2 threads, 2 threads with
    ``OMP_WAIT_POLICY=PASSIVE``, 2 threads with a bounded spin (``GOMP_SPINCOUNT=10000``, no
    wait policy), and the default policy (``medidiff.core.threads``) both as the
    Python API applies it and as the CLI applies it (``prepare_environment`` before torch loads),
