@@ -44,13 +44,11 @@ class NoiseModel(Choice):
     POISSON_GAUSSIAN = "poisson-gaussian"
 
 
-class NoiseChoice(Choice):
-    """A noise model, or ``auto`` to pick one from the scan's modality."""
-
-    AUTO = "auto"
-    GAUSSIAN = "gaussian"
-    RICIAN = "rician"
-    POISSON_GAUSSIAN = "poisson-gaussian"
+# a noise model, or ``auto`` to pick one from the scan's modality: built from NoiseModel (enums
+# with members cannot be subclassed), so a new noise model appears in both at once
+NoiseChoice = Choice("NoiseChoice", [("AUTO", "auto")] + [(m.name, m.value) for m in NoiseModel],
+                     module=__name__, qualname="NoiseChoice")
+NoiseChoice.__doc__ = "A noise model, or ``auto`` to pick one from the scan's modality."
 
 
 class AnomalyMethod(Choice):
