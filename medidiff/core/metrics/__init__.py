@@ -12,7 +12,7 @@ Generation (sets of 2D images)
 Every function takes numpy arrays (torch tensors go through ``np.asarray``; move them to the CPU
 first) and works in float64 internally.
 
-The functions live in :mod:`.image_quality`, :mod:`.detection` and :mod:`.distributions`; all
+The functions live in :mod:`.image_quality`, :mod:`.detection`, :mod:`.features` and :mod:`.distributions`; all
 are importable from here (``from medidiff.core.metrics import psnr, auroc``).
 """
 
