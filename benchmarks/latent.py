@@ -44,6 +44,7 @@ import nibabel
 import numpy as np
 import torch
 
+from medidiff.core.progress import run_to_end
 from medidiff.io import Scan
 
 SAMPLER = "dpm++2m"  # named, so the numbers do not move when the library's default sampler does
@@ -99,22 +100,20 @@ def autoencoder_curve(train: Scan, heldout, out: Path, steps: int, every: int, d
     try:
         gen = at.train_autoencoder_steps([train], out / "ae", steps=steps, batch_size=8, image_size=64, lr=2e-3,
                                          seed=0, device=device, overwrite=True)
-        rows, clock, last = [], 0.0, time.perf_counter()
-        while True:
-            try:
-                event = next(gen)
-            except StopIteration as stop:
-                result = stop.value
-                break
+        rows, timer = [], {"clock": 0.0, "last": time.perf_counter()}
+
+        def evaluate(event) -> None:  # between training steps; evaluation time is not training time
             if event.step and event.step % every == 0:
-                clock += time.perf_counter() - last
+                timer["clock"] += time.perf_counter() - timer["last"]
                 ae = captured["ae"]
                 ae.network.eval()
-                rows.append({"step": event.step, "train_seconds": round(clock, 1),
+                rows.append({"step": event.step, "train_seconds": round(timer["clock"], 1),
                              "heldout_psnr_db": round(roundtrip_psnr(ae, heldout), 2)})
                 ae.network.train()
                 print(rows[-1], flush=True)
-                last = time.perf_counter()
+                timer["last"] = time.perf_counter()
+
+        result = run_to_end(gen, callback=evaluate)
     finally:
         at.Autoencoder.create = original  # type: ignore[method-assign]
     untrained = Autoencoder.create(2, 64, normaliser=result.autoencoder.normaliser, seed=0)
@@ -125,7 +124,6 @@ def autoencoder_curve(train: Scan, heldout, out: Path, steps: int, every: int, d
 
 
 def speed(train: Scan, ae_dir: Path, steps: int, device: str) -> dict:
-    from medidiff.core.progress import run_to_end
     from medidiff.core.sampling import generate_batch
     from medidiff.tasks.latent import generate_latent, train_latent
     from medidiff.tasks.train import train as train_pixel

@@ -94,6 +94,7 @@ def relay(
     total: int | None = None,
     message: str = "",
     counts: list[int] | None = None,
+    advance: bool = True,
 ) -> Generator[Progress, None, T]:
     """Drive an inner generator, yielding one ``Progress`` per inner event; returns its result.
 
@@ -101,8 +102,11 @@ def relay(
     denoising, a task inside the demo). With ``total`` given, each inner event advances the
     outer step by one from ``step`` (events of a per-network-call generator become per-call
     progress, so cancel takes effect within one call); without it, the inner events' own
-    ``step``/``total`` are passed on with ``message`` prefixed. ``counts``, if given, gets the
-    number of inner events appended (callers that need to know how many calls were made).
+    ``step``/``total`` are passed on with ``message`` prefixed. ``advance=False`` (with
+    ``total``) keeps the outer step at ``step`` and passes the inner messages on: one unit of
+    outer work (a layer of a batch) whose inner events only say what is happening.
+    ``counts``, if given, gets the number of inner events appended (callers that need to know
+    how many calls were made).
     """
     n = 0
     try:
@@ -112,10 +116,13 @@ def relay(
             except StopIteration as stop:
                 return stop.value
             n += 1
-            if total is not None:
+            inner = getattr(event, "message", "") or ""
+            if total is not None and not advance:
+                yield Progress(step=step, total=total, message=f"{message} {inner}".strip())
+            elif total is not None:
                 yield Progress(step=step + n, total=total, message=message)
             elif isinstance(event, Progress):
-                text = f"{message} {event.message}".strip() if message else event.message
+                text = f"{message} {inner}".strip() if message else inner
                 yield Progress(event.step, event.total, text, event.preview, event.values)
             else:
                 yield Progress(step=n, total=max(n, 1), message=message)

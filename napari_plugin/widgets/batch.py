@@ -22,7 +22,7 @@ from typing import Any
 from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import QComboBox, QFileDialog, QHBoxLayout, QLineEdit, QPushButton, QVBoxLayout, QWidget
 
-from medidiff.core.progress import Progress
+from medidiff.core.progress import Progress, relay
 
 from .wording import RUN_ON, RUN_ON_TIPS
 
@@ -105,18 +105,8 @@ def batch_job(model: Any, steps: Callable[..., Generator[Any, None, Any]], items
         scan = item.scan if item.scan is not None else load_scan(item.path)
         args, options = prepare(scan)
         options = {**options, "device": options.get("device", device)}
-        gen = steps(model, *args, **options)
-        try:
-            while True:
-                try:
-                    event = next(gen)
-                except StopIteration as stop:
-                    result = stop.value
-                    break
-                text = getattr(event, "message", "") or ""
-                yield Progress(step=i, total=n, message=f"{item.name} ({i + 1} of {n}) {text}".strip())
-        finally:
-            gen.close()
+        result = yield from relay(steps(model, *args, **options), step=i, total=n,
+                                  message=f"{item.name} ({i + 1} of {n})", advance=False)
         names.append(item.name)
         if save is not None and out_dir is not None:
             written = tuple(save(result, out_dir, item.name, scan))

@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 
 from cli_runner import call
-from medidiff.builtin.sample_scans import mr_sample
 from medidiff.io import Scan, save_scan
 
 
@@ -55,14 +54,6 @@ def _assert_one_line_error(code: int, err: str, *words: str) -> None:
     assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), err
     for word in words:
         assert word in lines[0], err
-
-
-@pytest.fixture
-def scan_file(tmp_path):
-    sample = mr_sample()
-    path = tmp_path / "in.nii.gz"
-    save_scan(Scan(sample.array[2], sample.spacing[1:], sample.affine, "MR", {}), path)
-    return path
 
 
 def _denoise_args(scan_file, d, *extra):

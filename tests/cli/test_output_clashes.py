@@ -8,20 +8,11 @@ import numpy as np
 import pytest
 
 from cli_runner import call
-from medidiff.builtin.sample_scans import mr_sample
 from medidiff.io import Scan, save_scan
 
 
 def _digest(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-@pytest.fixture
-def scan_file(tmp_path):
-    sample = mr_sample()
-    path = tmp_path / "in.nii.gz"
-    save_scan(Scan(sample.array[2], sample.spacing[1:], sample.affine, "MR", {}), path)
-    return path
 
 
 @pytest.mark.parametrize("extra", [

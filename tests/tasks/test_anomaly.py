@@ -7,6 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
+from lesion_stats import matched_means
 
 from medidiff.errors import ModelError
 from medidiff.io import Scan
@@ -258,18 +259,6 @@ def test_builtin_mr2d_is_calibrated_with_the_current_defaults():
 
 
 # -- lesions inside the normal intensity range ---------------------------------------------------------------
-def _matched_means(score, image, lesion, healthy, bins: int = 8) -> tuple[float, float]:
-    """Mean score of lesion voxels, and of healthy voxels re-weighted to the lesion's intensity histogram."""
-    edges = np.quantile(image[lesion], np.linspace(0, 1, bins + 1))
-    inside = healthy & (image >= edges[0]) & (image <= edges[-1])
-    lb = np.clip(np.searchsorted(edges, image[lesion], side="right") - 1, 0, bins - 1)
-    hb = np.clip(np.searchsorted(edges, image[inside], side="right") - 1, 0, bins - 1)
-    used = [b for b in range(bins) if (hb == b).any()]
-    weights = np.array([np.mean(lb == b) for b in used])
-    healthy_mean = np.array([score[inside][hb == b].mean() for b in used])
-    return float(score[lesion].mean()), float(weights @ healthy_mean / weights.sum())
-
-
 def test_iso_intense_lesion_is_inside_the_normal_range(mr_heldout_slices):
     from medidiff.core.lesions import iso_intense_lesion, tissue_classes
 
@@ -305,8 +294,8 @@ def test_iso_intense_lesions_score_higher_than_healthy_tissue_of_the_same_intens
             res = detect_anomalies(tiny_mr_model, _scan(les.image), threshold=1e9, device="cpu")
             fg = res.foreground.array > 0
             healthy = fg & ~ndi.binary_dilation(les.mask, iterations=3)
-            diff += _matched_means(res.map.array, les.image, les.mask, healthy)
-            base += _matched_means(np.abs(les.image - les.image[fg].mean()), les.image, les.mask, healthy)
+            diff += matched_means(res.map.array, les.image, les.mask, healthy)
+            base += matched_means(np.abs(les.image - les.image[fg].mean()), les.image, les.mask, healthy)
     assert base[0] / base[1] < 1.05  # the lesions really are iso-intense: intensity alone hardly sees them
     assert diff[0] / diff[1] > max(1.08, base[0] / base[1] + 0.05)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from lesion_stats import matched_means
 from scipy import ndimage as ndi
 
 from medidiff.core.lesions import iso_intense_lesion
@@ -49,18 +50,6 @@ def test_zscore_maths_by_hand():
     assert np.allclose(local_ssim(img, img), 1.0) and abs(local_ssim(img, rng.normal(size=img.shape)).mean()) < 0.1
 
 
-def _matched_gap(score, image, lesion, healthy, bins: int = 8) -> tuple[float, float]:
-    """Mean score of lesion voxels, and of healthy voxels re-weighted to the lesion's intensity histogram."""
-    edges = np.quantile(image[lesion], np.linspace(0, 1, bins + 1))
-    inside = healthy & (image >= edges[0]) & (image <= edges[-1])
-    lb = np.clip(np.searchsorted(edges, image[lesion], side="right") - 1, 0, bins - 1)
-    hb = np.clip(np.searchsorted(edges, image[inside], side="right") - 1, 0, bins - 1)
-    used = [b for b in range(bins) if (hb == b).any()]
-    weights = np.array([np.mean(lb == b) for b in used])
-    healthy_mean = np.array([score[inside][hb == b].mean() for b in used])
-    return float(score[lesion].mean()), float(weights @ healthy_mean / weights.sum())
-
-
 @pytest.mark.parametrize("score", ["zscore", "ssim"])
 def test_iso_intense_lesions_score_higher_than_healthy_tissue_of_the_same_intensity(scored, mr_heldout_slices, score):
     """Pooled over 8 lesions on the 4 held-out slices not calibrated on, in units of the healthy spread."""
@@ -75,10 +64,10 @@ def test_iso_intense_lesions_score_higher_than_healthy_tissue_of_the_same_intens
             fg = res.foreground.array > 0
             healthy = fg & ~ndi.binary_dilation(les.mask, iterations=3)
             m = res.map.array
-            inside, matched = _matched_gap(m, les.image, les.mask, healthy)
+            inside, matched = matched_means(m, les.image, les.mask, healthy)
             gaps.append((inside - matched) / m[healthy].std())
             b = np.abs(les.image - les.image[fg].mean())
-            inside, matched = _matched_gap(b, les.image, les.mask, healthy)
+            inside, matched = matched_means(b, les.image, les.mask, healthy)
             base.append((inside - matched) / b[healthy].std())
     assert np.mean(base) < 0.1  # the lesions really are iso-intense: intensity alone hardly sees them
     assert np.mean(gaps) > 0.3 and sum(g > 0 for g in gaps) >= 6, gaps
