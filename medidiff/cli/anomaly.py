@@ -99,6 +99,10 @@ def detect(
     are also written next to the map as NAME.anomaly.json (read by `medidiff evaluate anomaly`).
 
     Example:  medidiff anomaly my-model patient.nii.gz map.nii.gz --mask mask.nii.gz --fdr 0.05
+
+    Example (z-scores; calibrate with the same score first):
+      medidiff anomaly calibrate my-model healthy/ --score zscore
+      medidiff anomaly my-model patient.nii.gz map.nii.gz --score zscore
     """
     from medidiff.core.progress import run_to_end
     from medidiff.io import load_scan, save_scan
