@@ -35,6 +35,21 @@ Whole-field coherence
     latent field. :func:`window_borders` and :func:`seam_ratio` measure what a window grid would
     leave: the mean ``|gradient|`` across the window borders over the mean ``|gradient|`` a few
     pixels beside them (1 = no seam).
+
+When the whole latent does not fit (the fallback)
+    The prior's peak memory on a latent of ``V`` voxels per sample, batch ``b``, is estimated
+    as ``4 b (sum_l (r + 2) c_l V_l + 12 max_l c_l V_l + sum_attn 2 h_l V_l^2)`` bytes
+    (:func:`prior_peak_bytes`): level ``l`` of the U-Net has ``c_l`` channels on
+    ``V_l = V / 2^(d l)`` voxels, ``r`` residual blocks whose outputs are kept as skips, a
+    working set of about twelve maps of the widest level, and at each attention level (always
+    the middle block) the ``h_l`` heads' ``V_l x V_l`` attention matrix, which grows with the
+    square of the latent. :meth:`LatentModel.plan` compares it with half the memory available
+    on the device (:func:`available_bytes`) or with a ``max_latent_voxels`` cap given by the
+    caller. If one sample's whole latent fits, the batch per network call shrinks to what fits;
+    if not, the latent is sampled in gaussian-blended windows of the prior's training latent
+    field (the pixel models' sliding window, :func:`medidiff.core.sampling.network_output_steps`)
+    and decoded in half-overlapping windows, with one :class:`LatentWindowsWarning` line:
+    windows may show seams (measured in ``tests/tasks/test_latent.py``).
 """
 
 from __future__ import annotations
@@ -43,6 +58,7 @@ import copy
 import dataclasses
 import json
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,7 +71,7 @@ from medidiff.core.autoencoder import Autoencoder
 from medidiff.core.config_check import read_record
 from medidiff.core.intensity import Normaliser
 from medidiff.core.model import DiffusionModel
-from medidiff.errors import ModelError
+from medidiff.errors import MedidiffError, ModelError
 
 FORMAT = "medidiff-latent"
 FORMAT_VERSION = 1
@@ -64,6 +80,71 @@ AUTOENCODER_DIR = "autoencoder"
 # outputs up to this many pixels are decoded in one piece (the decoder is convolutional: memory
 # grows linearly, ~0.5 GB for a 4M-voxel volume with the small preset); larger ones in windows
 WHOLE_DECODE_VOXELS = 2 ** 22
+
+
+class LatentWindowsWarning(UserWarning):
+    """A latent too large for the device is sampled in windows (seams may show)."""
+
+
+def _levels(channels: Sequence[int], size: Sequence[int]) -> list[tuple[int, float]]:
+    """``(channels, voxels)`` of each U-Net level (level 0 at ``size``, each level half per axis)."""
+    voxels = float(np.prod([int(s) for s in size]))
+    return [(int(c), voxels / 2 ** (len(size) * level)) for level, c in enumerate(channels)]
+
+
+def prior_peak_bytes(network: dict[str, Any], latent_size: Sequence[int], batch: int = 1) -> int:
+    """Estimated peak memory (bytes, float32, inference) of one prior call on ``batch`` latents of ``latent_size``.
+
+    See the module docstring; ``network`` is a ``ModelConfig.network`` (channels, attention
+    levels, residual blocks, head channels). Rough by design (within ~2x, on the safe side).
+    """
+    levels = _levels(network["channels"], latent_size)
+    r = int(network.get("num_res_blocks", 1))
+    skips = sum((r + 2) * c * v for c, v in levels)
+    working = 12 * max(c * v for c, v in levels)
+    attn_at = list(network.get("attention_levels", ()))
+    attn_at = [bool(a) for a in attn_at] + [False] * (len(levels) - len(attn_at))
+    attn_at[-1] = True  # MONAI's middle block always attends
+    head = max(1, int(network.get("num_head_channels", 8)))
+    attention = sum(2 * max(1, c // head) * v * v for (c, v), a in zip(levels, attn_at) if a)
+    return int(4 * batch * (skips + working + attention))
+
+
+def decoder_peak_bytes(network: dict[str, Any], latent_size: Sequence[int], factor: int, batch: int = 1) -> int:
+    """Estimated peak memory (bytes, float32) of decoding ``batch`` latents of ``latent_size`` in one piece.
+
+    The decoder keeps no skips: about nine maps of its widest level (the full pixel field at
+    the first channel count) are alive at once.
+    """
+    pixels = [int(s) * int(factor) for s in latent_size]
+    widest = max(c * v for c, v in _levels(network["channels"], pixels))
+    return int(4 * batch * 9 * widest)
+
+
+def available_bytes(device: torch.device | str) -> int | None:
+    """Memory free for tensors on ``device`` now: CUDA's free memory, else the host's available memory."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(dev)
+        return int(free)
+    from medidiff.io.limits import _available_memory
+
+    return _available_memory()
+
+
+@dataclass(frozen=True)
+class LatentPlan:
+    """How generation runs a latent of ``latent_size``: whole or in windows, and samples per network call.
+
+    ``reason`` says why windows (empty when whole); ``windows`` counts the prior windows per
+    sample (0 when whole).
+    """
+
+    latent_size: tuple[int, ...]
+    whole: bool
+    batch: int
+    windows: int = 0
+    reason: str = ""
 
 
 def latent_normaliser(shift: float, scale_factor: float) -> Normaliser:
@@ -88,11 +169,16 @@ class LatentModel:
     shift: float = 0.0
     x0_limit: float | None = None  # max |u| of the training latents: the default x0 clip when sampling
     path: Path | None = None
+    # most latent voxels one network call may hold (batch included); None: decided from free memory
+    max_latent_voxels: int | None = None
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.scale_factor) and self.scale_factor > 0 and math.isfinite(self.shift)):
             raise ModelError(f"latent scale_factor must be a positive finite number and shift finite, "
                              f"got {self.scale_factor!r}, {self.shift!r}")
+        cap = self.max_latent_voxels
+        if cap is not None and (not isinstance(cap, (int, np.integer)) or isinstance(cap, bool) or cap < 1):
+            raise MedidiffError(f"max_latent_voxels must be an integer >= 1 or None, got {cap!r}")
         if self.x0_limit is not None and not (math.isfinite(self.x0_limit) and self.x0_limit > 0):
             raise ModelError(f"latent x0_limit must be a positive finite number or absent, got {self.x0_limit!r}")
         pc, ac = self.prior.config, self.autoencoder.config
@@ -124,21 +210,72 @@ class LatentModel:
         view.config = dataclasses.replace(self.prior.config, image_size=tuple(int(s) for s in latent_size))
         return view
 
-    def decode(self, u: torch.Tensor, window: Sequence[int] | None = None) -> np.ndarray:
+    def plan(self, latent_size: Sequence[int], batch: int = 1, available: int | None = None) -> LatentPlan:
+        """Whole latent or windows for sampling ``latent_size`` latents, ``batch`` per call (see module docstring).
+
+        With ``max_latent_voxels`` set, a call may hold that many latent voxels; otherwise the
+        prior's estimated peak must fit half of ``available`` bytes (default:
+        :func:`available_bytes` of the model's device; unknown memory counts as enough). Warns
+        (:class:`LatentWindowsWarning`, one line) when it falls back to windows.
+        """
+        from medidiff.core.windows import pad_widths, window_slices
+
+        size = tuple(int(s) for s in latent_size)
+        voxels = int(np.prod(size))
+        batch = max(1, int(batch))
+        if self.max_latent_voxels is not None:
+            fit = int(self.max_latent_voxels) // voxels
+            why = f"max_latent_voxels={self.max_latent_voxels}"
+        else:
+            free = available if available is not None else available_bytes(self.device)
+            per_sample = prior_peak_bytes(self.prior.config.network, size)
+            fit = batch if free is None else int((free // 2) // max(per_sample, 1))
+            why = (f"its estimated peak of {per_sample / 2**30:.3g} GiB per sample exceeds half the "
+                   f"{(free or 0) / 2**30:.3g} GiB available on {self.device}")
+        roi = tuple(int(s) for s in self.prior.config.image_size)
+        if fit >= 1 or all(s <= r for s, r in zip(size, roi)):
+            return LatentPlan(size, True, max(1, min(batch, fit)))
+        padded = [s + sum(pad_widths(size, roi)[2 * k : 2 * k + 2]) for k, s in enumerate(reversed(size))][::-1]
+        count = len(window_slices(padded, roi))
+        pixels = "x".join(str(s * self.autoencoder.factor) for s in size)
+        reason = (f"the whole {'x'.join(map(str, size))} latent of the requested {pixels} field does not fit "
+                  f"({why}): sampling it in {count} overlapping windows of the prior's "
+                  f"{'x'.join(map(str, roi))} training latent instead; window seams may show")
+        warnings.warn(reason, LatentWindowsWarning, stacklevel=3)
+        return LatentPlan(size, False, batch, count, reason)
+
+    def sampling_prior(self, plan: LatentPlan) -> DiffusionModel:
+        """The network the samplers run for ``plan``: the whole-field view, or the prior itself (windows)."""
+        return self.whole_field_prior(plan.latent_size) if plan.whole else self.prior
+
+    def decode(self, u: torch.Tensor, window: Sequence[int] | None = None, available: int | None = None) -> np.ndarray:
         """Scan-unit images ``(N, *pixel size)`` from standardised latents ``u`` ``(N, 1, *latent size)``.
 
         ``u`` is mapped back to ``z`` by the prior's normaliser (the stored scale factor) and
         decoded; by the autoencoder's normaliser into scan units. ``window`` (latent voxels):
-        decode in gaussian-blended windows of this size; default: in one piece up to
-        ``WHOLE_DECODE_VOXELS`` output voxels, else windows of the training latent field.
+        decode in gaussian-blended windows of this size; default: in one piece (as many samples
+        at once as fit half of ``available`` bytes, see :meth:`plan`) up to
+        ``WHOLE_DECODE_VOXELS`` output voxels and within ``max_latent_voxels``, else windows of
+        the training latent field.
         """
         norm = self.prior.normaliser
         z = u.float() * float(norm.half_range) + float((norm.high + norm.low) / 2.0)
+        latent = tuple(int(s) for s in z.shape[2:])
+        chunk = z.shape[0]
         if window is None:
-            voxels = int(np.prod(z.shape[2:])) * self.autoencoder.factor ** self.spatial_dims
-            window = None if voxels <= WHOLE_DECODE_VOXELS else tuple(self.prior.config.image_size)
-        if window is None or all(s <= w for s, w in zip(z.shape[2:], window)):
-            x = self.autoencoder.decode(z)
+            voxels = int(np.prod(latent)) * self.autoencoder.factor ** self.spatial_dims
+            fit = chunk
+            if self.max_latent_voxels is not None:
+                fit = int(self.max_latent_voxels) // int(np.prod(latent))
+            else:
+                free = available if available is not None else available_bytes(self.device)
+                need = decoder_peak_bytes(self.autoencoder.config.network, latent, self.autoencoder.factor)
+                fit = chunk if free is None else int((free // 2) // max(need, 1))
+            whole = voxels <= WHOLE_DECODE_VOXELS and fit >= 1
+            window = None if whole else tuple(self.prior.config.image_size)
+            chunk = max(1, min(chunk, fit))
+        if window is None or all(s <= w for s, w in zip(latent, window)):
+            x = torch.cat([self.autoencoder.decode(z[i : i + chunk]).cpu() for i in range(0, z.shape[0], chunk)])
         else:
             x = self._decode_windows(z, tuple(int(w) for w in window))
         return self.autoencoder.normaliser.inverse(x.cpu().numpy()[:, 0])

@@ -162,19 +162,22 @@ def _sample_jobs(
 
     field = field or sample_field(model)
     latent = isinstance(model, LatentModel)
-    # a latent is sampled in one piece (no prior windows): see medidiff.core.latent_model
-    net = model.whole_field_prior(field.network_size) if latent else model
+    per_call = 1 if (bit_identical and model.device.type == "cpu") else max(1, int(batch_size))
+    # a latent is sampled in one piece where it fits, else in windows: see medidiff.core.latent_model
+    plan = model.plan(field.network_size, per_call) if latent else None
+    net = model.sampling_prior(plan) if plan is not None else model
+    per_call = plan.batch if plan is not None else per_call
     try:
         sampler = check_sampler(net, sampler)
     except ValueError as exc:
         raise MedidiffError(str(exc)) from None
     dev = net.device
-    per_call = 1 if (bit_identical and dev.type == "cpu") else max(1, int(batch_size))
     total = len(jobs) * steps
     done_units = 0
     t0 = time.perf_counter()
     finished = 0
-    yield Progress(step=0, total=total, message=f"sampling {len(jobs)} images, {per_call} per network call")
+    yield Progress(step=0, total=total, message=f"sampling {len(jobs)} images, {per_call} per network call",
+                   values=None if plan is None else {"latent windows": float(plan.windows)})
     k = 0
     while k < len(jobs):
         # a batch: consecutive jobs whose masks (if any) share one shape

@@ -18,7 +18,8 @@ The steps (Rombach et al. 2022, as MONAI's tutorials do them, but with the scale
    :mod:`medidiff.tasks.dataset`: seeds, batches, manifest, data card, resume, shards): it
    samples ``u`` with the existing samplers (x0 clipped to the training latents' max ``|u|``,
    the stored ``x0_limit``, not to the pixel models' 1: the standardised latents have unit
-   variance), on the whole latent of the requested field at once, maps back to ``z`` and
+   variance), on the whole latent of the requested field at once (in windows of the training
+   latent only when it would not fit: :meth:`LatentModel.plan`), maps back to ``z`` and
    decodes (:meth:`LatentModel.decode`). :func:`generate_latent_steps` is that path for latent
    models only.
 
@@ -204,6 +205,7 @@ def generate_latent_steps(
     batch_size: int = 8,
     image_size: Sequence[int] | None = None,
     clip_x0: float | str | None = "auto",
+    max_latent_voxels: int | None = None,
     device: str | torch.device = "auto",
 ) -> Generator[Progress, None, GenerateResult]:
     """Generate ``n`` scans with a latent model, yielding a ``Progress`` per network step.
@@ -213,9 +215,13 @@ def generate_latent_steps(
     Sample ``j`` draws its noise from ``sample_seed(seed, j)``: the same seed (and batch size, on
     the CPU) gives the same bytes. ``image_size`` (pixels, multiples of the autoencoder factor)
     defaults to the training field; a larger field is sampled as one latent (no windows) and
-    decoded in one piece. ``clip_x0``: clip the sampler's x0 prediction (standardised latent
-    units) to this; ``"auto"`` uses the model's ``x0_limit``, ``None`` does not clip. Scans are in
-    the training scans' units and geometry, ``meta["synthetic"] = True``.
+    decoded in one piece where it fits the device's memory; where it does not (or where one
+    network call would hold more than ``max_latent_voxels`` latent voxels, batch included), in
+    overlapping windows of the training latent, with a ``LatentWindowsWarning``
+    (:meth:`LatentModel.plan`; the first event's ``values["latent windows"]`` is the number of
+    windows per sample, 0 for whole). ``clip_x0``: clip the sampler's x0 prediction
+    (standardised latent units) to this; ``"auto"`` uses the model's ``x0_limit``, ``None`` does
+    not clip. Scans are in the training scans' units and geometry, ``meta["synthetic"] = True``.
     """
     from medidiff.core.devices import resolve_device
     from medidiff.tasks.generate import generate_steps
@@ -224,6 +230,8 @@ def generate_latent_steps(
         raise MedidiffError(f"n must be an integer >= 1, got {n!r}")
     if not isinstance(model, LatentModel):
         model = LatentModel.load(Path(model).expanduser(), device=resolve_device(device))
+    if max_latent_voxels is not None:
+        model = dataclasses.replace(model, max_latent_voxels=max_latent_voxels)
     return (yield from generate_steps(model, n, seed=seed, sampler=sampler, steps=steps, batch_size=batch_size,
                                       image_size=image_size, clip_x0=clip_x0, device=device))
 

@@ -358,3 +358,78 @@ def test_twice_the_field_has_no_window_seam(tiny_latent):
     assert seam_ratio(windowed, half, period=f) < SEAM_BOUND
     quarter_overlap = ae.normaliser.inverse(model._decode_windows(z, lat, overlap=0.25).numpy()[:, 0])
     assert seam_ratio(quarter_overlap, quarter, period=f) > SEAM_BOUND + 0.15
+
+
+# -- the fallback: a latent too large for the device is sampled in windows ------------------------
+# measured on the tiny test model at 192x256 with the cap below (prior windows of 24x32 at overlap
+# 1/4, decoder windows at 1/2), 4 samples, seed 0: seam ratio at the prior's window borders 1.25
+# (the same samples made whole: 1.06); windows do leave a faint grid, as the warning says
+WINDOWED_SEAM_BOUND = 1.4
+
+
+def _first_values(gen) -> dict:
+    for event in gen:
+        if event.values and "latent windows" in event.values:
+            gen.close()
+            return event.values
+    raise AssertionError("no event reported the latent windows")
+
+
+def test_a_latent_that_does_not_fit_is_sampled_in_windows(tiny_latent):
+    import warnings
+
+    from medidiff.core.latent_model import LatentWindowsWarning
+    from medidiff.tasks.latent import generate_latent_steps
+
+    model = tiny_latent.model
+    f = model.autoencoder.factor
+    lat = tuple(model.prior.config.image_size)  # (24, 32)
+    size = tuple(2 * f * s for s in lat)  # (192, 256): a 48x64 latent
+    cap = int(np.prod(lat))  # one call may hold one training latent, not the 2x one
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        a = generate_latent(model, 4, seed=0, steps=6, batch_size=4, image_size=size, max_latent_voxels=cap,
+                            device="cpu")
+    lines = [str(w.message) for w in caught if issubclass(w.category, LatentWindowsWarning)]
+    assert len(lines) == 1 and "\n" not in lines[0], lines
+    assert "48x64 latent" in lines[0] and "192x256" in lines[0] and "windows" in lines[0] and "seams" in lines[0]
+    b = generate_latent(model, 4, seed=0, steps=6, batch_size=4, image_size=size, max_latent_voxels=cap,
+                        device="cpu")
+    assert [x.array.tobytes() for x in a.scans] == [x.array.tobytes() for x in b.scans]
+    images = np.stack([s.array for s in a.scans])
+    assert images.shape == (4, *size) and np.isfinite(images).all()
+    # the generator says what it did: 9 prior windows per sample here, 0 without the cap
+    capped = _first_values(generate_latent_steps(model, 1, steps=2, image_size=size, max_latent_voxels=cap,
+                                                 device="cpu"))
+    assert capped["latent windows"] == 9
+    assert _first_values(generate_latent_steps(model, 1, steps=2, image_size=size, device="cpu"))["latent windows"] == 0
+    # windowed samples differ from whole ones (other path), and their seam stays bounded
+    whole = generate_latent(model, 4, seed=0, steps=6, batch_size=4, image_size=size, device="cpu")
+    assert whole.scans[0].array.tobytes() != a.scans[0].array.tobytes()
+    quarter = [[b * f for b in window_borders(2 * s, s, 0.25)] for s in lat]
+    ratio = seam_ratio(images, quarter, period=f)
+    assert ratio < WINDOWED_SEAM_BOUND, ratio
+
+
+def test_plan_follows_the_memory_estimate(tiny_latent):
+    import warnings
+
+    from medidiff.core.latent_model import LatentWindowsWarning, prior_peak_bytes
+
+    model = tiny_latent.model
+    big = (48, 64)
+    one = prior_peak_bytes(model.prior.config.network, big)
+    # the estimate grows with the latent (attention: with its square at the lowest level)
+    assert one > prior_peak_bytes(model.prior.config.network, (24, 32)) * 4
+    assert prior_peak_bytes(model.prior.config.network, big, batch=3) == 3 * one
+    plan = model.plan(big, batch=8, available=2 * one * 3)  # half of it holds three samples
+    assert plan.whole and plan.batch == 3
+    assert model.plan(big, batch=8, available=10**15).batch == 8
+    with pytest.warns(LatentWindowsWarning, match="GiB available"):
+        plan = model.plan(big, batch=8, available=one)  # half of it: not even one
+    assert not plan.whole and plan.windows == 9
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the training field never falls back
+        assert model.plan((24, 32), batch=8, available=1).whole
+    with pytest.raises(MedidiffError, match="max_latent_voxels"):
+        generate_latent(model, 1, steps=1, max_latent_voxels=0, device="cpu")
