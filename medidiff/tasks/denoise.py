@@ -278,7 +278,8 @@ def denoise_steps(
     items = layout.to_items(scan.array)
     domain, reason = _noise_domain(items, scan, noise, sigma, per_slice, layout)
     # the intensity map for this scan: a per-scan rule (MR, microscopy) or the model's fixed units (CT)
-    norm = model.normaliser.for_scan(scan.array, source=source, signal_of_mean=domain.signal_of_mean)
+    norm = model.normaliser.for_scan(scan.array, source=source, signal_of_mean=domain.signal_of_mean,
+                                      noise_std=domain.std_at)
     checks.check_units(model.normaliser, norm, scan.array, source)
     noise_model = domain.model
     checks.check_signal(scan.array, domain.sigma, source)

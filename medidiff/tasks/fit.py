@@ -216,7 +216,8 @@ def fit_and_denoise_steps(
     except ValueError as exc:
         raise InvalidScanError(source, f"cannot estimate its noise: {exc}") from exc
     checks.check_signal(scan.array, domain.sigma, source)
-    norm = net.normaliser.for_scan(scan.array, source=source, signal_of_mean=domain.signal_of_mean)
+    norm = net.normaliser.for_scan(scan.array, source=source, signal_of_mean=domain.signal_of_mean,
+                                    noise_std=domain.std_at)
     if fresh:  # the new model keeps the rule, with this scan's fit as its reference units
         net.set_normaliser(Normaliser(norm.low, norm.high, kind="foreground", detail="0.5-99.5"))
     sigma_scan = float(np.median(domain.sigma))

@@ -70,7 +70,8 @@ def noisy_items(data: Sequence[str | Path | Scan], noise: str, crop: int, slice_
                                                source_format=scan.meta.get("format"))
         except ValueError as exc:
             raise InvalidScanError(source, f"cannot estimate its noise: {exc}") from exc
-        norm = rule.for_scan(scan.array, source=source, signal_of_mean=domain.signal_of_mean)
+        norm = rule.for_scan(scan.array, source=source, signal_of_mean=domain.signal_of_mean,
+                             noise_std=domain.std_at)
         s_net = float(norm.scale_sigma(float(np.median(domain.sigma))))
         if not s_net > 0:
             raise InvalidScanError(source, "has no measurable noise (sigma 0); train it without --noisy")

@@ -64,6 +64,38 @@ def test_per_scan_rule_is_stored_and_old_percentile_models_refit(clean):
     assert not ct.per_scan and ct.for_scan(clean) is ct  # CT keeps its HU window
 
 
+@pytest.mark.parametrize("noise", ["gaussian", "poisson-gaussian"])
+def test_noisy_scan_gets_the_map_of_its_clean_version(mr_heldout_slices, noise):
+    """With the noise std, both ends land within 1.5 % of the range of the clean scan's fit; without, low is far off."""
+    clean = np.stack(mr_heldout_slices).astype(np.float64)  # real slices, most of their voxels exact-zero background
+    rule = Normaliser(0.0, 1.0, kind="foreground", detail="0.5-99.5")
+    ref = rule.for_scan(clean)
+    span = ref.high - ref.low
+    noisy = noise_lib.add_noise(clean, noise, 0.1, np.random.default_rng(3)).astype(np.float32)
+    dom, _ = noise_lib.noise_domain(noisy, noisy, noise, modality="MR")
+    plain = rule.for_scan(noisy, signal_of_mean=dom.signal_of_mean)
+    aware = rule.for_scan(noisy, signal_of_mean=dom.signal_of_mean, noise_std=dom.std_at)
+    assert abs(aware.low - ref.low) < 0.015 * span and abs(aware.high - ref.high) < 0.015 * span
+    if noise == "gaussian":  # the old rule's error, so the check above can tell the two apart
+        assert plain.low - ref.low < -0.08 * span
+
+
+def test_noise_aware_tails_are_exact_where_they_can_be():
+    """No noise: the plain percentiles; a flat background: its level; scaling the scan and its noise scales the fit."""
+    rng = np.random.default_rng(5)
+    clean = np.zeros((4, 64, 64))
+    clean[:, 16:48, 16:48] = 100.0 + 20.0 * rng.standard_normal((4, 32, 32))  # one textured class on a flat background
+    rule = Normaliser(0.0, 1.0, kind="foreground", detail="0.5-99.5")
+    ref = rule.for_scan(clean)
+    assert rule.for_scan(clean, noise_std=0.0) == ref
+    noisy = clean + 15.0 * rng.standard_normal(clean.shape)
+    aware = rule.for_scan(noisy, noise_std=15.0)
+    assert abs(aware.low - ref.low) < 2.0 and abs(rule.for_scan(noisy).low - ref.low) > 8.0  # smoothed noise std 4.2
+    scaled = rule.for_scan(noisy * 4.1 - 7.0, noise_std=lambda level: 15.0 * 4.1)
+    assert scaled.low == pytest.approx(4.1 * aware.low - 7.0, abs=1e-6 * 4.1 * 100)
+    assert scaled.high == pytest.approx(4.1 * aware.high - 7.0, rel=1e-6)
+
+
 def test_result_arrays_have_one_type(tiny_mr_model, clean, span, mr_volume):
     noisy = noise_lib.add_gaussian(clean, 0.08 * span, np.random.default_rng(13))
     one = denoise(tiny_mr_model, _scan(noisy), noise="gaussian", device="cpu")

@@ -46,6 +46,24 @@ class NoiseDomain:
     note: str = ""
     signal_of_mean: Callable[[np.ndarray], np.ndarray] = field(default=identity, repr=False)
 
+    def std_at(self, level: float | np.ndarray) -> np.ndarray:
+        """The noise std in scan units at signal ``level`` (for noise-aware intensity normalisers).
+
+        Gaussian noise: the median ``sigma`` at every level. Rician noise: the same where the
+        signal is above ``2 sigma`` (there it is close to Gaussian of that std), 0 below, where
+        ``signal_of_mean`` has already mapped the noisy background onto its noise-free level.
+        Poisson-Gaussian noise: ``sqrt(gain * level + sigma_read^2)``, the affine variance the
+        estimator fitted.
+        """
+        lv = np.asarray(level, dtype=np.float64)
+        if self.model == "poisson-gaussian" and self.gain is not None:
+            read = float(self.sigma_read or 0.0)
+            return np.sqrt(np.maximum(self.gain * lv + read * read, 0.0))
+        sigma = float(np.median(self.sigma)) if np.size(self.sigma) else 0.0
+        if self.model == "rician":
+            return np.where(lv > 2.0 * sigma, sigma, 0.0)
+        return np.full(lv.shape, sigma)
+
     def to_gaussian(self, items: np.ndarray) -> np.ndarray:
         """Scan units -> the Gaussian-noise domain (the whole stack of items)."""
         return self.forward(items)
