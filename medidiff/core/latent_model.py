@@ -43,13 +43,15 @@ When the whole latent does not fit (the fallback)
     ``V_l = V / 2^(d l)`` voxels, ``r`` residual blocks whose outputs are kept as skips, a
     working set of about twelve maps of the widest level, and at each attention level (always
     the middle block) the ``h_l`` heads' ``V_l x V_l`` attention matrix, which grows with the
-    square of the latent. :meth:`LatentModel.plan` compares it with half the memory available
-    on the device (:func:`available_bytes`) or with a ``max_latent_voxels`` cap given by the
-    caller. If one sample's whole latent fits, the batch per network call shrinks to what fits;
-    if not, the latent is sampled in gaussian-blended windows of the prior's training latent
-    field (the pixel models' sliding window, :func:`medidiff.core.sampling.network_output_steps`)
-    and decoded in half-overlapping windows, with one :class:`LatentWindowsWarning` line:
-    windows may show seams (measured in ``tests/tasks/test_latent.py``).
+    square of the latent (measured: 0.9-1.3x the CPU's peak resident memory of one forward
+    pass, for peaks of 150 MiB and up; docs/latent.md). :meth:`LatentModel.plan` compares it
+    with half the memory available on the device (:func:`available_bytes`) or with a
+    ``max_latent_voxels`` cap given by the caller. If one sample's whole latent fits, the batch
+    per network call shrinks to what fits; if not, the latent is sampled in gaussian-blended
+    windows of the prior's training latent field (the pixel models' sliding window,
+    :func:`medidiff.core.sampling.network_output_steps`) and decoded in half-overlapping
+    windows, with one :class:`LatentWindowsWarning` line: windows may show seams (measured in
+    ``tests/tasks/test_latent.py``).
 """
 
 from __future__ import annotations
@@ -96,7 +98,7 @@ def prior_peak_bytes(network: dict[str, Any], latent_size: Sequence[int], batch:
     """Estimated peak memory (bytes, float32, inference) of one prior call on ``batch`` latents of ``latent_size``.
 
     See the module docstring; ``network`` is a ``ModelConfig.network`` (channels, attention
-    levels, residual blocks, head channels). Rough by design (within ~2x, on the safe side).
+    levels, residual blocks, head channels). Rough by design (measured 0.9-1.3x of the real peak).
     """
     levels = _levels(network["channels"], latent_size)
     r = int(network.get("num_res_blocks", 1))

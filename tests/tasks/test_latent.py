@@ -220,8 +220,21 @@ def test_3d_latent_model_generates_the_whole_volume_in_one_piece(mr_train_scan, 
     # the whole 16x96x128 volume is one 4x24x32 latent: no windows at the training field
     assert tuple(model.prior.config.image_size) == (4, 24, 32) and model.field_size == (16, 96, 128)
     assert model.scale_factor == pytest.approx(result.model.scale_factor, rel=1e-12)
-    scan = generate_latent(model, 1, steps=2, device="cpu").scans[0]
+    from medidiff.tasks.latent import generate_latent_steps
+
+    gen = generate_latent_steps(model, 1, steps=2, device="cpu")
+    events = []
+    try:
+        while True:
+            events.append(next(gen))
+    except StopIteration as stop:
+        scan = stop.value.scans[0]
+    # the generator reports how it ran: the whole latent, 0 prior windows
+    assert [e.values["latent windows"] for e in events if e.values and "latent windows" in e.values] == [0]
     assert scan.shape == (16, 96, 128) and scan.spacing == pytest.approx(mr_train_scan.spacing, rel=1e-5)
+    # the reloaded folder (scale factor included) gives the same bytes as the model trained in memory
+    again = generate_latent(result.model, 1, steps=2, device="cpu").scans[0]
+    assert again.array.tobytes() == scan.array.tobytes()
 
 
 def test_autoencoder_time_budget_stops_at_a_step_boundary(mr_train_scan, tmp_path):
