@@ -32,7 +32,9 @@ Metrics, per lesion kind (the lesioned scans of that kind plus all healthy scans
 voxel AUROC/AUPRC and best Dice pooled over foreground voxels, Dice at the calibrated threshold
 (99th percentile of healthy calibration voxels), scan AUROC (99th-percentile score), and the
 achieved FDR of the Benjamini-Hochberg masks at q = 0.05, 0.1 (mean false-discovery proportion
-on lesioned scans; on healthy scans, where every flag is false, the share of scans with any flag).
+on lesioned scans; on healthy scans, where every flag is false, the share of scans with any flag),
+with both FDR methods of :mod:`medidiff.tasks.anomaly.fdr` (plain and scan-adaptive; the second
+table, :func:`fdr_table`, also gives the share of lesion voxels each finds).
 
 Run (CPU, 1 torch thread; about 5 minutes on 2 shared cores with the built-in mr2d):
 
@@ -43,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -57,12 +60,14 @@ from medidiff.core.lesions import foreground, iso_intense_lesion, random_lesion
 from medidiff.core.metrics import auprc, auroc, best_dice, dice
 from medidiff.io import Scan
 from medidiff.tasks.anomaly import SCORE_PERCENTILE, calibrate_threshold, detect_anomalies
-from medidiff.tasks.anomaly.fdr import bh_mask, healthy_sample
+from medidiff.tasks.anomaly.fdr import ADAPTIVE, PLAIN, bh_mask, calibration_tables
 from medidiff.tasks.anomaly.scores import fit_profile, local_ssim, structural_residual, zscore
+
+sys.path.insert(0, str(Path(__file__).parent))
+from anomaly_tables import FDR_LEVELS, fdr_table, table  # noqa: E402  (re-exported for anomaly_task/structured)
 
 DATA = Path(nibabel.__file__).parent / "tests" / "data" / "example4d.nii.gz"
 SLABS = {"train": range(0, 16), "calibration": (16, 17), "validation": (18, 19, 20), "test": (21, 22, 23)}
-FDR_LEVELS = (0.05, 0.1)
 LEVELS = (150.0, 300.0, 450.0)  # noise times reconstructed once, 3 draws each (t = 600 lost everywhere before)
 TIME_SETS = {"t=150,300": (150.0, 300.0), "t=300,450": (300.0, 450.0)}
 VARIANTS = ("residual", "z + ssim", "z given x", "z given recon", "z given recon + ssim given recon")
@@ -254,10 +259,16 @@ class Variants:
 # -- evaluation --------------------------------------------------------------------------------------------------
 def evaluate(name: str, maps: list[tuple[np.ndarray, np.ndarray]], items: list[Item],
              calib: list[tuple[np.ndarray, np.ndarray]], secs: float, threshold: float | None = None) -> dict:
-    """Metrics per lesion kind (that kind's scans + the healthy ones); calibration from ``calib`` maps."""
+    """Metrics per lesion kind (that kind's scans + the healthy ones); calibration from ``calib`` maps.
+
+    FDR masks by both methods of :mod:`medidiff.tasks.anomaly.fdr` (the task's own functions):
+    ``fdr@q`` / ``healthy_fdr@q`` for ``plain``, ``adaptive_fdr@q`` / ``healthy_adaptive_fdr@q``
+    for ``scan-adaptive``, and the share of lesion voxels each finds (``found@q``, ``adaptive_found@q``).
+    """
     pooled = np.concatenate([m[fg] for m, fg in calib])
     thr = float(np.percentile(pooled, 99.0)) if threshold is None else threshold
-    table = healthy_sample(pooled, 8192, seed=0)
+    tables = calibration_tables([m[fg] for m, fg in calib], 8192, seed=0)
+    methods = {"": (PLAIN, tables[PLAIN]), "adaptive_": (ADAPTIVE, tables[ADAPTIVE])}
     row: dict = {"method": name, "sec_per_slice": secs, "threshold": thr}
     for kind in ("bright", "iso"):
         sel = [k for k, it in enumerate(items) if it[1] in ("healthy", kind)]
@@ -268,32 +279,24 @@ def evaluate(name: str, maps: list[tuple[np.ndarray, np.ndarray]], items: list[I
         r = {"voxel_auroc": auroc(s, y), "voxel_auprc": auprc(s, y), "best_dice": best_dice(s, y, None)[0],
              "dice_at_calibrated": dice(s > thr, y), "scan_auroc": auroc(np.array(scan_s), np.array(scan_y))}
         for q in FDR_LEVELS:
-            fdp = []
-            for k in sel:
-                if items[k][1] == kind:
-                    mask, _ = bh_mask(maps[k][0], maps[k][1], table, q)
-                    fdp.append(float((mask & ~items[k][3]).sum() / max(int(mask.sum()), 1)))
-            r[f"fdr@{q:g}"] = float(np.mean(fdp))
+            for prefix, (method, tab) in methods.items():
+                fdp, found = [], []
+                for k in sel:
+                    if items[k][1] == kind:
+                        mask, _ = bh_mask(maps[k][0], maps[k][1], tab, q, method)
+                        fdp.append(float((mask & ~items[k][3]).sum() / max(int(mask.sum()), 1)))
+                        found.append(float((mask & items[k][3]).sum() / max(int(items[k][3].sum()), 1)))
+                r[f"{prefix}fdr@{q:g}"] = float(np.mean(fdp))
+                r[f"{prefix}found@{q:g}"] = float(np.mean(found))
         row[kind] = r
     for q in FDR_LEVELS:  # healthy scans: any flag is a false discovery
-        row[f"healthy_fdr@{q:g}"] = float(np.mean([bh_mask(maps[k][0], maps[k][1], table, q)[0].any()
-                                                   for k, it in enumerate(items) if it[1] == "healthy"]))
+        for prefix, (method, tab) in methods.items():
+            row[f"healthy_{prefix}fdr@{q:g}"] = float(np.mean([bh_mask(maps[k][0], maps[k][1], tab, q, method)[0].any()
+                                                              for k, it in enumerate(items) if it[1] == "healthy"]))
     print(f"  {name}: " + "; ".join(f"{kind} AUPRC {row[kind]['voxel_auprc']:.3f} Dice {row[kind]['best_dice']:.3f} "
-                                    f"scan {row[kind]['scan_auroc']:.3f}" for kind in ("bright", "iso")), flush=True)
+                                    f"scan {row[kind]['scan_auroc']:.3f} FDR@0.1 plain {row[kind]['fdr@0.1']:.3f} "
+                                    f"adaptive {row[kind]['adaptive_fdr@0.1']:.3f}" for kind in ("bright", "iso")), flush=True)
     return row
-
-
-def table(rows: list[dict]) -> str:
-    head = ("| method | lesions | voxel AUROC | voxel AUPRC | best Dice | Dice @ calibrated | scan AUROC | "
-            "FDR @ 0.05 (lesioned / healthy) | FDR @ 0.1 (lesioned / healthy) | s / slice |")
-    lines = [head, "|" + "---|" * 10]
-    for r in rows:
-        for kind in ("bright", "iso"):
-            k = r[kind]
-            lines.append(f"| {r['method']} | {kind} | {k['voxel_auroc']:.3f} | {k['voxel_auprc']:.3f} | {k['best_dice']:.3f} | "
-                         f"{k['dice_at_calibrated']:.3f} | {k['scan_auroc']:.3f} | {k['fdr@0.05']:.3f} / {r['healthy_fdr@0.05']:.2f} | "
-                         f"{k['fdr@0.1']:.3f} / {r['healthy_fdr@0.1']:.2f} | {r['sec_per_slice']:.3f} |")
-    return "\n".join(lines)
 
 
 def task_row(model, name: str, calib: list[Scan], items: list[Item], ood_flags: list[bool],
@@ -327,7 +330,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=Path("/tmp/bench-anomaly"), help="folder for table.md and results.json")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    ap.add_argument("--scores", nargs="*", default=["zscore", "ssim"], help="task --score options run end to end on test")
+    ap.add_argument("--scores", nargs="*", default=["residual", "zscore", "ssim"],
+                    help="task --score options run end to end on test (median 3, no Gaussian: the other options' defaults)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)  # on a shared CPU, torch's default pool oversubscribes
     t_start = time.perf_counter()
@@ -384,8 +388,8 @@ def main() -> None:
     rows.append(evaluate(f"denoising autoencoder, coarse noise ({ae_params:,} parameters)", maps, test, [ae(s) for s in calib], secs))
 
     ood_flags: list[bool] = []
-    rows.append(task_row(model, f"medidiff default ({args.model}: ddpm, Tweedie, t=300,450, 3 draws each)", calib, test,
-                         ood_flags, thr=thr))
+    rows.append(task_row(model, f"medidiff default ({args.model}: ddpm, Tweedie, t=300,450, 3 draws each; zscore, "
+                         "Gaussian sigma 2)", calib, test, ood_flags, thr=thr))
     for score in args.scores:  # the task's own score options, calibrated on the calibration slab like the default
         rows.append(task_row(model, f"medidiff --score {score} ({args.model}: ddpm, Tweedie, t=300,450, 3 draws each)",
                              calib, test, [], score=score))
@@ -395,7 +399,7 @@ def main() -> None:
                              mk(raw["test"]), test, mk(calib_raw), rec_secs * len(ts)))
 
     text = (f"Validation (choosing the variant; mean AUPRC over the two kinds):\n\n{table(cand_rows)}\n\n"
-            f"Test:\n\n{table(rows)}\n\nOut-of-distribution warnings on test/calibration slices: {sum(ood_flags)} of "
+            f"Test:\n\n{table(rows)}\n\nFDR masks on test, plain vs scan-adaptive:\n\n{fdr_table(rows)}\n\nOut-of-distribution warnings on test/calibration slices: {sum(ood_flags)} of "
             f"{len(ood_flags)}. Autoencoder trained in {ae_train:.0f} s; whole run {time.perf_counter() - t_start:.0f} s.\n")
     print(text)
     (args.out / "table.md").write_text(text)

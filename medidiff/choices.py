@@ -81,6 +81,13 @@ class AnomalyScore(Choice):
     SSIM = "ssim"
 
 
+class FdrMethod(Choice):
+    """How ``--fdr`` masks compare a scan with the calibration (maths in ``medidiff.tasks.anomaly.fdr``)."""
+
+    SCAN_ADAPTIVE = "scan-adaptive"
+    PLAIN = "plain"
+
+
 class Reconstruction(Choice):
     TWEEDIE = "tweedie"
     DDIM = "ddim"

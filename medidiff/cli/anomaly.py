@@ -14,7 +14,7 @@ import typer
 from typer.core import TyperGroup
 
 from medidiff.cli import app
-from medidiff.choices import AnomalyMethod, AnomalyScore, Direction, Reconstruction
+from medidiff.choices import AnomalyMethod, AnomalyScore, Direction, FdrMethod, Reconstruction
 from medidiff.cli.common import DEVICE, OVERWRITE, SEED, existing_path
 
 
@@ -76,6 +76,7 @@ def detect(
     mask: Path = typer.Option(None, "--mask", help="Also write the binary mask map > threshold here."),
     threshold: str = typer.Option("auto", "--threshold", help="'auto' (the model's calibration) or a value in the map's units."),
     fdr: float = typer.Option(None, "--fdr", help="Instead of a threshold: a mask whose expected share of false voxels is at most this rate, e.g. 0.05 (conformal p-values against the calibration's healthy voxels + Benjamini-Hochberg)."),
+    fdr_method: FdrMethod = typer.Option(None, "--fdr-method", help="How --fdr compares the scan with the calibration: scan-adaptive (default: the scan's scores and the calibration's each standardised by their own scan's median and interquartile range, so a scan reconstructed worse than the calibration scans keeps its FDR) or plain (the scores as they are)."),
     method: AnomalyMethod = METHOD,
     timesteps: str = TIMESTEPS,
     recon: Reconstruction = RECON,
@@ -112,6 +113,7 @@ def detect(
 
     opts = _options(method=method, timesteps=timesteps, recon=recon, ddim_steps=ddim_steps, patch_size=patch_size,
                     median_size=median_size, direction=direction, score=score, smooth_sigma=smooth_sigma, threshold=threshold, fdr=fdr,
+                    fdr_method=fdr_method,
                     batch_size=batch_size, seed=seed, device=device)
     model = find_model(model)  # a folder, a built-in name or a user model name
     existing_path(input)
@@ -131,7 +133,7 @@ def detect(
             save_scan(result.mask, staged[mask], inputs=inputs)
         if report is not None:
             _report(scan.array, result, staged[report], False, scan)
-    how = f"FDR {fdr:g} (Benjamini-Hochberg) threshold" if fdr is not None else "threshold"
+    how = f"FDR {fdr:g} (Benjamini-Hochberg, {result.fdr['fdr_method']}) threshold" if result.fdr is not None else "threshold"
     typer.echo(f"score {result.score:.6g} (99th percentile of the map in tissue); {how} {result.threshold:.6g}; "
                f"anomalous volume {result.volume_mm3:.6g} mm3 ({int(result.mask.array.sum())} voxels)")
     typer.echo(f"wrote {out_map}" + (f", {mask}" if mask else "") + (f", {report}" if report else ""))

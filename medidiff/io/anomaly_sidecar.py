@@ -2,8 +2,10 @@
 
 Written by ``medidiff anomaly`` and read by ``medidiff evaluate anomaly``. Keys: ``score`` (the
 scan score), ``threshold`` (the map value above which the mask is set), ``volume_mm3``,
-``score_definition``, ``options`` (the map settings), and for an FDR mask ``fdr`` (``q``, the
-method, the calibration set, the assumption); callers may add more (model, input, seed).
+``score_definition``, ``options`` (the map settings), and for an FDR mask ``fdr`` (``q``,
+``fdr_method`` (``scan-adaptive`` or ``plain``) and its description, the calibration set, the
+assumption, and for the scan-adaptive method the scan's ``scan_level``); callers may add more
+(model, input, seed).
 Torch-free.
 """
 

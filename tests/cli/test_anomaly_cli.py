@@ -128,9 +128,20 @@ def test_fdr_mask_and_its_sidecar(workspace, capsys):
     side = json.loads((w / "maps" / "case1.anomaly.json").read_text())
     assert side["fdr"]["q"] == 0.1 and "Benjamini-Hochberg" in side["fdr"]["method"]
     assert side["fdr"]["calibration"]["n_scans"] == 2 and len(side["fdr"]["calibration"]["sources"]) == 2
+    assert side["fdr"]["fdr_method"] == "scan-adaptive" and "interquartile" in side["fdr"]["method"]  # the default
+    assert side["fdr"]["scan_level"]["scale"] > 0 and "standardised" in side["fdr"]["assumption"]
     amap, mask = load_scan(w / "maps" / "case1.nii.gz").array, load_scan(w / "mask1.nii.gz").array
     np.testing.assert_array_equal(mask, ((amap > side["threshold"]) & (amap != 0)).astype(np.float32))
     assert mask.sum() > 0
+
+    code, out, err = call(capsys, "anomaly", w / "model", w / "case1.nii.gz", w / "maps" / "plain.nii.gz",
+                          "--fdr", "0.1", "--fdr-method", "plain", "--device", "cpu")
+    assert code == 0, err
+    side = json.loads((w / "maps" / "plain.anomaly.json").read_text())
+    assert side["fdr"]["fdr_method"] == "plain" and "exchangeable with the calibration's" in side["fdr"]["assumption"]
+    code, out, err = call(capsys, "anomaly", w / "model", w / "case1.nii.gz", w / "maps" / "x.nii.gz",
+                          "--fdr", "0.1", "--fdr-method", "loose", "--device", "cpu")
+    assert code == 2 and "--fdr-method" in err and len(err.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize("option,value", [("--ddim-steps", "99999999999999999999"), ("--median-size", "99999999999999999999"),

@@ -252,10 +252,14 @@ def test_builtin_mr2d_is_calibrated_with_the_current_defaults():
     from medidiff.model_store.registry import resolve_model
     from medidiff.tasks.anomaly import resolve_options
 
+    from medidiff.tasks.anomaly.options import CALIBRATION_DEFAULTS
+
     mr2d = resolve_model("mr2d")
-    assert resolve_options(mr2d) == resolve_options(mr2d, use_calibrated=False)
+    assert resolve_options(mr2d) == resolve_options(mr2d, use_calibrated=False, **CALIBRATION_DEFAULTS)
     assert resolve_options(mr2d).timesteps == (300.0,) * 3 + (450.0,) * 3
-    assert mr2d.config.anomaly["healthy_scores"]  # FDR masks work out of the box
+    assert resolve_options(mr2d).score == "zscore" and mr2d.config.anomaly["score_profile"]
+    # FDR masks work out of the box, with both methods
+    assert mr2d.config.anomaly["healthy_scores"] and mr2d.config.anomaly["healthy_scores_scan_adaptive"]
 
 
 # -- lesions inside the normal intensity range ---------------------------------------------------------------
@@ -385,8 +389,11 @@ def test_map_does_not_change_when_the_scan_is_rescaled(calibrated, lesioned):
     assert _fg_auroc(a, mask) > 0.85 and a.mask.array[mask].mean() > 0.5
     for factor in (0.01, 7.5):
         b = detect_anomalies(calibrated, scan.with_array(scan.array * factor), device="cpu")
-        np.testing.assert_allclose(b.map.array, a.map.array, rtol=1e-3, atol=1e-3 * float(a.map.array.max()))
-        np.testing.assert_array_equal(b.mask.array, a.mask.array)
+        # the default calibration is a z-score: a voxel whose mean reconstruction sits on a bin edge of the
+        # healthy profile may change bin under float rounding, so a handful of voxels may differ slightly
+        close = np.isclose(b.map.array, a.map.array, rtol=1e-3, atol=1e-3 * float(np.abs(a.map.array).max()))
+        assert close.mean() > 0.999 and np.abs(b.map.array - a.map.array).max() < 0.05 * np.abs(a.map.array).max()
+        assert (b.mask.array != a.mask.array).sum() <= 3
         assert b.score == pytest.approx(a.score, rel=1e-3)
 
 
@@ -404,7 +411,7 @@ def test_mr2d_warns_on_a_microscopy_image_not_on_its_own_mr_sample():
         own = detect_anomalies(mr2d, mr_sample(), device="cpu")
     assert not [w for w in caught if issubclass(w.category, OutOfDistributionWarning)]
     assert not own.out_of_distribution and own.ood["reasons"] == []
-    assert 0.5 < own.ood["structure_ratio"] < 2.0 and own.ood["residual_ratio"] < 2.0
+    assert 0.5 < own.ood["structure_ratio"] < 2.0 and own.ood["residual_shift"] < 1.0  # mr2d: a z-score calibration
 
     with pytest.warns(OutOfDistributionWarning) as record:
         cell = detect_anomalies(mr2d, microscopy_sample(), device="cpu")
@@ -434,5 +441,5 @@ def test_calibration_stores_the_ood_profile(calibrated, mr_heldout_slices):
     prof = calibrated.config.anomaly["profile"]
     assert len(prof["intensity_quantiles"]) == 19 and prof["structure_level"] > 0 and prof["intensity_iqr"] > 0
     res = detect_anomalies(calibrated, _scan(mr_heldout_slices[1]), device="cpu")
-    assert set(res.ood) >= {"residual_ratio", "structure_ratio", "intensity_distance"}
+    assert set(res.ood) >= {"residual_shift", "structure_ratio", "intensity_distance"}  # a z-score calibration
     assert not res.out_of_distribution, res.ood  # a healthy held-out slice of the same volume

@@ -3,11 +3,15 @@
 The threshold is the ``percentile`` of the anomaly map over the foreground voxels of healthy
 scans, so about ``100 - percentile`` % of healthy tissue is flagged. The calibration also keeps
 a sorted random sample of those healthy voxel scores (:func:`medidiff.tasks.anomaly.fdr.healthy_sample`),
-from which detection with ``fdr=q`` computes conformal p-values. Both are only valid for the
+from which detection with ``fdr=q`` computes conformal p-values, and the same sample of the
+scores standardised per scan by each scan's own median and interquartile range
+(``healthy_scores_scan_adaptive``, for the default scan-adaptive FDR method; :mod:`.fdr`). All are only valid for the
 map settings they were made with, which are stored alongside. For the ``zscore`` and ``ssim``
 scores (:mod:`.scores`) the calibration first fits the healthy statistics per bin of
 reconstructed intensity on the calibration scans' raw residuals (``score_profile``), then
-thresholds the scored maps of the same scans.
+thresholds the scored maps of the same scans. Given none of ``score``, ``median_size`` and
+``smooth_sigma``, a calibration uses :data:`~.options.CALIBRATION_DEFAULTS` (the z-score,
+Gaussian sigma 2, no median: measured better in ``benchmarks/anomaly.py``).
 """
 
 from __future__ import annotations
@@ -29,9 +33,10 @@ from medidiff.io import Scan
 from . import fdr, ood, scores
 from .detect import use_model
 from .maps import map_steps, plan_scan, scored_map, tissue_fraction
-from .options import DEFAULT_SCORE, SCORE_PERCENTILE, AnomalyOptionError, AnomalyOptions
+from .options import CALIBRATION_DEFAULTS, DEFAULT_SCORE, SCORE_PERCENTILE, AnomalyOptionError, AnomalyOptions
 
 MAX_SOURCES = 20  # calibration scans named in config.json (the count is always complete)
+MAX_LEVELS = 200  # calibration scans' (median, scale) kept for the record (the FDR uses the standardised sample)
 
 
 def calibrate_threshold_steps(
@@ -47,9 +52,13 @@ def calibrate_threshold_steps(
     """Threshold = ``percentile`` of the anomaly map over the foreground voxels of healthy scans.
 
     ``options`` (:class:`AnomalyOptions`, changed by ``overrides``) say how maps are made; fields
-    left ``None`` take the defaults (not a previous calibration). Stored in ``model.config.anomaly``:
+    left ``None`` take the defaults (not a previous calibration); when none of ``score``,
+    ``median_size``, ``smooth_sigma`` is given, those three are :data:`~.options.CALIBRATION_DEFAULTS`.
+    Stored in ``model.config.anomaly``:
     threshold, percentile, method, options, voxel and scan counts, the calibration scans' names and
     ``healthy_scores``, a sorted sample of at most ``sample_size`` healthy voxel scores for FDR masks,
+    ``healthy_scores_scan_adaptive``, the same of the scores standardised per scan (and the scans'
+    ``healthy_levels``, their median and scale; :func:`.fdr.calibration_tables`),
     and ``profile``, the scans' intensity and fine-structure statistics for the out-of-distribution
     check (:mod:`.ood`); for ``score="zscore"`` or ``"ssim"`` also ``score_profile``, the healthy
     statistics per bin of reconstructed intensity (:func:`.scores.fit_profile`).
@@ -63,6 +72,8 @@ def calibrate_threshold_steps(
     if int(sample_size) < 100:
         raise AnomalyOptionError("sample_size", f"must be >= 100 healthy voxels, got {sample_size}")
     opts = (options or AnomalyOptions()).with_(**overrides) if overrides else (options or AnomalyOptions())
+    if all(getattr(opts, k) is None for k in CALIBRATION_DEFAULTS):
+        opts = opts.with_(**CALIBRATION_DEFAULTS)
     model = use_model(model, opts.device)
     items = [healthy_scans] if isinstance(healthy_scans, (str, Path, Scan)) else list(healthy_scans)
     scans = expand_inputs(items)
@@ -99,14 +110,16 @@ def calibrate_threshold_steps(
         raise InvalidScanError(None, "the healthy scans have no foreground voxels to calibrate on")
     threshold = float(np.percentile(pooled, percentile))
     sources = [str(s.meta.get("source_path") or f"scan {k}") for k, s in enumerate(scans)]
-    sample = fdr.healthy_sample(pooled, int(sample_size), seed=opts.seed)
+    tables = fdr.calibration_tables(values, int(sample_size), seed=opts.seed)
     model.config.anomaly = {
         "threshold": threshold, "percentile": float(percentile), "method": settings.method,
         "options": settings.to_dict(), "n_voxels": int(pooled.size), "n_scans": len(scans), "seed": int(opts.seed),
         "sources": sources[:MAX_SOURCES], "tissue_level": tissue_level,
         "units": "the model's reference intensity units (|x - reconstruction|; see medidiff.tasks.anomaly.maps)",
         "score": f"{SCORE_PERCENTILE:g}th percentile of the map in the foreground",
-        "healthy_scores": fdr.encode_scores(sample),
+        "healthy_scores": fdr.encode_scores(tables[fdr.PLAIN]),
+        "healthy_scores_scan_adaptive": fdr.encode_scores(tables[fdr.ADAPTIVE]),
+        "healthy_levels": tables["levels"][:MAX_LEVELS],
         "profile": profile,
     }
     if score_profile is not None:
@@ -147,7 +160,13 @@ def calibration_section(cal: dict[str, Any]) -> str:
         f"{cal['n_voxels']:,} foreground voxels of {cal['n_scans']} healthy scans" + (f" ({names}{more})" if names else ""),
         f"- calibrated with: method {cal['method']}, options {cal['options']}, seed {cal.get('seed', 0)}",
     ]
-    if cal.get("healthy_scores"):
+    if cal.get("healthy_scores_scan_adaptive"):
+        n = fdr.decode_scores(cal["healthy_scores_scan_adaptive"]).size
+        lines.append(f"- FDR masks (`--fdr q`, default `--fdr-method {fdr.ADAPTIVE}`): conformal p-values of the scan's scores "
+                     f"standardised by its own foreground median and interquartile range, against {n:,} sampled healthy voxel scores of the "
+                     "calibration scans standardised the same way, then Benjamini-Hochberg over the scan's foreground voxels "
+                     f"(`--fdr-method {fdr.PLAIN}`: the unstandardised scores)")
+    elif cal.get("healthy_scores"):
         lines.append(f"- FDR masks (`--fdr q`): conformal p-values against {fdr.decode_scores(cal['healthy_scores']).size:,} sampled healthy "
                      "voxel scores, then Benjamini-Hochberg over the scan's foreground voxels")
     return "\n".join(lines) + "\n"

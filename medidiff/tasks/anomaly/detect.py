@@ -5,7 +5,9 @@ voxels, yet driven by a lesion of about 1% of the tissue). The mask is ``map > t
 where the threshold is calibrated on healthy scans (:mod:`.calibration`, stored in the model's
 config.json) or given; or, with ``fdr=q``, the Benjamini-Hochberg mask of conformal p-values
 against the calibration's healthy voxels (:mod:`.fdr`), whose expected share of false voxels
-is at most ``q``. A scan unlike the calibration scans (:mod:`.ood`) gets a one-line
+is at most ``q``; by default scan-adaptive (the scan's scores and the calibration's standardised
+per scan by their own median and interquartile range, so a scan reconstructed worse than the calibration scans
+keeps its FDR). A scan unlike the calibration scans (:mod:`.ood`) gets a one-line
 :class:`~.ood.OutOfDistributionWarning` and ``result.ood["out_of_distribution"]``.
 """
 
@@ -101,20 +103,33 @@ def _ood(model: DiffusionModel, settings: MapSettings, plan: Any, amap: np.ndarr
     same = all(cal.get("options", {}).get(k, v) == v for k, v in settings.to_dict().items())
     healthy = fdr_maths.decode_scores(cal["healthy_scores"]) if same and cal.get("healthy_scores") else None
     stack = plan.normaliser.forward(plan.stack)
-    info = ood_check.check(amap, plan.foreground, stack, plan.fg, healthy, cal.get("profile"))
+    info = ood_check.check(amap, plan.foreground, stack, plan.fg, healthy, cal.get("profile"),
+                           signed=settings.score != DEFAULT_SCORE)
     if info["out_of_distribution"]:
         name = Path(model.path).name if model.path else "the model"
         warnings.warn(ood_check.warning_text(source, name, info), ood_check.OutOfDistributionWarning, stacklevel=3)
     return info
 
 
-def _fdr_table(model: DiffusionModel, settings: MapSettings) -> np.ndarray:
+def _fdr_table(model: DiffusionModel, settings: MapSettings, method: str | None) -> tuple[np.ndarray, str]:
+    """The calibration's healthy sample for the FDR method (``None``: the default) and the method used.
+
+    A calibration made before the scan-adaptive method keeps only the plain sample: the default
+    then falls back to ``plain`` (recorded in the sidecar); asking for ``scan-adaptive`` is refused.
+    """
     cal = _calibration(model, settings, "--threshold VALUE instead of --fdr")
-    table = cal.get("healthy_scores")
-    if not table:
-        raise ModelError(f"{model.path or 'this model'}: its calibration keeps no healthy voxel scores, which --fdr "
+    where = model.path or "this model"
+    if not cal.get("healthy_scores"):
+        raise ModelError(f"{where}: its calibration keeps no healthy voxel scores, which --fdr "
                          "needs; recalibrate it with `medidiff anomaly calibrate MODEL HEALTHY_DIR`")
-    return fdr_maths.decode_scores(table)
+    use = method or fdr_maths.DEFAULT_METHOD
+    if use == fdr_maths.ADAPTIVE and not cal.get("healthy_scores_scan_adaptive"):
+        if method is not None:
+            raise ModelError(f"{where}: its calibration predates --fdr-method {fdr_maths.ADAPTIVE}; recalibrate it with "
+                             f"`medidiff anomaly calibrate MODEL HEALTHY_DIR`, or pass --fdr-method {fdr_maths.PLAIN}")
+        use = fdr_maths.PLAIN
+    key = "healthy_scores_scan_adaptive" if use == fdr_maths.ADAPTIVE else "healthy_scores"
+    return fdr_maths.decode_scores(cal[key]), use
 
 
 def detect_anomalies_steps(
@@ -138,7 +153,7 @@ def detect_anomalies_steps(
     opts = (options or AnomalyOptions()).with_(**overrides) if overrides else (options or AnomalyOptions())
     model = use_model(model, opts.device)
     settings = opts.resolve(model)
-    table = _fdr_table(model, settings) if opts.fdr is not None else None
+    table, fdr_method = _fdr_table(model, settings, opts.fdr_method) if opts.fdr is not None else (None, None)
     if table is None:
         thr = float(_calibration(model, settings, "a threshold (--threshold VALUE)")["threshold"]) \
             if opts.threshold == "auto" else float(opts.threshold)
@@ -160,13 +175,16 @@ def detect_anomalies_steps(
     score = scan_score(amap, fg, SCORE_PERCENTILE)
     fdr_info = None
     if table is not None:
-        mask, thr = fdr_maths.bh_mask(amap, fg, table, opts.fdr)
+        mask, thr = fdr_maths.bh_mask(amap, fg, table, opts.fdr, fdr_method)
         cal = model.config.anomaly
-        fdr_info = {"q": opts.fdr, "method": fdr_maths.METHOD, "threshold": thr,
+        fdr_info = {"q": opts.fdr, "fdr_method": fdr_method, "method": fdr_maths.DESCRIPTIONS[fdr_method], "threshold": thr,
                     "calibration": {"n_scans": cal.get("n_scans"), "n_voxels": cal.get("n_voxels"),
                                     "healthy_scores": len(table), "sources": cal.get("sources", []),
                                     "seed": cal.get("seed")},
-                    "assumption": "healthy voxel scores of this scan are exchangeable with the calibration's"}
+                    "assumption": fdr_maths.ASSUMPTIONS[fdr_method]}
+        if fdr_method == fdr_maths.ADAPTIVE:
+            loc, scale = fdr_maths.scan_level(amap[fg])
+            fdr_info["scan_level"] = {"median": loc, "scale": scale}
     else:
         mask = (amap > thr) & fg
     volume = float(mask.sum() * np.prod(scan.spacing))
@@ -174,6 +192,7 @@ def detect_anomalies_steps(
             "score_definition": f"{SCORE_PERCENTILE:g}th percentile of the map in the foreground"}
     if fdr_info is not None:
         info["fdr"] = opts.fdr
+        info["fdr_method"] = fdr_method
     if ood_info is not None and ood_info["out_of_distribution"]:
         info["out_of_distribution"] = ood_info["reasons"]
     meta = {**scan.meta, "anomaly": info}

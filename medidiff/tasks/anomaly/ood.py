@@ -10,6 +10,10 @@ scan gives the same numbers):
 * **residual level**: the median of the anomaly map, against the median of the calibration's
   healthy voxel scores (``healthy_scores``). A scan the model cannot reconstruct has a residual
   many times (> :data:`RESIDUAL_FACTOR`) the healthy one, in every voxel, not just a lesion's.
+  A z-score map (``--score zscore``/``ssim``) is signed with a healthy median near 0, so there
+  the level is a shift instead (``residual_shift``): the scan's median minus the healthy median,
+  in healthy spreads (interquartile range / 1.349 of the healthy scores), flagged above
+  :data:`RESIDUAL_SHIFT`.
 * **fine structure**: the median gradient magnitude ``|grad x|`` (forward differences in the
   last two axes), against the calibration's. It is a voxel-scale texture level: a scan at another
   resolution or of smooth structures (a microscopy image: about 0.1 of mr2d's training level)
@@ -33,6 +37,7 @@ import numpy as np
 
 QUANTILES = tuple(np.round(np.linspace(0.05, 0.95, 19), 3))
 RESIDUAL_FACTOR = 3.0  # residual level above this many times the calibration's
+RESIDUAL_SHIFT = 3.0  # z-score maps: median above the calibration's by this many healthy spreads
 STRUCTURE_FACTOR = 2.5  # fine-structure level off by more than this factor (either way)
 HISTOGRAM_LIMIT = 0.2  # Wasserstein-1 / IQR of the calibration's intensities
 
@@ -69,17 +74,25 @@ def profile_scans(pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> dict[str, A
 
 
 def check(amap: np.ndarray, fg: np.ndarray, stack: np.ndarray, stack_fg: np.ndarray,
-          healthy_sorted: np.ndarray | None, profile: dict[str, Any] | None) -> dict[str, Any]:
+          healthy_sorted: np.ndarray | None, profile: dict[str, Any] | None, signed: bool = False) -> dict[str, Any]:
     """The scan's OOD statistics against the calibration, and the reasons it is out of distribution.
 
     ``amap``/``fg``: the map and its foreground; ``stack``/``stack_fg``: the scan in network
     units as the model saw it. Returns ``{"out_of_distribution": bool, "reasons": [...], ...}``
-    with each statistic that could be measured (``residual_ratio``, ``structure_ratio``,
-    ``intensity_distance``) and its limit.
+    with each statistic that could be measured (``residual_ratio``, or ``residual_shift`` for a
+    ``signed`` map such as a z-score, ``structure_ratio``, ``intensity_distance``) and its limit.
     """
     out: dict[str, Any] = {"reasons": []}
     values = amap[fg]
-    if values.size and healthy_sorted is not None and len(healthy_sorted):
+    if values.size and healthy_sorted is not None and len(healthy_sorted) and signed:
+        q25, ref, q75 = (float(x) for x in np.quantile(healthy_sorted, (0.25, 0.5, 0.75)))
+        if q75 > q25:
+            shift = (float(np.median(values)) - ref) / ((q75 - q25) / 1.349)
+            out["residual_shift"] = shift
+            if shift > RESIDUAL_SHIFT:
+                out["reasons"].append(f"its score level is {shift:.1f} healthy spreads above the healthy calibration's "
+                                      f"(limit {RESIDUAL_SHIFT:g})")
+    elif values.size and healthy_sorted is not None and len(healthy_sorted):
         ref = float(np.median(healthy_sorted))
         if ref > 0:
             ratio = float(np.median(values)) / ref
