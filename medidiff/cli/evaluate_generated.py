@@ -16,7 +16,7 @@ def generated(
     samples: Path = typer.Argument(..., metavar="DIR", help="Generated images: a `medidiff generate` folder (its manifest is followed) or any folder of scans."),
     real: Path = typer.Option(..., "--real", help="Real images (held out) to compare with."),
     training: Path = typer.Option(None, "--training", help="The model's training images, for the memorisation check."),
-    threshold: float = typer.Option(0.95, "--threshold", help="Flag samples whose NCC with a training image is at least this."),
+    threshold: float = typer.Option(None, "--threshold", help="Flag samples whose structure-NCC score with a training image is at least this (default: the rule's 0.95)."),
     report: Path = typer.Option(None, "--report", help="Write a PNG contact sheet (samples, real, flagged pairs)."),
     json_out: Path = typer.Option(None, "--json", help="Also write all numbers (and every sample's nearest training image) as JSON."),
     seed: int = typer.Option(0, "--seed", help="Seed of the KID subsets and MS-SSIM pairs."),
@@ -44,7 +44,7 @@ def generated(
         typer.echo(f"{name:<{width}}  {value}")
     for i in q.flagged:
         nb = q.neighbours[i]
-        typer.echo(f"FLAGGED {nb.sample_name}: ncc {nb.score:.4f} with training image {nb.training}")
+        typer.echo(f"FLAGGED {nb.sample_name}: {q.rule} {nb.score:.4f} with training image {nb.training}")
     if report is not None:
         typer.echo(f"contact sheet: {report}")
     if json_out is not None:

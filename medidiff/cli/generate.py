@@ -45,7 +45,7 @@ def generate(
     device: str = DEVICE,
     real: Path = typer.Option(None, "--real", help="Real images to compare with: adds a quality report to the data card."),
     training: Path = typer.Option(None, "--training", help="The model's training images: adds the memorisation check (with --real)."),
-    threshold: float = typer.Option(0.95, "--threshold", help="Memorisation flag: NCC with a training image at or above this."),
+    threshold: float = typer.Option(None, "--threshold", help="Memorisation flag: structure-NCC score with a training image at or above this (default: the rule's 0.95)."),
     overwrite: bool = OVERWRITE,
 ) -> None:
     """Generate a synthetic data set: DIR/sample_*.nii.gz, manifest.csv, DATA_CARD.md.
@@ -72,7 +72,7 @@ def generate(
                                  ("--masks", masks.name if masks else None, None),
                                  ("--batch-size", batch_size, 8), ("--bit-identical", bit_identical, False),
                                  ("--device", device, "auto"), ("--real", real.name if real else None, None),
-                                 ("--training", training.name if training else None, None), ("--threshold", threshold, 0.95)):
+                                 ("--training", training.name if training else None, None), ("--threshold", threshold, None)):
         if value is True:
             command.append(flag)
         elif value != default:

@@ -9,17 +9,21 @@
   and the Jensen-Shannon distance of the pooled intensity histograms (:func:`metrics.histogram_distance`);
 * diversity: mean pairwise MS-SSIM among the samples and among the real images (lower = more
   diverse; a set of near-copies of each other scores near 1);
-* memorisation: for each sample, the most similar training image by normalised cross-correlation
-  (NCC, 1 = identical up to brightness and contrast); samples at or above ``threshold`` are flagged.
+* memorisation, rule ``structure-ncc`` (:mod:`medidiff.core.metrics.memorisation`, where the maths
+  is): for each sample, the training image, shift and flip with the highest NCC of *structure*:
+  difference-of-Gaussians detail (1.5-3 px) inside the training image's foreground, the outline
+  left out. A copy scores near 1 (exactly 1 up to brightness and contrast; >= 0.97 with 5 % noise
+  or a 0.7 px blur); samples at or above ``threshold`` (default 0.95) are flagged. Whole-image NCC
+  of intensities (the rule before) was dominated by the brain outline: neighbouring real slices
+  and blurred look-alikes scored 0.93-0.99 like copies. Measured in ``benchmarks/memorisation.py``.
 
 Image sets are compared as 2D images of the samples' size. Volumes contribute their slices along
 the coarsest-spacing axis (what ``medidiff train --dims 2`` slices by default); constant slices
 (empty background) are skipped. Real images larger than the samples are cut into tiles of the
-sample size (a grid, no overlap), which matches the random crops a 2D model is trained on. Training
-images larger than the samples are searched at *every* shift (``skimage.feature.match_template``,
-NCC per position) and also left-right flipped (training augments with flips), so a memorised
-random crop is found wherever it came from; training images of the samples' size go through
-:func:`medidiff.core.metrics.nearest_neighbours`.
+sample size (a grid, no overlap), which matches the random crops a 2D model is trained on. Each
+sample is searched over *every* shift in each training image (a training image of the samples'
+size: shifts up to 8 pixels past its edges) and also left-right flipped (training augments with
+flips), so a memorised random crop is found wherever it came from.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from medidiff.core.metrics.memorisation import DEFAULT_RULE, RULE, StructureRule
 from medidiff.errors import MedidiffError
 from medidiff.io import Scan
 
@@ -51,7 +56,7 @@ class Neighbour:
     sample: int
     training: int
     score: float
-    position: tuple[int, ...] = ()
+    position: tuple[int, ...] = ()  # the sample's top-left corner in the training image (may be < 0)
     flipped: bool = False
     sample_name: str = ""
 
@@ -69,6 +74,8 @@ class QualityReport:
     diversity_real: float
     threshold: float
     n_training: int = 0
+    rule: str = RULE  # the memorisation rule ``score`` and ``threshold`` belong to
+    rule_settings: str = ""
     neighbours: list[Neighbour] = field(default_factory=list)
     flagged: list[int] = field(default_factory=list)
     report: str | None = None
@@ -108,8 +115,8 @@ class QualityReport:
                 ("KID training vs real (a model that copied its training set)",
                  f"{self.kid_training:.4f} +- {self.kid_training_std:.4f}"),
                 ("training images searched", str(self.n_training)),
-                ("highest sample-training NCC", f"{self.max_similarity:.4f}"),
-                (f"samples flagged as memorised (NCC >= {self.threshold:g})", str(len(self.flagged))),
+                (f"highest sample-training similarity ({self.rule})", f"{self.max_similarity:.4f}"),
+                (f"samples flagged as memorised ({self.rule} >= {self.threshold:g})", str(len(self.flagged))),
             ]
         return out
 
@@ -124,6 +131,8 @@ class QualityReport:
             text += f"\nFlagged (possible copies of training images; do not share these): {names}\n"
         else:
             text += "\nNo sample reached the memorisation threshold.\n"
+        if self.n_training and self.rule_settings:
+            text += f"\nMemorisation rule: {self.rule_settings}.\n"
         if self.report:
             text += f"\nContact sheet: `{Path(self.report).name}`.\n"
         return text
@@ -176,6 +185,14 @@ def _fit(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.pad(img, pads, mode="edge") if any(p != (0, 0) for p in pads) else img
 
 
+def _window(img: np.ndarray, size: tuple[int, ...], position: tuple[int, ...]) -> np.ndarray:
+    """The ``size`` window of ``img`` at top-left ``position`` (which may lie outside: edge values)."""
+    y, x = position
+    pad = max(0, -y, -x, y + size[0] - img.shape[0], x + size[1] - img.shape[1])
+    padded = np.pad(img, pad, mode="edge") if pad else img
+    return padded[y + pad : y + pad + size[0], x + pad : x + pad + size[1]]
+
+
 def _tiles(img: np.ndarray, size: tuple[int, int]) -> list[np.ndarray]:
     """Non-overlapping tiles of ``size`` covering ``img`` (the last row/column flush with the edge)."""
     img = _fit(img, size)
@@ -199,37 +216,13 @@ def _images(items: list[tuple[str, Any]]) -> tuple[list[np.ndarray], list[str]]:
 
 
 # -- memorisation ------------------------------------------------------------------------------------
-def nearest_training(samples: np.ndarray, training: list[np.ndarray]) -> list[Neighbour]:
-    """For each (H, W) sample, the best-matching training image by NCC over every shift (and a flip)."""
-    from skimage.feature import match_template
+def nearest_training(samples: np.ndarray, training: list[np.ndarray],
+                     rule: StructureRule = DEFAULT_RULE) -> list[Neighbour]:
+    """For each (H, W) sample, the best-matching training image by the ``structure-ncc`` rule (every shift, a flip)."""
+    from medidiff.core.metrics.memorisation import structure_scores
 
-    from medidiff.core.metrics import nearest_neighbours
-
-    size = samples.shape[1:]
-    same = [k for k, t in enumerate(training) if t.shape == size]
-    larger = [k for k, t in enumerate(training) if t.shape != size]
-    best = [Neighbour(i, -1, -np.inf) for i in range(len(samples))]
-    if same:
-        ref = np.stack([training[k] for k in same])
-        for flipped, stack in ((False, samples), (True, samples[:, :, ::-1])):
-            idx, score = nearest_neighbours(stack, ref, metric="ncc")
-            for i in range(len(samples)):
-                if score[i] > best[i].score:
-                    best[i] = Neighbour(i, same[int(idx[i])], float(score[i]), (0, 0), flipped)
-    for k in larger:
-        ref = _fit(training[k], size)
-        for i in range(len(samples)):
-            for flipped, tmpl in ((False, samples[i]), (True, samples[i][:, ::-1])):
-                if np.ptp(tmpl) == 0:
-                    continue
-                ncc = match_template(ref, tmpl)
-                pos = np.unravel_index(int(np.argmax(ncc)), ncc.shape)
-                if ncc[pos] > best[i].score:
-                    best[i] = Neighbour(i, k, float(ncc[pos]), tuple(int(p) for p in pos), flipped)
-    for nb in best:
-        if not np.isfinite(nb.score):
-            nb.score = 0.0
-    return best
+    return [Neighbour(i, m.training, m.score, m.position, m.flipped)
+            for i, m in enumerate(structure_scores(list(samples), training, rule))]
 
 
 # -- the report ----------------------------------------------------------------------------------------
@@ -238,7 +231,7 @@ def evaluate_generated(
     real: ImageSet,
     training: ImageSet | None = None,
     *,
-    threshold: float = 0.95,
+    threshold: float | None = None,
     report: str | Path | None = None,
     seed: int = 0,
     real_pixels: bool = True,
@@ -249,12 +242,18 @@ def evaluate_generated(
     Scans or arrays. ``report`` writes a PNG contact sheet: samples, real images, and each flagged
     sample beside its nearest training image; ``real_pixels=False`` leaves the real and training
     images out of it (only the samples, flagged ones marked), for a sheet shipped inside a data
-    set meant for sharing. ``seed`` fixes the KID subsets and MS-SSIM pairs.
+    set meant for sharing. ``seed`` fixes the KID subsets and MS-SSIM pairs. ``threshold``: flag
+    samples whose ``structure-ncc`` score is at least this (``None``: the rule's own, 0.95).
     """
+    from dataclasses import replace
+
     from medidiff.core import metrics
 
-    if not 0 < threshold <= 1:
-        raise MedidiffError(f"threshold must be in (0, 1], got {threshold}")
+    if threshold is None:
+        threshold = DEFAULT_RULE.threshold
+    if not np.isfinite(threshold) or not 0 < threshold <= 1:
+        raise MedidiffError(f"--threshold (memorisation) must be in (0, 1], got {threshold}")
+    rule = replace(DEFAULT_RULE, threshold=float(threshold))
     s_imgs, s_names = _images(_load_items(samples, "samples"))
     if len(s_imgs) < 2:
         raise MedidiffError(f"need at least 2 generated images to measure quality, got {len(s_imgs)}")
@@ -283,7 +282,7 @@ def evaluate_generated(
     kid_training = None
     if training is not None:
         t_imgs, _ = _images(_load_items(training, "training"))
-        neighbours = nearest_training(s_stack, t_imgs)
+        neighbours = nearest_training(s_stack, t_imgs, rule)
         t_stack = np.stack([t for im in t_imgs for t in _tiles(im, size)])
         if len(t_stack) >= 2:
             kid_training = kid_bootstrap(metrics.image_features(t_stack, value_range=vr), r_feats, seed=seed)
@@ -294,6 +293,7 @@ def evaluate_generated(
         n_samples=len(s_stack), n_real=len(r_stack), kid=kid_est.value, kid_std=kid_est.std, histogram_js=float(js),
         diversity_samples=float(div_s), diversity_real=float(div_r), threshold=float(threshold),
         n_training=len(t_imgs), neighbours=neighbours, flagged=flagged, kid_low=kid_est.low, kid_high=kid_est.high,
+        rule=rule.name, rule_settings=rule.describe(),
     )
     if floor is not None:
         result.kid_floor, result.kid_floor_std = floor.value, floor.std
@@ -337,11 +337,9 @@ def contact_sheet(samples: np.ndarray, real: np.ndarray, training: list[np.ndarr
     size = samples.shape[1:]
     for i in flagged[: ncols // 2 * 2]:
         nb = neighbours[i]
-        ref = _fit(training[nb.training], size)
-        y, x = nb.position or (0, 0)
-        window = ref[y : y + size[0], x : x + size[1]]
+        window = _window(training[nb.training], size, nb.position or (0, 0))
         images += [samples[i], window[:, ::-1] if nb.flipped else window]
-        titles += [f"FLAGGED sample {i}", f"training {nb.training} ncc={nb.score:.3f}"]
+        titles += [f"FLAGGED sample {i}", f"training {nb.training} score={nb.score:.3f}"]
     blank = np.zeros(size)
     keep = [im if im is not None else blank for im in images]
     return save_grid(keep, path, titles=titles, ncols=ncols, value_range=value_range,

@@ -265,6 +265,24 @@ def test_nearest_neighbours_finds_planted_copy(metric: str) -> None:
         metrics.nearest_neighbours(np.zeros((32, 32)), references)
 
 
+def test_masked_ncc_map_equals_the_ncc_over_kept_pixels_at_every_shift() -> None:
+    from medidiff.core.metrics.memorisation import Reference, masked_ncc_map
+
+    rng = np.random.default_rng(3)
+    ref_img = CAMERA[100:140, 200:250]
+    mask = rng.random(ref_img.shape) > 0.3
+    tmpl = CAMERA[110:126, 210:230] + rng.normal(0, 5, (16, 20))
+    weight = np.zeros(tmpl.shape)
+    weight[2:-2, 3:-3] = 1
+    r = masked_ncc_map(tmpl, weight, Reference(ref_img * mask, mask.astype(float), (0, 0)), min_pixels=50)
+    assert r.shape == (40 - 16 + 1, 50 - 20 + 1)
+    for y, x in [(0, 0), (10, 10), (24, 30), (5, 17)]:
+        keep = (mask[y : y + 16, x : x + 20] & (weight > 0)).ravel()
+        a, b = tmpl.ravel()[keep], ref_img[y : y + 16, x : x + 20].ravel()[keep]
+        assert r[y, x] == pytest.approx(np.corrcoef(a, b)[0, 1], abs=1e-9)
+    assert np.unravel_index(np.argmax(r), r.shape) == (10, 10)  # where the template came from
+
+
 def test_kid_bootstrap_spread_reflects_few_samples_and_floor_is_near_zero() -> None:
     from medidiff.core.metrics.distributions import kid_bootstrap, kid_floor
 

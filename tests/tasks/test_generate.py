@@ -302,10 +302,10 @@ def test_memorisation_flags_a_planted_copy_only(tiny_mr_model, mr_train_scan, mr
     genuine = generate(tiny_mr_model, 6, seed=0, steps=10, device="cpu").scans
     planted = mr_train_scan.array[7][40:72, 50:82] * 1.1 + 3.0  # a training crop, rescaled
     samples = [s.array for s in genuine] + [planted]
-    q = evaluate_generated(samples, list(mr_heldout_slices), [mr_train_scan], threshold=0.95)
-    assert q.flagged == [6]
+    q = evaluate_generated(samples, list(mr_heldout_slices), [mr_train_scan])  # the default rule
+    assert q.rule == "structure-ncc" and q.flagged == [6]
     assert q.neighbours[6].score > 0.999 and q.neighbours[6].training == 7 and q.neighbours[6].position == (40, 50)
-    assert max(nb.score for nb in q.neighbours[:6]) < 0.95
+    assert max(nb.score for nb in q.neighbours[:6]) < q.threshold
     # fidelity and diversity are real numbers on sensible scales
     assert np.isfinite(q.kid) and 0 <= q.histogram_js <= 1
     assert 0 < q.diversity_samples < 1 and 0 < q.diversity_real < 1
