@@ -66,18 +66,19 @@ def test_look_alikes_and_neighbouring_real_slices_are_not(training, mr_volume, m
     assert np.all(old >= 0.95)
 
 
-def test_report_names_the_rule_and_threshold(training, mr_heldout_slices):
+def test_report_names_the_rule_and_threshold(training, mr_heldout_slices, tmp_path):
     rng = np.random.default_rng(1)
     crop = lambda img, y, x: img[y : y + 48, x : x + 64]  # noqa: E731
     copy = crop(training[6], 20, 30) * 1.3 + 5.0
     look = crop(gaussian_filter(training[6], 3.0), 20, 30) + rng.normal(0, 1.0, (48, 64))
     held = crop(mr_heldout_slices[1], 24, 32)
-    q = evaluate_generated([copy, look, held], list(mr_heldout_slices), training)
+    q = evaluate_generated([copy, look, held], list(mr_heldout_slices), training, report=tmp_path / "q.png")
     assert q.rule == RULE and q.threshold == DEFAULT_RULE.threshold
     assert q.flagged == [0] and q.neighbours[0].training == 6 and q.neighbours[0].position == (20, 30)
     card = q.to_markdown()
     assert f"{RULE} >= {DEFAULT_RULE.threshold:g}" in card and "Memorisation rule: structure-ncc" in card
     assert q.to_dict()["rule"] == RULE
+    assert (tmp_path / "q.png").read_bytes()[:4] == b"\x89PNG"  # the flagged pair is drawn at its match
     # a stricter threshold is the user's to set; a bad one is one clear error
     assert evaluate_generated([copy, look, held], list(mr_heldout_slices), training, threshold=0.5).threshold == 0.5
     for bad in (0.0, 1.5, float("nan")):

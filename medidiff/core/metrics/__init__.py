@@ -7,7 +7,8 @@ Anomaly detection (voxel-wise scores against a binary mask)
 Generation (sets of 2D images)
     diversity :func:`mean_pairwise_ms_ssim`; distribution distances :func:`kid`, :func:`mmd_rbf` on
     :func:`image_features` (a fixed hand-made feature space, no learned weights, no download),
-    :func:`histogram_distance`; memorisation :func:`nearest_neighbours`.
+    :func:`histogram_distance`; nearest images :func:`nearest_neighbours`; memorisation (is a
+    sample a copy of a training image?) in :mod:`.memorisation` (rule ``structure-ncc``).
 
 Every function takes numpy arrays (torch tensors go through ``np.asarray``; move them to the CPU
 first) and works in float64 internally.

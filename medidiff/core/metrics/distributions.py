@@ -282,7 +282,9 @@ def nearest_neighbours(
     search; 1 = identical up to brightness/contrast, 0 for a constant image), as one matrix product
     in chunks of ``chunk`` samples. ``"ssim"``: the ``top_k`` references by NCC are re-scored with
     :func:`ssim` (data range of each reference) and the best kept. Samples and references must share
-    their shape (resize first). A score near 1 flags a memorised (copied) training image.
+    their shape (resize first). A score near 1 means a close match; the memorisation check of
+    generated sets does not use it (whole-image NCC is dominated by outlines: neighbouring slices
+    and blurred look-alikes reach 0.95-0.99) but :mod:`medidiff.core.metrics.memorisation`.
     """
     s = _as_stack(samples, "samples")
     r = _as_stack(references, "references")
