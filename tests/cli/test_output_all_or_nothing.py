@@ -95,7 +95,7 @@ def test_denoise_full_disk_on_the_report_leaves_nothing_and_restores_old_outputs
 def test_anomaly_full_disk_on_the_report_leaves_no_map_mask_or_sidecar(capsys, tmp_path, scan_file):
     def args(d, *extra):
         return ["anomaly", "mr2d", scan_file, d / "map.nii.gz", "--mask", d / "mask.nii.gz", "--threshold", "0.5",
-                "--timesteps", "300", "--report", d / "r.png", "--device", "cpu", *extra]
+                "--timesteps", "300", "--score", "residual", "--report", d / "r.png", "--device", "cpu", *extra]
 
     old = tmp_path / "old"
     code, _, err = call(capsys, *args(old))
