@@ -46,7 +46,7 @@ other, ``sqrt((1 + rho) / 2)``). Whole-image intensity NCC scored every one of t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -109,11 +109,16 @@ def foreground_interior(image: np.ndarray, erode: int) -> np.ndarray:
 
 @dataclass
 class Reference:
-    """A training image prepared once for :func:`match`: its padded band-pass and kept-pixel mask."""
+    """A training image prepared once for :func:`best_match`: its padded band-pass and kept-pixel mask.
+
+    ``cache`` keeps, per sample size, the reference's FFTs and its sums under the sample's window
+    (they do not depend on the sample), so each further sample costs three inverse FFTs.
+    """
 
     band: np.ndarray
     mask: np.ndarray
     offset: tuple[int, int]  # padding before row 0 and column 0
+    cache: dict = field(default_factory=dict, repr=False, compare=False)
 
 
 def prepare_reference(image: np.ndarray, rule: StructureRule = DEFAULT_RULE,
@@ -132,14 +137,29 @@ def prepare_reference(image: np.ndarray, rule: StructureRule = DEFAULT_RULE,
     return Reference(band * mask, mask.astype(np.float64), (pads[0][0], pads[1][0]))
 
 
-def _xcorr(big_f: np.ndarray, small: np.ndarray, shape: tuple[int, int], out: tuple[int, int]) -> np.ndarray:
-    """Valid cross-correlation of an image (given as its rFFT ``big_f`` over ``shape``) with ``small``."""
+def _valid(spectrum: np.ndarray, shape: tuple[int, int], small: tuple[int, int], out: tuple[int, int]) -> np.ndarray:
+    """The valid part of a cross-correlation given as the product of spectra over ``shape``."""
     from scipy import fft
 
-    kernel = fft.rfft2(small[::-1, ::-1], shape)
-    full = fft.irfft2(big_f * kernel, shape)
-    h, w = small.shape
-    return full[h - 1 : h - 1 + out[0], w - 1 : w - 1 + out[1]]
+    full = fft.irfft2(spectrum, shape)
+    return full[small[0] - 1 : small[0] - 1 + out[0], small[1] - 1 : small[1] - 1 + out[1]]
+
+
+def _reference_side(ref: Reference, weight: np.ndarray) -> tuple:
+    """FFT shape, valid-output shape, spectra of M and R M, and the sums n, sum R, sum R^2 under ``weight``."""
+    from scipy import fft
+
+    key = (weight.shape, weight.tobytes())
+    if key not in ref.cache:
+        (H, W), (h, w) = ref.band.shape, weight.shape
+        shape = (fft.next_fast_len(H + h - 1, real=True), fft.next_fast_len(W + w - 1, real=True))
+        out = (H - h + 1, W - w + 1)
+        R, M = ref.band, ref.mask
+        Mf, RMf, R2Mf = (fft.rfft2(a, shape) for a in (M, R * M, R * R * M))
+        wf = fft.rfft2(weight[::-1, ::-1], shape)
+        n, s_r, s_r2 = (_valid(f * wf, shape, (h, w), out) for f in (Mf, RMf, R2Mf))
+        ref.cache[key] = (shape, out, Mf, RMf, np.round(n), s_r, s_r2)
+    return ref.cache[key]
 
 
 def masked_ncc_map(template: np.ndarray, weight: np.ndarray, ref: Reference,
@@ -151,22 +171,15 @@ def masked_ncc_map(template: np.ndarray, weight: np.ndarray, ref: Reference,
     """
     from scipy import fft
 
-    R, M = ref.band, ref.mask
-    H, W = R.shape
     h, w = template.shape
-    if h > H or w > W:
-        raise ValueError(f"template {template.shape} larger than the padded reference {R.shape}")
-    shape = (fft.next_fast_len(H + h - 1, real=True), fft.next_fast_len(W + w - 1, real=True))
-    out = (H - h + 1, W - w + 1)
+    if h > ref.band.shape[0] or w > ref.band.shape[1]:
+        raise ValueError(f"template {template.shape} larger than the padded reference {ref.band.shape}")
+    shape, out, Mf, RMf, n, s_r, s_r2 = _reference_side(ref, weight)
     Tw = template * weight
-    Mf, RMf, R2Mf = (fft.rfft2(a, shape) for a in (M, R * M, R * R * M))
-    n = _xcorr(Mf, weight, shape, out)
-    s_t = _xcorr(Mf, Tw, shape, out)
-    s_t2 = _xcorr(Mf, Tw * template, shape, out)
-    s_r = _xcorr(RMf, weight, shape, out)
-    s_r2 = _xcorr(R2Mf, weight, shape, out)
-    s_tr = _xcorr(RMf, Tw, shape, out)
-    n = np.round(n)
+    tf, t2f = (fft.rfft2(a[::-1, ::-1], shape) for a in (Tw, Tw * template))
+    s_t = _valid(Mf * tf, shape, (h, w), out)
+    s_t2 = _valid(Mf * t2f, shape, (h, w), out)
+    s_tr = _valid(RMf * tf, shape, (h, w), out)
     ok = n >= min_pixels
     nn = np.where(ok, n, 1.0)
     cov = s_tr - s_t * s_r / nn
