@@ -180,7 +180,10 @@ def calibrate(
 
     The threshold is the chosen percentile of the anomaly map over the tissue voxels of the
     healthy scans, so about (100 - percentile)% of healthy tissue is flagged. Detection with
-    --threshold auto or --fdr then uses it (with the same method and options).
+    --threshold auto or --fdr then uses it (with the same method and options). Given none of
+    --score, --median-size and --smooth-sigma, it calibrates the healthy z-score smoothed by a
+    Gaussian of sigma 2 (--score zscore --median-size 0 --smooth-sigma 2: measured better than
+    the residual in benchmarks/README.md); --score residual gives the plain residual map.
 
     Example:  medidiff anomaly calibrate my-model healthy/ --percentile 99
     """
