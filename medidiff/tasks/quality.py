@@ -295,6 +295,9 @@ def evaluate_generated(
         n_training=len(t_imgs), neighbours=neighbours, flagged=flagged, kid_low=kid_est.low, kid_high=kid_est.high,
         rule=rule.name, rule_settings=rule.describe(),
     )
+    if training is not None and min(size) < 2 * rule.border + 16:
+        result.rule_settings += (f" (samples of {size[0]}x{size[1]} are under {2 * rule.border + 16} px a side: "
+                                 "the check is weak there, an exact 16x16 copy scores about 0.9)")
     if floor is not None:
         result.kid_floor, result.kid_floor_std = floor.value, floor.std
         result.kid_floor_low, result.kid_floor_high = floor.low, floor.high
