@@ -84,3 +84,10 @@ def test_report_names_the_rule_and_threshold(training, mr_heldout_slices, tmp_pa
     for bad in (0.0, 1.5, float("nan")):
         with pytest.raises(MedidiffError, match="threshold"):
             evaluate_generated([copy, look], list(mr_heldout_slices), training, threshold=bad)
+
+
+def test_small_samples_are_still_searched_and_the_report_says_the_check_is_weak(training, mr_heldout_slices):
+    copy = training[7][40:56, 50:66]
+    q = evaluate_generated([copy, mr_heldout_slices[0][40:56, 50:66]], list(mr_heldout_slices), training)
+    assert q.neighbours[0].training == 7 and q.neighbours[0].position == (40, 50)
+    assert "16x16 are under 28 px a side" in q.rule_settings and "weak" in q.to_markdown()
