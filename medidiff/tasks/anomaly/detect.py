@@ -6,8 +6,8 @@ where the threshold is calibrated on healthy scans (:mod:`.calibration`, stored 
 config.json) or given; or, with ``fdr=q``, the Benjamini-Hochberg mask of conformal p-values
 against the calibration's healthy voxels (:mod:`.fdr`), whose expected share of false voxels
 is at most ``q``; by default scan-adaptive (the scan's scores and the calibration's standardised
-per scan by their own median and interquartile range, so a scan reconstructed worse than the calibration scans
-keeps its FDR). A scan unlike the calibration scans (:mod:`.ood`) gets a one-line
+per scan by their own median and interquartile range, so a scan reconstructed worse than the
+calibration scans keeps its FDR). A scan unlike the calibration scans (:mod:`.ood`) gets a one-line
 :class:`~.ood.OutOfDistributionWarning` and ``result.ood["out_of_distribution"]``.
 """
 

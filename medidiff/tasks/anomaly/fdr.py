@@ -82,13 +82,14 @@ DEFAULT_METHOD = ADAPTIVE
 DESCRIPTIONS = {
     PLAIN: "conformal p-values (healthy calibration voxels) + Benjamini-Hochberg over foreground voxels",
     ADAPTIVE: "scan-adaptive conformal p-values (each scan's scores standardised by its own foreground median "
-              "and interquartile range, against the calibration scans' scores standardised the same way) + Benjamini-Hochberg "
-              "over foreground voxels",
+              "and interquartile range, against the calibration scans' scores standardised the same way) "
+              "+ Benjamini-Hochberg over foreground voxels",
 }
 ASSUMPTIONS = {
     PLAIN: "healthy voxel scores of this scan are exchangeable with the calibration's",
-    ADAPTIVE: "healthy voxel scores of this scan, standardised by its own median and interquartile range, are exchangeable with "
-              "the calibration's standardised the same way (scans differ in level and spread, not shape)",
+    ADAPTIVE: "healthy voxel scores of this scan, standardised by its own median and interquartile range, "
+              "are exchangeable with the calibration's standardised the same way (scans differ in level "
+              "and spread, not shape)",
 }
 METHOD = DESCRIPTIONS[PLAIN]  # older name of the plain method's description
 _IQR = 1.349  # interquartile range -> standard deviation of a normal
