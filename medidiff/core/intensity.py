@@ -127,7 +127,7 @@ def _tail(values: np.ndarray, p: float, s: float) -> float:
         return q
     mean = float(np.dot(w, values) / total)
     var = float(np.dot(w, (values - mean) ** 2) / total)
-    if not var < 0.99 * b2:  # no curvature at this bandwidth: the tail is wide, the noise moves it little
+    if not 0 < var < 0.99 * b2:  # a point mass (nothing to deconvolve), or a tail too wide to move
         return q
     spread2 = var * b2 / (b2 - var)  # D^2 of the local Gaussian N(m, D^2) of the noisy values
     centre = (mean * (spread2 + b2) - q * spread2) / b2

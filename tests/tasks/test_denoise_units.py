@@ -88,6 +88,8 @@ def test_noise_aware_tails_are_exact_where_they_can_be():
     rule = Normaliser(0.0, 1.0, kind="foreground", detail="0.5-99.5")
     ref = rule.for_scan(clean)
     assert rule.for_scan(clean, noise_std=0.0) == ref
+    # a background masked to exact zeros after the noise (skull-stripped MR) is a point mass: it stays
+    assert abs(rule.for_scan(clean, noise_std=15.0).low - ref.low) < 1.0
     noisy = clean + 15.0 * rng.standard_normal(clean.shape)
     aware = rule.for_scan(noisy, noise_std=15.0)
     assert abs(aware.low - ref.low) < 2.0 and abs(rule.for_scan(noisy).low - ref.low) > 8.0  # smoothed noise std 4.2
