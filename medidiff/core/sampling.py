@@ -174,11 +174,11 @@ def _guided(class_labels: torch.Tensor | None, masks: torch.Tensor | None, guida
 
 
 def predict_calls(model: DiffusionModel, n_items: int, spatial: Sequence[int], sw_batch_size: int,
-                  guided: bool = False) -> int:
+                  guided: bool = False, overlap: float = 0.25) -> int:
     """Network calls one :func:`predict` of ``n_items`` images of ``spatial`` size makes."""
     from medidiff.core.windows import window_calls
 
-    return window_calls(n_items * (2 if guided else 1), spatial, model.config.image_size, sw_batch_size)
+    return window_calls(n_items * (2 if guided else 1), spatial, model.config.image_size, sw_batch_size, overlap)
 
 
 def predict_steps(
@@ -189,10 +189,11 @@ def predict_steps(
     masks: torch.Tensor | None = None,
     guidance: float = 1.0,
     sw_batch_size: int | None = None,
+    overlap: float = 0.25,
 ) -> Generator[Progress, None, tuple[torch.Tensor, torch.Tensor]]:
     """Predicted clean image and noise ``(x0, eps)`` at ``(x_t, t)``, with classifier-free guidance.
 
-    Yields between the network calls as :func:`network_output_steps` does.
+    Yields between the network calls as :func:`network_output_steps` does (``overlap``: of its windows).
     """
     b = x_t.shape[0]
     spatial = tuple(x_t.shape[2:])
@@ -205,14 +206,14 @@ def predict_steps(
         if cond is not None:
             x_in = torch.cat([x_in, torch.cat([cond, null_cond])], dim=1)
         lab_in = None if labels is None else torch.cat([labels, null_labels])
-        out = yield from network_output_steps(model, x_in, t, lab_in, sw_batch_size)
+        out = yield from network_output_steps(model, x_in, t, lab_in, sw_batch_size, overlap)
         out_c, out_u = out[:b], out[b:]
         out = out_u + guidance * (out_c - out_u)
     else:
         if labels is None and model.config.num_classes:
             labels = torch.full((b,), model.null_class, dtype=torch.long)
         x_in = x_t if cond is None else torch.cat([x_t, cond], dim=1)
-        out = yield from network_output_steps(model, x_in, t, labels, sw_batch_size)
+        out = yield from network_output_steps(model, x_in, t, labels, sw_batch_size, overlap)
     return model.schedule.to_x0_eps(out, x_t, t)
 
 
@@ -236,6 +237,7 @@ def sample(
     preview_every: int = 0,
     sw_batch_size: int | None = None,
     per_call: bool = False,
+    overlap: float = 0.25,
 ) -> Generator[Progress, None, torch.Tensor]:
     """Run the reverse process from ``x_start`` at ``t_start`` (default: pure noise) to a clean image.
 
@@ -245,6 +247,7 @@ def sample(
     ``Progress`` per step; returns the final batch. ``per_call=True`` yields between network
     calls instead (sliding-window batches too, as :func:`network_output_steps`: after every
     call but the last, counted in calls), for callers that report progress per network call.
+    ``overlap``: of those sliding windows (default MONAI's 1/4).
     """
     sampler = check_sampler(model, sampler)
     times = model.schedule.timesteps(steps, t_start)
@@ -262,11 +265,11 @@ def sample(
     if sw_batch_size is None:
         sw_batch_size = window_batch_size(model, x.device)
     per_step = predict_calls(model, x.shape[0], x.shape[2:], sw_batch_size,
-                             _guided(class_labels, masks, guidance))
+                             _guided(class_labels, masks, guidance), overlap)
     calls = 0
     for i in range(total):
         t, t_next = times[i], times[i + 1]
-        inner = predict_steps(model, x, t, class_labels, masks, guidance, sw_batch_size)
+        inner = predict_steps(model, x, t, class_labels, masks, guidance, sw_batch_size, overlap)
         if per_call:
             x0, eps = yield from relay(inner, step=calls, total=total * per_step, message=f"{sampler} t={t:.0f}")
         else:
@@ -350,8 +353,10 @@ def generate_batch(
     clip_x0: float | None = 1.0,
     image_size: Sequence[int] | None = None,
     preview_every: int = 0,
+    overlap: float = 0.25,
 ) -> Generator[Progress, None, torch.Tensor]:
-    """Generate one sample per seed from pure noise (network units, shape (N, 1, *size))."""
+    """Generate one sample per seed from pure noise (network units, shape (N, 1, *size)); ``overlap``: of
+    the sliding windows of an image larger than the training size."""
     size = tuple(image_size or model.config.image_size)
     gens = sample_generators(seeds)
     noise = draw_noise(gens, (1, *size), model.device)
@@ -360,6 +365,6 @@ def generate_batch(
         noise = noise * float(np.sqrt(a * a + s * s))  # = 1 for VP; kept explicit
     result = yield from sample(
         model, noise, sampler=sampler, steps=steps, class_labels=class_labels, masks=masks,
-        guidance=guidance, eta=eta, generators=gens, clip_x0=clip_x0, preview_every=preview_every,
+        guidance=guidance, eta=eta, generators=gens, clip_x0=clip_x0, preview_every=preview_every, overlap=overlap,
     )
     return result

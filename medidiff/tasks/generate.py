@@ -167,6 +167,7 @@ def _sample_jobs(
     plan = model.plan(field.network_size, per_call) if latent else None
     net = model.sampling_prior(plan) if plan is not None else model
     per_call = plan.batch if plan is not None else per_call
+    windowing = {"overlap": plan.overlap} if plan is not None else {}  # the fallback's prior windows
     try:
         sampler = check_sampler(net, sampler)
     except ValueError as exc:
@@ -196,7 +197,7 @@ def _sample_jobs(
         if batch[0].mask is not None:
             masks = torch.from_numpy(np.stack([j.mask for j in batch])[:, None].astype(np.float32)).to(dev)
         inner = generate_batch(net, [j.seed for j in batch], sampler=sampler, steps=steps, class_labels=labels,
-                               masks=masks, guidance=guidance, clip_x0=field.clip_x0, image_size=size)
+                               masks=masks, guidance=guidance, clip_x0=field.clip_x0, image_size=size, **windowing)
         try:
             while True:
                 with _batch_invariant(dev, bit_identical):

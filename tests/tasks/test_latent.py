@@ -374,10 +374,10 @@ def test_twice_the_field_has_no_window_seam(tiny_latent):
 
 
 # -- the fallback: a latent too large for the device is sampled in windows ------------------------
-# measured on the tiny test model at 192x256 with the cap below (prior windows of 24x32 at overlap
-# 1/4, decoder windows at 1/2), 4 samples, seed 0: seam ratio at the prior's window borders 1.25
-# (the same samples made whole: 1.06); windows do leave a faint grid, as the warning says
-WINDOWED_SEAM_BOUND = 1.4
+# measured on the tiny test model at 192x256 with the cap below (prior windows of 24x32 and
+# decoder windows, both half overlapping), 4 samples, seed 0: seam ratio at the window borders
+# 1.10 (the same samples made whole: 0.91 there; prior windows at MONAI's 1/4 overlap: 1.25)
+WINDOWED_SEAM_BOUND = 1.2
 
 
 def _first_values(gen) -> dict:
@@ -419,8 +419,8 @@ def test_a_latent_that_does_not_fit_is_sampled_in_windows(tiny_latent):
     # windowed samples differ from whole ones (other path), and their seam stays bounded
     whole = generate_latent(model, 4, seed=0, steps=6, batch_size=4, image_size=size, device="cpu")
     assert whole.scans[0].array.tobytes() != a.scans[0].array.tobytes()
-    quarter = [[b * f for b in window_borders(2 * s, s, 0.25)] for s in lat]
-    ratio = seam_ratio(images, quarter, period=f)
+    half = [[b * f for b in window_borders(2 * s, s, 0.5)] for s in lat]
+    ratio = seam_ratio(images, half, period=f)
     assert ratio < WINDOWED_SEAM_BOUND, ratio
 
 
