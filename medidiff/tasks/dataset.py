@@ -41,6 +41,7 @@ from medidiff.errors import MedidiffError, OutputError
 from medidiff.io import Scan, manifest
 from medidiff.reporting.data_card import FORMAT_SUFFIX, write_data_card
 from medidiff.tasks.distributed import process_device, shard_from_env
+from medidiff.tasks.quality import memorisation_threshold
 from medidiff.tasks.generate import (AnyModel, Field, _Job, _make_jobs, _sample_jobs, class_name, load_generator,
                                      prior_of, sample_field)
 
@@ -124,6 +125,7 @@ def generate_dataset_steps(
     fmt = {"nii": "nifti", "dcm": "dicom", "tif": "tiff"}.get(fmt, fmt)
     if fmt not in FORMAT_SUFFIX:
         raise MedidiffError(f"unknown format {format!r}; choose one of {', '.join(FORMAT_SUFFIX)}")
+    memorisation_threshold(threshold)  # refuse a bad value before generating, not after
     env_rank, env_world = shard_from_env()
     rank = env_rank if rank is None else int(rank)
     world = env_world if world is None else int(world)

@@ -226,6 +226,15 @@ def nearest_training(samples: np.ndarray, training: list[np.ndarray],
 
 
 # -- the report ----------------------------------------------------------------------------------------
+def memorisation_threshold(threshold: float | None) -> float:
+    """``threshold`` checked (in (0, 1]), or the rule's own when ``None``; one-line error otherwise."""
+    if threshold is None:
+        return float(DEFAULT_RULE.threshold)
+    if not np.isfinite(threshold) or not 0 < threshold <= 1:
+        raise MedidiffError(f"--threshold (memorisation) must be in (0, 1], got {threshold}")
+    return float(threshold)
+
+
 def evaluate_generated(
     samples: ImageSet,
     real: ImageSet,
@@ -249,11 +258,8 @@ def evaluate_generated(
 
     from medidiff.core import metrics
 
-    if threshold is None:
-        threshold = DEFAULT_RULE.threshold
-    if not np.isfinite(threshold) or not 0 < threshold <= 1:
-        raise MedidiffError(f"--threshold (memorisation) must be in (0, 1], got {threshold}")
-    rule = replace(DEFAULT_RULE, threshold=float(threshold))
+    threshold = memorisation_threshold(threshold)
+    rule = replace(DEFAULT_RULE, threshold=threshold)
     s_imgs, s_names = _images(_load_items(samples, "samples"))
     if len(s_imgs) < 2:
         raise MedidiffError(f"need at least 2 generated images to measure quality, got {len(s_imgs)}")

@@ -99,6 +99,8 @@ def test_evaluate_generated_cli(tiny_mr_model, mr_train_scan, mr_heldout_slices,
     (["generate", "no-such-model", "--n", "2", "--out", "x"], "no-such-model"),
     (["generate", "MODEL", "--n", "2", "--out", "x", "--label", "1"], "no class conditioning"),
     (["generate", "MODEL", "--n", "2", "--out", "x", "--format", "jpeg2000"], "unknown format"),
+    # refused before any sample is generated, not after the whole run
+    (["generate", "MODEL", "--n", "2", "--out", "x", "--real", "MODEL", "--threshold", "2"], "--threshold"),
     (["evaluate", "generated", "nowhere", "--real", "nowhere2"], "nowhere"),
 ])
 def test_bad_input_one_line_exit_2(tiny_mr_model, capsys, tmp_path, monkeypatch, args, words):
