@@ -209,7 +209,7 @@ def quality(train: Scan, real: np.ndarray, heldout: np.ndarray, out: Path, n: in
               suptitle="2x the training field (192 x 256), one latent, decoded whole")
     return {"n": n, "generate_seconds": round(gen_s, 1), "vs_heldout": kid(q), "vs_training": kid(q_train),
             "training_vs_heldout_kid": round(q.kid_training, 4), "training_vs_heldout_std": round(q.kid_training_std, 4),
-            "max_nearest_training_ncc": round(q.max_similarity, 3), "flagged": len(q.flagged),
+            "max_nearest_training_score": round(q.max_similarity, 3), "memorisation_rule": q.rule, "flagged": len(q.flagged),
             "diversity_samples": round(q.diversity_samples, 3), "diversity_real": round(q.diversity_real, 3),
             "seam_ratio_2x": round(true, 3), "seam_ratio_2x_4_samples": round(seam_ratio(imgs[:4], borders, period=f), 3),
             "seam_shifted_grids_min_median_max": [round(float(v), 3) for v in (min(null), np.median(null), max(null))],
