@@ -136,9 +136,12 @@ def generate_cmd(
     steps: int = typer.Option(20, "--steps", min=1, help="Sampling steps."),
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Samples per network call."),
     image_size: str = typer.Option(None, "--image-size", help="Output size in pixels (multiples of 4; default: the training "
-                                   "field; larger fields are sampled as one latent, no windows)."),
+                                   "field; larger fields are sampled as one latent where memory allows)."),
     clip_x0: float = typer.Option(None, "--clip-x0", min=0.0, help="Clip the predicted latent to +-this (standardised units; "
                                   "default: the training latents' largest |value|, stored in latent.json; 0: no clip)."),
+    max_latent_voxels: int = typer.Option(None, "--max-latent-voxels", min=1, help="Most latent voxels one network call "
+                                          "may hold (batch included); a larger latent is sampled in overlapping windows, "
+                                          "with a warning (default: whole where the device's free memory allows)."),
     real: Path = typer.Option(None, "--real", help="Real images to compare with: adds a quality report to the data card."),
     training: Path = typer.Option(None, "--training", help="The model's training images: adds the memorisation check (with --real)."),
     seed: int = SEED,
@@ -149,6 +152,8 @@ def generate_cmd(
 
     Example:  medidiff latent generate runs/latent/model --n 16 --out synth/
     """
+    import dataclasses
+
     from medidiff.core.latent_model import LatentModel
     from medidiff.errors import MedidiffError
     from medidiff.io.atomic import check_output_path
@@ -162,6 +167,8 @@ def generate_cmd(
             existing_path(p)
     check_output_path(out, overwrite=True, inputs=[model])  # never inside the model folder
     lm = LatentModel.load(model)
+    if max_latent_voxels is not None:
+        lm = dataclasses.replace(lm, max_latent_voxels=max_latent_voxels)
     size = _size(image_size, lm.spatial_dims)
     if isinstance(size, int):
         size = (size,) * lm.spatial_dims
@@ -170,6 +177,7 @@ def generate_cmd(
     for flag, value, default in (("--format", format, "nifti"), ("--seed", seed, 0), ("--sampler", sampler, None),
                                  ("--steps", steps, 20), ("--batch-size", batch_size, 8),
                                  ("--image-size", image_size, None), ("--clip-x0", clip_x0, None),
+                                 ("--max-latent-voxels", max_latent_voxels, None),
                                  ("--real", real.name if real else None, None),
                                  ("--training", training.name if training else None, None)):
         if value != default:

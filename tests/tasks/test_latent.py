@@ -446,3 +446,14 @@ def test_plan_follows_the_memory_estimate(tiny_latent):
         assert model.plan((24, 32), batch=8, available=1).whole
     with pytest.raises(MedidiffError, match="max_latent_voxels"):
         generate_latent(model, 1, steps=1, max_latent_voxels=0, device="cpu")
+
+
+def test_cli_max_latent_voxels_generates_through_windows(tiny_latent, capsys, tmp_path):
+    from medidiff.io import load_scan
+
+    folder = tiny_latent.run_dir / "model"
+    code, out, err = call(capsys, "latent", "generate", folder, "--n", 1, "--steps", 2, "--image-size", "192,256",
+                          "--max-latent-voxels", 768, "--out", tmp_path / "win", "--device", "cpu")
+    assert code == 0, err
+    assert "9 overlapping windows" in err and "seams may show" in err
+    assert load_scan(tmp_path / "win" / "sample_00000.nii.gz").shape == (192, 256)
