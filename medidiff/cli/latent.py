@@ -139,8 +139,8 @@ def generate_cmd(
                                    "field; larger fields are sampled as one latent where memory allows)."),
     clip_x0: float = typer.Option(None, "--clip-x0", min=0.0, help="Clip the predicted latent to +-this (standardised units; "
                                   "default: the training latents' largest |value|, stored in latent.json; 0: no clip)."),
-    max_latent_voxels: int = typer.Option(None, "--max-latent-voxels", min=1, help="Most latent voxels one network call "
-                                          "may hold (batch included); a larger latent is sampled in overlapping windows, "
+    max_latent_voxels: int = typer.Option(None, "--max-latent-voxels", min=1, help="Most latent voxels one whole-latent "
+                                          "network call may hold (batch included); a larger latent is sampled in overlapping windows, "
                                           "with a warning (default: whole where the device's free memory allows)."),
     real: Path = typer.Option(None, "--real", help="Real images to compare with: adds a quality report to the data card."),
     training: Path = typer.Option(None, "--training", help="The model's training images: adds the memorisation check (with --real)."),

@@ -175,7 +175,8 @@ class LatentModel:
     shift: float = 0.0
     x0_limit: float | None = None  # max |u| of the training latents: the default x0 clip when sampling
     path: Path | None = None
-    # most latent voxels one network call may hold (batch included); None: decided from free memory
+    # most latent voxels one whole-latent call (prior or decoder) may hold, batch included; beyond it
+    # windows (batched as the sliding window batches them); None: decided from free memory
     max_latent_voxels: int | None = None
 
     def __post_init__(self) -> None:
