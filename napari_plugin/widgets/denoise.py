@@ -7,6 +7,11 @@ model picked by default. Left at "from the file", a scan whose file records no m
 taken to be what the chosen model is for (an MR NIfTI with an MR model gets Rician noise). Every control is remembered for the next session.
 *Run on* runs it on every image layer or on a folder of scans (``widgets.batch``); *Slice along*
 picks the axis a 2D model walks through a volume (``widgets.slice_axis``).
+*Average over flips* is the task's self-ensemble (``ensemble=1|4|8``, ``--ensemble``; tweedie
+only, so the control is off for the other methods). *Interval coverage* (``coverage=``, as
+``--interval LOW,HIGH --coverage C``) adds a lower and an upper bound layer with the result's
+geometry; a model without an interval calibration for the method is refused by the task in one
+line, shown like every task error.
 """
 
 from __future__ import annotations
@@ -25,12 +30,14 @@ from medidiff.io.scan import Scan
 from .base import TaskWidget
 from .pickers import LayerPicker, modality_family
 from .results import add_scan_layer
-from .wording import FAMILY_CODES, METHOD_TIPS, MODALITIES, NOISE_TIPS, noise_summary
+from .wording import (COVERAGE_CHOICES, COVERAGE_TIP, ENSEMBLE_CHOICES, ENSEMBLE_TIP, FAMILY_CODES, METHOD_TIPS,
+                      MODALITIES, NOISE_TIPS, noise_summary, percent)
 
 __all__ = ["DenoiseWidget", "METHODS", "NOISE_CHOICES"]
 
 METHODS = DenoiseMethod.values()
 NOISE_CHOICES = NoiseChoice.values()
+_BOUND_FOLDERS = ("interval-low", "interval-high")  # where a folder run writes the two bounds
 
 
 def _combo(parent: QWidget, items: tuple[str, ...], tips: dict[str, str]) -> QComboBox:
@@ -81,6 +88,16 @@ class DenoiseWidget(TaskWidget):
         self.samples.setValue(8)
         self.samples.setToolTip("Random passes averaged (posterior): more gives a smoother result and "
                                 "a better uncertainty map, and takes longer")
+        self.ensemble = QComboBox(self)
+        for size, label, tip in ENSEMBLE_CHOICES:
+            self.ensemble.addItem(label, size)
+            self.ensemble.setItemData(self.ensemble.count() - 1, tip, Qt.ItemDataRole.ToolTipRole)
+        self.ensemble.setToolTip(ENSEMBLE_TIP)
+        self.coverage = QComboBox(self)
+        for label, value, tip in COVERAGE_CHOICES:
+            self.coverage.addItem(label, value)
+            self.coverage.setItemData(self.coverage.count() - 1, tip, Qt.ItemDataRole.ToolTipRole)
+        self.coverage.setToolTip(COVERAGE_TIP)
         self.seed = QSpinBox(self)
         self.seed.setRange(0, 2**31 - 1)
         self.seed.setToolTip("The same seed gives the same result (posterior)")
@@ -97,13 +114,15 @@ class DenoiseWidget(TaskWidget):
         self.form.addRow("Strength", self.strength)
         self.form.addRow("Steps", self.steps)
         self.form.addRow("Samples", self.samples)
+        self.form.addRow("Average over flips", self.ensemble)
+        self.form.addRow("Interval coverage", self.coverage)
         self.form.addRow("Seed", self.seed)
         self.form.addRow("Slices per call", self.batch_size)
         self.add_slice_axis_row()
         self.method.currentTextChanged.connect(self._method_changed)
         self.remember_controls(modality=self.modality, method=self.method, noise=self.noise, sigma=self.sigma,
-                               strength=self.strength, steps=self.steps, samples=self.samples, seed=self.seed,
-                               batch_size=self.batch_size)
+                               strength=self.strength, steps=self.steps, samples=self.samples, ensemble=self.ensemble,
+                               coverage=self.coverage, seed=self.seed, batch_size=self.batch_size)
         self._method_changed(self.method.currentText())
         self.watch_input(self.layer_picker, self.modality)
 
@@ -111,6 +130,7 @@ class DenoiseWidget(TaskWidget):
         self.steps.setEnabled(method in ("ddim", "posterior"))
         self.samples.setEnabled(method == "posterior")
         self.seed.setEnabled(method == "posterior")
+        self.ensemble.setEnabled(method == "tweedie")  # the task averages over flips for tweedie only
 
     def options(self) -> dict[str, Any]:
         """The task options the controls describe (``denoise_steps`` keyword arguments, no device)."""
@@ -122,6 +142,9 @@ class DenoiseWidget(TaskWidget):
             "strength": self.strength.value(),
             "steps": self.steps.value(),
             "samples": self.samples.value(),
+            # a disabled control does not apply: other methods are run without the self-ensemble
+            "ensemble": int(self.ensemble.currentData()) if self.method.currentText() == "tweedie" else 1,
+            "coverage": self.coverage.currentData(),
             "seed": self.seed.value(),
             "batch_size": self.batch_size.value(),
         }
@@ -157,10 +180,15 @@ class DenoiseWidget(TaskWidget):
         written = [save_scan(result.scan, out_dir / name, source=scan)]
         if result.uncertainty is not None:
             written.append(save_scan(result.uncertainty, out_dir / "uncertainty" / name, source=scan))
+        if result.interval is not None:
+            for folder, bound in zip(_BOUND_FOLDERS, result.interval):
+                written.append(save_scan(bound, out_dir / folder / name, source=scan))
         return tuple(written)
 
     def output_paths(self, out_dir: Path, name: str) -> tuple[Path, ...]:
         extra = (out_dir / "uncertainty" / name,) if self.method.currentText() == "posterior" else ()
+        if self.coverage.currentData() is not None:
+            extra = (*extra, *(out_dir / folder / name for folder in _BOUND_FOLDERS))
         return (out_dir / name, *extra)
 
     def show_result_for(self, like: Any, result: Any) -> None:
@@ -181,6 +209,14 @@ class DenoiseWidget(TaskWidget):
             top = float(np.max(result.uncertainty.array)) if result.uncertainty.array.size else 0.0
             add_scan_layer(self.viewer, result.uncertainty, f"{like.name} uncertainty", "image", like=like,
                            metadata=info, colormap="magma", visible=False, contrast_limits=(0.0, max(top, 1e-6)))
+        if result.interval is not None:
+            level = percent(result.coverage)
+            for bound, side in zip(result.interval, ("lower", "upper")):
+                bound_info = {"medidiff_denoise": {**info["medidiff_denoise"], "interval": side,
+                                                   "coverage": float(result.coverage)}}
+                add_scan_layer(self.viewer, bound, f"{like.name} {side} bound ({level})", "image", like=like,
+                               metadata=bound_info, visible=False, **style)
+            summary = f"{summary}; {level} bounds added"
         self.result_label.setText(summary)
         self.result_label.setToolTip(f"How it was decided: {result.reason}")
 

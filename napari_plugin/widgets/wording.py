@@ -13,7 +13,9 @@ import numpy as np
 
 from medidiff.choices import DenoiseMethod, NoiseChoice, Sampler
 
-__all__ = ["AXIS_NAMES", "PLANE_NAMES", "SLICE_AXIS_TIP", "RUN_ON", "RUN_ON_TIPS", "FIT_TIPS", "METHOD_TIPS", "NOISE_TIPS", "SAMPLER_TIPS", "NOISE_NAMES", "MODALITIES", "FAMILY_CODES", "noise_summary", "number"]
+__all__ = ["AXIS_NAMES", "PLANE_NAMES", "SLICE_AXIS_TIP", "RUN_ON", "RUN_ON_TIPS", "FIT_TIPS", "METHOD_TIPS", "NOISE_TIPS", "SAMPLER_TIPS", "NOISE_NAMES", "MODALITIES", "FAMILY_CODES", "ENSEMBLE_CHOICES",
+           "ENSEMBLE_TIP", "COVERAGE_CHOICES", "COVERAGE_TIP", "FDR_TIP", "FDR_METHOD_CHOICES", "FDR_METHOD_TIP",
+           "percent", "noise_summary", "number"]
 
 METHOD_TIPS: dict[str, str] = {
     DenoiseMethod.TWEEDIE.value: "Fastest: removes the noise in one pass; usually the most faithful result",
@@ -59,6 +61,39 @@ FIT_TIPS = {
     "seed": "The same seed and settings give the same result (when the step limit, not the clock, ends training)",
     "max_steps": "Training stops after this many steps (or when the time is up)",
 }
+# Denoise: the self-ensemble (``denoise(..., ensemble=)``): (size, label, tooltip); sizes = tasks.ensemble.ENSEMBLE_SIZES
+ENSEMBLE_CHOICES: tuple[tuple[int, str, str], ...] = (
+    (1, "off", "Denoise the image once, as it is"),
+    (4, "4 mirror images", "Denoise the image and its three mirror images, undo the mirroring and average: "
+                           "a little cleaner, 4 times the work"),
+    (8, "8 mirror images and turns", "Also the quarter-turned images: a little cleaner still, 8 times the work "
+                                     "(square pixels only)"),
+)
+ENSEMBLE_TIP = ("Average the result over mirrored (and turned) copies of the image: slightly cleaner and "
+                "slower; for the fastest method (tweedie) only")
+# Denoise: calibrated intervals (``denoise(..., coverage=)``): (label, coverage or None, tooltip)
+COVERAGE_CHOICES: tuple[tuple[str, float | None, str], ...] = (
+    ("off", None, "No bound layers"),
+    ("80 %", 0.8, "Bounds that hold the true value in about 8 of 10 pixels"),
+    ("90 %", 0.9, "Bounds that hold the true value in about 9 of 10 pixels"),
+    ("95 %", 0.95, "Bounds that hold the true value in about 19 of 20 pixels: wider"),
+)
+COVERAGE_TIP = ("Also add a lower and an upper bound layer that hold the true (noise-free) value with this "
+                "chance; needs a model whose bounds were calibrated for the method (the built-ins are)")
+# Detect anomalies: the false-discovery-rate mask (``AnomalyOptions(fdr=, fdr_method=)``)
+FDR_TIP = ("Off: flag voxels above the threshold. Otherwise flag voxels so that at most this share of the "
+           "flagged ones are expected to be healthy (needs a calibrated model)")
+# (label, fdr_method given to the task or None = the task's default, tooltip)
+FDR_METHOD_CHOICES: tuple[tuple[str, str | None, str], ...] = (
+    ("default (scan-adaptive)", None, "scan-adaptive, or plain for a model calibrated before scan-adaptive "
+                                      "existed (the result says which was used)"),
+    ("scan-adaptive", "scan-adaptive", "Compare this scan with the healthy scans after allowing for how well "
+                                       "each was reconstructed overall: holds the rate on scans unlike the "
+                                       "healthy ones"),
+    ("plain", "plain", "Compare the scores as they are: right only when this scan is much like the healthy "
+                       "scans the model was calibrated on"),
+)
+FDR_METHOD_TIP = "How the false-discovery rate compares this scan with the healthy scans; hover over each choice"
 NOISE_NAMES: dict[str, str] = {
     NoiseChoice.GAUSSIAN.value: "Gaussian",
     NoiseChoice.RICIAN.value: "Rician",
@@ -80,6 +115,11 @@ def number(value: float) -> str:
     """A noise level as people write it: ``8.0``, ``0.0123``, ``1.2e+04``."""
     v = float(value)
     return f"{v:.1f}" if 1.0 <= abs(v) < 10_000 else f"{v:.3g}"
+
+
+def percent(rate: float) -> str:
+    """A rate as people write it: ``0.05`` -> ``"5 %"``, ``0.125`` -> ``"12.5 %"``."""
+    return f"{100.0 * float(rate):.4g} %"
 
 
 def noise_summary(result: Any, sigma_given: bool) -> str:
