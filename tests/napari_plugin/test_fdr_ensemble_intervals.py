@@ -224,3 +224,24 @@ def test_new_choices_have_plain_tooltips_and_match_the_task(make_napari_viewer):
             assert tip and "\n" not in tip and "diffusion" not in tip.lower()
     den.deleteLater()
     ano.deleteLater()
+
+
+def test_a_folder_run_writes_both_bounds(make_napari_viewer, qtbot, noisy_mr_slice, tmp_path):
+    from medidiff.io import save_scan
+
+    src = tmp_path / "scans"
+    save_scan(noisy_mr_slice, src / "a.nii.gz")
+    viewer = make_napari_viewer()
+    widget = _denoise(viewer, "mr2d")
+    widget.coverage.setCurrentIndex(widget.coverage.findData(0.8))
+    widget.batch.set_mode("folder")
+    widget.batch.input_folder.setText(str(src))
+    out = tmp_path / "denoised"
+    widget.batch.output_folder.setText(str(out))
+    assert run_widget(qtbot, widget) == "succeeded", widget.controls.status.text()
+    assert sorted(p.name for p in out.iterdir()) == ["a.nii.gz", "interval-high", "interval-low"]
+    result = load_scan(out / "a.nii.gz").array
+    low, high = (load_scan(out / folder / "a.nii.gz") for folder in ("interval-low", "interval-high"))
+    np.testing.assert_allclose(low.affine, noisy_mr_slice.affine, atol=1e-4)
+    assert np.mean((low.array <= result + 1e-3) & (result <= high.array + 1e-3)) >= 0.99
+    assert np.mean(high.array - low.array) > 0
