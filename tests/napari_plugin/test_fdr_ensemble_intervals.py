@@ -187,6 +187,13 @@ def test_interval_coverage_adds_two_bound_layers(make_napari_viewer, qtbot, nois
     assert inside.mean() >= 0.99
     assert np.mean(high.data - low.data) > 0
     assert "90 % bounds added" in widget.result_label.text()
+    # mr2d's bounds are calibrated for tweedie alone, not for its 4-flip average: the task's one line, no layer
+    widget.ensemble.setCurrentIndex(widget.ensemble.findData(4))
+    start, before = n_records(), len(viewer.layers)
+    assert run_widget(qtbot, widget) == "failed"
+    errors = errors_since(start)
+    assert len(errors) == 1 and "no interval calibration for tweedie x4" in errors[0] and "\n" not in errors[0]
+    assert len(viewer.layers) == before
 
 
 def test_intervals_on_a_model_without_calibration_refuse_in_one_line(make_napari_viewer, qtbot, tiny_mr_model,
@@ -245,3 +252,28 @@ def test_a_folder_run_writes_both_bounds(make_napari_viewer, qtbot, noisy_mr_sli
     np.testing.assert_allclose(low.affine, noisy_mr_slice.affine, atol=1e-4)
     assert np.mean((low.array <= result + 1e-3) & (result <= high.array + 1e-3)) >= 0.99
     assert np.mean(high.array - low.array) > 0
+
+
+def test_cancel_with_intervals_adds_no_layer(make_napari_viewer, qtbot, noisy_mr_slice):
+    """mr2d on a 2x2 tiled slice with bounds: Cancel at the second network call stops within one call."""
+    from viewer_helpers import RUN_TIMEOUT_MS
+
+    tiled = np.ascontiguousarray(np.tile(noisy_mr_slice.array, (2, 2)))
+    big = Scan(tiled, noisy_mr_slice.spacing, noisy_mr_slice.affine, "MR", dict(noisy_mr_slice.meta))
+    viewer = make_napari_viewer()
+    add_scan(viewer, big, "big")
+    widget = _denoise(viewer, "mr2d")
+    widget.coverage.setCurrentIndex(widget.coverage.findData(0.9))
+    calls = []
+
+    def on_call(n):
+        calls.append(n)
+        if len(calls) == 2:
+            widget.controls.cancel_button.click()
+
+    widget.runner.network_call.connect(on_call)
+    with qtbot.waitSignal(widget.runner.finished, timeout=RUN_TIMEOUT_MS):
+        widget.controls.run_button.click()
+    assert widget.runner.outcome == "cancelled", widget.controls.status.text()
+    assert widget.runner.calls_after_cancel is not None and widget.runner.calls_after_cancel <= 1
+    assert [layer.name for layer in viewer.layers] == ["big"]
