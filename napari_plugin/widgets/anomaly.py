@@ -66,8 +66,9 @@ class AnomalyWidget(TaskWidget):
         self.threshold.setDecimals(3)
         self.threshold.setSpecialValueText("auto (calibrated)")
         self.threshold.setValue(_AUTO)
-        self.threshold.setToolTip("map value (the model's intensity units) above which a voxel is anomalous; "
-                                  "auto uses the threshold calibrated on healthy scans")
+        self.threshold.setToolTip("Map value above which a voxel is anomalous (intensity units for a plain map, "
+                                  "healthy spreads for a calibrated z-score map); auto uses the threshold "
+                                  "calibrated on healthy scans")
         self.fdr = QDoubleSpinBox(self)
         self.fdr.setRange(0.0, _MAX_FDR)
         self.fdr.setDecimals(2)
