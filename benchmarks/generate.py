@@ -17,7 +17,7 @@ reproducible stand-in for a manual segmentation.
 3. train the same small MONAI UNet (fixed seed, fixed iterations) on real pairs, on synthetic pairs,
    and on both, and test each on the held-out real pairs: Dice (mean over test slices);
 4. quality of the synthetic set (KID, histogram distance, MS-SSIM diversity) against the real
-   slices, and memorisation (NCC of each synthetic slice with every training slice).
+   slices, and memorisation (the structure-ncc score of each synthetic slice with every training slice).
 
 Prints a Markdown table (pasted in benchmarks/README.md) and writes OUT/results.json.
 """
@@ -144,10 +144,11 @@ def main() -> None:
         seg_s[name] = time.perf_counter() - t0
         dices[name] = test_dice(net, te_img, te_msk, scale, device=args.device)
     q = evaluate_generated(syn_img, tr_img + te_img, [train_scan], report=args.out / "contact_sheet.png")
-    # a reference for the memorisation numbers: how alike are two *different* real training slices?
-    from medidiff.core.metrics import nearest_neighbours
+    # a reference for the memorisation numbers: how alike, by the same rule, are held-out real slices
+    # (other slices of the same brain) to their nearest training slice?
+    from medidiff.core.metrics.memorisation import structure_scores
 
-    _, real_nn = nearest_neighbours(np.stack(te_img), np.stack(tr_img))
+    real_nn = np.array([m.score for m in structure_scores(te_img, tr_img)])
 
     base = dices[f"real ({n})"]
     print("| training data for the UNet | test Dice (6 held-out real slices) | ratio to real |")
@@ -159,11 +160,12 @@ def main() -> None:
     print("|---|---|")
     for k, v in q.lines():
         print(f"| {k} | {v} |")
-    print(f"| reference: held-out real slice vs nearest training slice, NCC (mean / max) | {real_nn.mean():.4f} / {real_nn.max():.4f} |")
+    print(f"| reference: held-out real slice vs nearest training slice, {q.rule} (mean / max) | "
+          f"{real_nn.mean():.4f} / {real_nn.max():.4f} |")
     print(f"| generation speed ({args.sample_steps} dpm++2m steps, 96 x 128, {args.device}) | {len(syn_img) / gen_s:.3f} samples/s |")
     print(f"| diffusion training ({args.diffusion_steps} steps) / UNet training per run | {train_s:.0f} s / {np.mean(list(seg_s.values())):.0f} s |")
     results = {"dice": dices, "quality": q.to_dict(), "samples_per_s": len(syn_img) / gen_s, "train_s": train_s,
-               "seg_s": seg_s, "real_heldout_vs_train_ncc": real_nn.tolist(), "args": {k: str(v) for k, v in vars(args).items()}}
+               "seg_s": seg_s, "real_heldout_vs_train_score": real_nn.tolist(), "args": {k: str(v) for k, v in vars(args).items()}}
     (args.out / "results.json").write_text(json.dumps(results, indent=2, default=float))
 
 
