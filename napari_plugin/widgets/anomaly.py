@@ -162,7 +162,9 @@ class AnomalyWidget(TaskWidget):
         limits = (0.0, max(top, thr if np.isfinite(thr) else 0.0, 1e-6))
         heat = add_scan_layer(self.viewer, result.map, f"{like.name} anomaly map", "image", like=like, metadata=info,
                               colormap="inferno", opacity=0.5, blending="additive", contrast_limits=limits)
-        name = f"{like.name} anomalies" if result.fdr is None else f"{like.name} anomalies (FDR {percent(result.fdr['q'])})"
+        name = f"{like.name} anomalies"
+        if result.fdr is not None:  # the mask is the FDR mask: the layer says so
+            name = f"{name} (FDR {percent(result.fdr['q'])})"
         labels = add_scan_layer(self.viewer, result.mask, name, "labels", like=like,
                                 metadata=info, opacity=0.6)
         self._last = (result, heat, labels)

@@ -61,7 +61,8 @@ FIT_TIPS = {
     "seed": "The same seed and settings give the same result (when the step limit, not the clock, ends training)",
     "max_steps": "Training stops after this many steps (or when the time is up)",
 }
-# Denoise: the self-ensemble (``denoise(..., ensemble=)``): (size, label, tooltip); sizes = tasks.ensemble.ENSEMBLE_SIZES
+# Denoise: the self-ensemble (``denoise(..., ensemble=)``): (size, label, tooltip); the sizes are
+# ``medidiff.tasks.ensemble.ENSEMBLE_SIZES`` (not imported: that module needs torch; a test compares them)
 ENSEMBLE_CHOICES: tuple[tuple[int, str, str], ...] = (
     (1, "off", "Denoise the image once, as it is"),
     (4, "4 mirror images", "Denoise the image and its three mirror images, undo the mirroring and average: "
