@@ -1,10 +1,12 @@
 """Calibrate the denoising intervals of the built-in models and measure their coverage.
 
-    OMP_NUM_THREADS=1 python benchmarks/builtin_intervals.py [--write] [--posterior]
+    OMP_NUM_THREADS=1 python benchmarks/builtin_intervals.py [--write] [--posterior] [--scale S] [NAME ...]
 
 Calibration data: what each model card names as its training data, rebuilt here exactly as
 benchmarks/prepare_builtin_data.py builds it (mr2d: nibabel's example4d.nii.gz volume 0, slices
-z < 16; micro2d: scikit-image's cell.png, left half). Coverage: the shipped held-out samples
+z < 16; micro2d: scikit-image's cell.png, left half; ct2d: pydicom's 693_J2KI.dcm and
+J2K_pixelrep_mismatch.dcm). NAMEs (default: all) limit the run; ``--scale`` overrides the
+model's scale below (to measure the alternatives). Coverage: the shipped held-out samples
 (medidiff/builtin/samples/, never trained or calibrated on) with simulated noise at three levels.
 ``--write`` stores the calibration in medidiff/builtin/NAME/config.json (a targeted edit of the
 ``intervals`` key only; every other field and the file's format are kept) and the measured coverage in
@@ -31,7 +33,7 @@ BUILTIN = Path(__file__).resolve().parents[1] / "medidiff" / "builtin"
 LEVELS = (0.02, 0.03, 0.05, 0.08, 0.12, 0.18, 0.27, 0.4, 0.6)  # simulated noise std, normalised units
 TEST_LEVELS = (0.05, 0.12, 0.25)
 # the scale that gave the tightest intervals at the nominal coverage (measured with this script)
-SCALE = {"mr2d": "noise", "micro2d": "texture"}
+SCALE = {"mr2d": "noise", "micro2d": "texture", "ct2d": "noise"}
 
 
 def mr_train() -> Scan:
@@ -56,6 +58,12 @@ SCALE_NOTE = {
 }
 
 
+def ct_train() -> list[Scan]:
+    from pydicom.data import get_testdata_file
+
+    return [load_scan(get_testdata_file(name)) for name in ("693_J2KI.dcm", "J2K_pixelrep_mismatch.dcm")]
+
+
 def card_section(name: str, cal, rows: list[dict]) -> str:
     """The "Denoising intervals" section of the model card, with the measured coverage."""
     lines = [
@@ -63,7 +71,7 @@ def card_section(name: str, cal, rows: list[dict]) -> str:
         "",
         f"- `medidiff denoise {name} IN OUT --interval LOW,HIGH --coverage C` (or `denoise(..., coverage=C)`): per-voxel bounds "
         "in the scan's units, split-conformal (`medidiff.tasks.denoise_intervals`)",
-        f"- calibrated on the training data ({cal.sources[0]}) with simulated {cal.noise_model} noise at {cal.levels.size} "
+        f"- calibrated on the training data ({', '.join(cal.sources)}) with simulated {cal.noise_model} noise at {cal.levels.size} "
         f"levels, estimated {cal.levels[0]:.3g}-{cal.levels[-1]:.3g} (noise std in the normalised units, where the image "
         "spans about 2; scans outside are refused), tweedie, "
         f"scale `{cal.scale}` ({SCALE_NOTE[name]})",
@@ -82,11 +90,13 @@ def card_section(name: str, cal, rows: list[dict]) -> str:
 
 
 def write_card(name: str, section: str) -> None:
-    """Re-read MODEL_CARD.md and put ``section`` in place of its old one (or before "## Limitations")."""
+    """Re-read MODEL_CARD.md and put ``section`` in place of its old one (the same first line, its
+    ``## `` title), or before "## Limitations"."""
     path = BUILTIN / name / "MODEL_CARD.md"
     card = path.read_text()
-    if "## Denoising intervals" in card:
-        head, _, tail = card.partition("## Denoising intervals")
+    title = section.splitlines()[0]
+    if title in card:
+        head, _, tail = card.partition(title)
         rest = tail[tail.find("\n## ") + 1:] if "\n## " in tail else ""
         card = head + section + "\n" + rest
     elif "## Limitations" in card:
@@ -110,15 +120,18 @@ def write_intervals(name: str, intervals: dict) -> None:
 POSTERIOR_LEVELS = (0.02, 0.04, 0.08, 0.15, 0.3, 0.6)  # fewer: posterior runs cost 40 network calls each
 
 
-def main(write: bool, posterior: bool = False) -> None:
+def main(write: bool, posterior: bool = False, names: list[str] | None = None, scale: str | None = None) -> None:
     """Calibrate (tweedie; with ``posterior``: mr2d's posterior method, scale = its sample spread) and measure."""
-    jobs = [("mr2d", mr_train(), "mr_heldout.nii.gz"), ("micro2d", cell_train(), "cell_heldout.tif")]
-    for name, train, sample in (jobs[:1] if posterior else jobs):
+    jobs = [("mr2d", lambda: [mr_train()], "mr_heldout.nii.gz"), ("micro2d", lambda: [cell_train()], "cell_heldout.tif"),
+            ("ct2d", ct_train, "ct_heldout.nii.gz")]
+    jobs = [j for j in (jobs[:1] if posterior else jobs) if not names or j[0] in names]
+    for name, train_scans, sample in jobs:
         model = DiffusionModel.load(BUILTIN / name)
         model.path = None  # calibrate in memory; written below with a targeted edit
         method = "posterior" if posterior else "tweedie"
-        cal = calibrate_intervals(model, [train], levels=POSTERIOR_LEVELS if posterior else LEVELS, method=method,
-                                  scale="posterior" if posterior else SCALE[name], device="cpu", save=False)
+        cal = calibrate_intervals(model, train_scans(), levels=POSTERIOR_LEVELS if posterior else LEVELS,
+                                  method=method, scale="posterior" if posterior else scale or SCALE[name],
+                                  device="cpu", save=False)
         print(f"{name}: {method}, scale {cal.scale}, calibrated levels {cal.levels.min():.3g}-{cal.levels.max():.3g}")
         rows = measure_coverage(model, [load_scan(BUILTIN / "samples" / sample)], TEST_LEVELS, (0.8, 0.9, 0.95),
                                 method=method, device="cpu")
@@ -135,4 +148,7 @@ def main(write: bool, posterior: bool = False) -> None:
 
 
 if __name__ == "__main__":
-    main("--write" in sys.argv[1:], "--posterior" in sys.argv[1:])
+    argv = sys.argv[1:]
+    chosen = argv[argv.index("--scale") + 1] if "--scale" in argv else None
+    main("--write" in argv, "--posterior" in argv,
+         [a for a in argv if not a.startswith("--") and a != chosen], chosen)

@@ -5,12 +5,15 @@
         --steps 3000 --batch-size 32 --lr 2e-3 --seed 0 --checkpoint-every 250 --sample-every 1000
     medidiff train DATA/cell_train.png --out RUNS/micro2d --dims 2 --preset tiny --image-size 32 \
         --steps 3000 --batch-size 32 --lr 2e-3 --seed 0 --checkpoint-every 250 --sample-every 1000
-    python benchmarks/builtin_models.py RUNS DATA
+    medidiff train DATA/ct_train/693_J2KI.dcm DATA/ct_train/J2K_pixelrep_mismatch.dcm --out RUNS/ct2d \
+        --dims 2 --preset tiny --image-size 32 --steps 3000 --batch-size 32 --lr 2e-3 --seed 0 \
+        --checkpoint-every 250 --sample-every 1000 --timestep-sampling low-noise
+    python benchmarks/builtin_models.py RUNS DATA [NAME ...]
 
 copies RUNS/NAME/model into medidiff/builtin/NAME with a MODEL_CARD.md that records the
 command, data, training time and the PSNR gain measured here on the held-out sample (the same
 measurement ``tests/tasks/test_builtin_models.py`` repeats). mr2d is also calibrated for anomaly
-detection on its (healthy) training slices.
+detection on its (healthy) training slices. NAMEs (default: all) finish only those models.
 """
 
 from __future__ import annotations
@@ -30,14 +33,18 @@ BUILTIN = ROOT / "medidiff" / "builtin"
 EVALUATION = {
     "mr2d": {"sample": "mr_heldout.nii.gz", "noise": "rician", "levels": (0.05, 0.10)},
     "micro2d": {"sample": "cell_heldout.tif", "noise": "poisson-gaussian", "levels": (0.05, 0.10)},
+    "ct2d": {"sample": "ct_heldout.nii.gz", "noise": "gaussian", "levels": (0.02, 0.05, 0.10)},
 }
-MODALITY = {"mr2d": "MR", "micro2d": "microscopy"}
+MODALITY = {"mr2d": "MR", "micro2d": "microscopy", "ct2d": "CT"}
 DATA = {
     "mr2d": ("nibabel-test-data.md", "nibabel's tests/data/example4d.nii.gz, volume 0, slices z < 16 (EPI brain MRI, 2 x 2 x 2.2 mm)",
              "MIT (nibabel)", "MR (2D slices, brain EPI-like contrast)"),
     "micro2d": ("skimage-sample-images.md", "scikit-image's data/cell.png, left half (x < 275)",
                 "see data_cards/skimage-sample-images.md (scikit-image data, BSD-3-Clause package)",
                 "microscopy (2D, grayscale)"),
+    "ct2d": ("pydicom-test-files.md", "pydicom's test files 693_J2KI.dcm (a CQ500 head CT) and "
+             "J2K_pixelrep_mismatch.dcm: one 512 x 512 slice each of two patients, in HU",
+             "see data_cards/pydicom-test-files.md (pydicom MIT; test files README)", "CT (2D slices, HU)"),
 }
 
 
@@ -62,6 +69,14 @@ def measure(name: str, model, seed: int = 0) -> list[dict]:
     return rows
 
 
+# the recorded command names several data files DATA1, DATA2...; the card names what prepare_builtin_data wrote
+TRAIN_FILES = {"ct2d": "DATA/ct_train/693_J2KI.dcm DATA/ct_train/J2K_pixelrep_mismatch.dcm"}
+
+
+def _exact(name: str, command: str) -> str:
+    return command.replace("DATA1 DATA2", TRAIN_FILES[name]) if name in TRAIN_FILES else command
+
+
 def card(name: str, model, run: Path, rows: list[dict], calibration: dict | None) -> str:
     cfg = model.config
     data_card, source, licence, kind = DATA[name]
@@ -80,7 +95,7 @@ def card(name: str, model, run: Path, rows: list[dict], calibration: dict | None
         "## Command",
         "",
         "    python benchmarks/prepare_builtin_data.py DATA",
-        f"    {cfg.training.get('command', '(see benchmarks/builtin_models.py)')}",
+        f"    {_exact(name, cfg.training.get('command', '(see benchmarks/builtin_models.py)'))}",
         "    python benchmarks/builtin_models.py RUNS DATA",
         "",
         "## Measured quality (held-out real image, never trained on)",
@@ -107,12 +122,12 @@ def card(name: str, model, run: Path, rows: list[dict], calibration: dict | None
     return "\n".join(lines) + "\n"
 
 
-def main(runs: Path, data: Path) -> None:
+def main(runs: Path, data: Path, names: list[str]) -> None:
     from medidiff.io import load_scan
     from medidiff.core.model import DiffusionModel
     from medidiff.tasks.anomaly import calibrate_threshold
 
-    for name in ("mr2d", "micro2d"):
+    for name in names or list(EVALUATION):
         run = runs / name
         model = DiffusionModel.load(run / "model")
         # NIfTI and PNG do not record the modality; the built-in models must know theirs so that
@@ -135,6 +150,6 @@ def main(runs: Path, data: Path) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3:
-        sys.exit("usage: python benchmarks/builtin_models.py RUNS DATA")
-    main(Path(sys.argv[1]), Path(sys.argv[2]))
+    if len(sys.argv) < 3 or any(n not in EVALUATION for n in sys.argv[3:]):
+        sys.exit(f"usage: python benchmarks/builtin_models.py RUNS DATA [NAME ...] (names: {', '.join(EVALUATION)})")
+    main(Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:])

@@ -1,11 +1,13 @@
 """Make the training files and held-out samples for the built-in models from data that ships
-with installed packages (nibabel's example4d.nii.gz, scikit-image's cell.png).
+with installed packages (nibabel's example4d.nii.gz, scikit-image's cell.png, pydicom's CT files).
 
     python benchmarks/prepare_builtin_data.py OUT_DIR
 
-writes OUT_DIR/mr_train.nii.gz (example4d volume 0, slices z < 16) and
-OUT_DIR/cell_train.png (left half of cell.png), and refreshes the held-out samples that ship
-in medidiff/builtin/samples/ (example4d volume 0 slices z >= 18; right half of cell.png).
+writes OUT_DIR/mr_train.nii.gz (example4d volume 0, slices z < 16),
+OUT_DIR/cell_train.png (left half of cell.png) and OUT_DIR/ct_train/ (pydicom's two 512 x 512 CT
+slices of two patients, ``693_J2KI.dcm`` and ``J2K_pixelrep_mismatch.dcm``, copied as they are),
+and refreshes the held-out samples that ship in medidiff/builtin/samples/ (example4d volume 0
+slices z >= 18; right half of cell.png; ``CT_small.dcm``, a third patient, as ct_heldout.nii.gz).
 The split is what makes the PSNR numbers in the model cards honest: no test pixel was trained on.
 """
 
@@ -21,6 +23,8 @@ import skimage.data
 import skimage.io
 
 SAMPLES = Path(__file__).resolve().parents[1] / "medidiff" / "builtin" / "samples"
+CT_TRAIN = ("693_J2KI.dcm", "J2K_pixelrep_mismatch.dcm")  # two patients, 512 x 512 each
+CT_HELDOUT = "CT_small.dcm"  # a third patient, 128 x 128
 
 
 def main(out: Path) -> None:
@@ -46,7 +50,18 @@ def main(out: Path) -> None:
     # microscopy sample as TIFF so it carries its modality (PNG cannot)
     right = cell[:, half:].astype(np.float32)
     save_scan(Scan(right, (1.0, 1.0), affine_from_spacing((1.0, 1.0)), "microscopy"), SAMPLES / "cell_heldout.tif", overwrite=True)
-    print(f"wrote {out}/mr_train.nii.gz, {out}/cell_train.png and samples in {SAMPLES}")
+    import shutil
+
+    from pydicom.data import get_testdata_file
+
+    from medidiff.io import load_scan
+
+    (out / "ct_train").mkdir(exist_ok=True)
+    for name in CT_TRAIN:
+        shutil.copyfile(get_testdata_file(name), out / "ct_train" / name)
+    ct = load_scan(get_testdata_file(CT_HELDOUT))  # HU, modality CT
+    save_scan(ct, SAMPLES / "ct_heldout.nii.gz", overwrite=True)
+    print(f"wrote {out}/mr_train.nii.gz, {out}/cell_train.png, {out}/ct_train/ and samples in {SAMPLES}")
 
 
 if __name__ == "__main__":

@@ -16,3 +16,8 @@ def mr_sample() -> Scan:
 def microscopy_sample() -> Scan:
     """The held-out right half of scikit-image's cell.png, modality microscopy."""
     return load_scan(SAMPLES / "cell_heldout.tif")
+
+
+def ct_sample() -> Scan:
+    """A held-out CT slice in HU (pydicom's CT_small.dcm, a third patient), modality CT."""
+    return load_scan(SAMPLES / "ct_heldout.nii.gz")

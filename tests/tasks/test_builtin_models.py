@@ -13,7 +13,7 @@ import pytest
 from medidiff.core.model import DiffusionModel
 from medidiff.model_store.registry import BUILTIN_DIR, default_model_for, list_models, resolve_model
 
-BUILTINS = ("mr2d", "micro2d")
+BUILTINS = ("mr2d", "micro2d", "ct2d")
 
 
 def _card_gains(name: str) -> dict[str, float]:
@@ -42,6 +42,7 @@ def test_builtin_model_loads_and_passes_hash_check(name):
 
 def test_default_model_for_mr_is_mr2d():
     assert default_model_for("MR") == "mr2d"
+    assert default_model_for("CT") == "ct2d"
     assert default_model_for("US") is None
 
 
@@ -80,6 +81,27 @@ def test_mr2d_gains_3db_whatever_the_units(name):
     inside, span = x > 0.1 * x.max(), float(x.max() - x.min())
     gain = psnr(x[inside], out[inside], data_range=span) - psnr(x[inside], y[inside], data_range=span)
     assert gain >= 3.0, f"mr2d on the sample as {name}: {gain:.2f} dB"
+
+
+def test_ct2d_denoises_a_third_patient_in_hu_and_refuses_other_units():
+    """ct2d keeps its HU window: the held-out slice (another patient and scanner) gains >= 3 dB; the same
+    slice scaled to 0..1 is not in HU and is refused in one line rather than denoised into artefacts."""
+    from medidiff.builtin.sample_scans import ct_sample
+    from medidiff.core.metrics import psnr
+    from medidiff.core.noise import add_noise
+    from medidiff.errors import MedidiffError
+    from medidiff.tasks.denoise import denoise
+
+    clean = ct_sample()
+    x = clean.array.astype(np.float64)
+    y = add_noise(x, "gaussian", 0.05, np.random.default_rng(0)).astype(np.float32)
+    out = denoise("ct2d", clean.with_array(y, meta={"source_path": ""}), noise="gaussian", device="cpu").scan.array
+    span = float(x.max() - x.min())
+    assert psnr(x, out, data_range=span) >= psnr(x, y, data_range=span) + 3.0
+    scaled = (y - y.min()) / (y.max() - y.min())
+    with pytest.raises(MedidiffError, match="HU"):
+        denoise("ct2d", clean.with_array(scaled.astype(np.float32), meta={"source_path": "ct01.nii.gz"}),
+                noise="gaussian", device="cpu")
 
 
 def test_denoise_without_model_picks_builtin_for_modality(tmp_path):
