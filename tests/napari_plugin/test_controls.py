@@ -57,7 +57,12 @@ def test_model_picker_follows_the_layer_modality(make_napari_viewer, plain_slice
     viewer = make_napari_viewer()
     widget = _denoise(viewer)
     add_scan(viewer, plain_slice.with_array(plain_slice.array, modality="MR"), "mr")
-    assert widget.model_picker.name() == "mr2d"  # not micro2d, which sorts first
+    assert widget.model_picker.name() == "mr2d"  # not ct2d or micro2d, which sort first
+    add_scan(viewer, plain_slice.with_array(plain_slice.array * 10 - 1000, modality="CT"), "ct")
+    widget.layer_picker.set_layer("ct")
+    assert widget.model_picker.name() == "ct2d"
+    widget.layer_picker.set_layer("mr")
+    assert widget.model_picker.name() == "mr2d"
     add_scan(viewer, plain_slice.with_array(plain_slice.array, meta={"format": "tiff"}), "cells")
     widget.layer_picker.set_layer("cells")  # a TIFF that records no modality: microscopy
     assert widget.model_picker.name() == "micro2d"
