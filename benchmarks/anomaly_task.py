@@ -7,6 +7,9 @@ of the split. Used to check on test what the variant table of ``anomaly.py`` cho
 
     OMP_NUM_THREADS=1 python benchmarks/anomaly_task.py --split validation test \\
         --options '{"score": "zscore", "median_size": 0, "smooth_sigma": 2}' '{"median_size": 0, "smooth_sigma": 2}'
+
+``--model FOLDER --label NAME`` runs a model trained elsewhere on the train slab under a short row
+name; ``--baseline`` adds the intensity outlier map ``|x - healthy tissue mean|`` on each split.
 """
 
 from __future__ import annotations
@@ -20,12 +23,17 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from anomaly import SLABS, _slice, fdr_table, load_volumes, make_split, table, task_row  # noqa: E402
+from anomaly import (SLABS, _slice, evaluate, fdr_table, intensity_baseline, load_volumes, make_split,  # noqa: E402
+                     table, task_row, timed_maps)
+
+from medidiff.io import Scan  # noqa: E402
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", default="mr2d")
+    ap.add_argument("--model", default="mr2d", help="a built-in name or a model folder trained on the train slab")
+    ap.add_argument("--label", default=None, help="short model name for the rows (default: --model)")
+    ap.add_argument("--baseline", action="store_true", help="also the intensity outlier map on each split")
     ap.add_argument("--split", nargs="+", choices=("validation", "test"), default=["test"])
     ap.add_argument("--options", nargs="+", required=True, help="JSON objects of AnomalyOptions fields, one per row")
     ap.add_argument("--lesions", type=int, default=4)
@@ -42,9 +50,14 @@ def main() -> None:
     for split in args.split:
         items = make_split(vols, SLABS[split], args.lesions, args.seed + (split == "test"))
         rows = []
+        if args.baseline:
+            train = Scan(vols[0].array[: len(SLABS["train"])], vols[0].spacing, vols[0].affine, "MR")
+            fn = intensity_baseline(train.array)
+            maps, secs = timed_maps(fn, [it[2] for it in items])
+            rows.append(evaluate("intensity: abs(x - healthy tissue mean)", maps, items, [fn(s) for s in calib], secs))
         for text in args.options:
             opts = json.loads(text)
-            name = f"medidiff {args.model}, " + (", ".join(f"{k}={v}" for k, v in opts.items()) or "defaults")
+            name = f"medidiff {args.label or args.model}, " + (", ".join(f"{k}={v}" for k, v in opts.items()) or "defaults")
             rows.append(task_row(model, name, calib, items, [], **opts))
         out = (f"{split}:\n\n{table(rows)}\n\nFDR masks, plain vs scan-adaptive (lesioned FDP / healthy scans flagged; "
                f"lesion voxels found):\n\n{fdr_table(rows)}\n\nwhole run so far {time.perf_counter() - t0:.0f} s\n")
