@@ -1,12 +1,13 @@
 """Calibrate the denoising intervals of the built-in models and measure their coverage.
 
-    OMP_NUM_THREADS=1 python benchmarks/builtin_intervals.py [--write] [--posterior] [--scale S] [NAME ...]
+    OMP_NUM_THREADS=1 python benchmarks/builtin_intervals.py [--write] [--posterior] [--scale S] [--ensemble N] [NAME ...]
 
 Calibration data: what each model card names as its training data, rebuilt here exactly as
 benchmarks/prepare_builtin_data.py builds it (mr2d: nibabel's example4d.nii.gz volume 0, slices
 z < 16; micro2d: scikit-image's cell.png, left half; ct2d: pydicom's 693_J2KI.dcm and
 J2K_pixelrep_mismatch.dcm). NAMEs (default: all) limit the run; ``--scale`` overrides the
-model's scale below (to measure the alternatives). Coverage: the shipped held-out samples
+model's scale below (to measure the alternatives). ``--ensemble N`` calibrates tweedie averaged
+over N flips (kept beside the plain tweedie calibration; its own card section). Coverage: the shipped held-out samples
 (medidiff/builtin/samples/, never trained or calibrated on) with simulated noise at three levels.
 ``--write`` stores the calibration in medidiff/builtin/NAME/config.json (a targeted edit of the
 ``intervals`` key only; every other field and the file's format are kept) and the measured coverage in
@@ -64,16 +65,17 @@ def ct_train() -> list[Scan]:
     return [load_scan(get_testdata_file(name)) for name in ("693_J2KI.dcm", "J2K_pixelrep_mismatch.dcm")]
 
 
-def card_section(name: str, cal, rows: list[dict]) -> str:
+def card_section(name: str, cal, rows: list[dict], ensemble: int = 1) -> str:
     """The "Denoising intervals" section of the model card, with the measured coverage."""
+    flips = f" --ensemble {ensemble}" if ensemble > 1 else ""
     lines = [
-        "## Denoising intervals",
+        "## Denoising intervals" + (f", averaged over flips (--ensemble {ensemble})" if ensemble > 1 else ""),
         "",
-        f"- `medidiff denoise {name} IN OUT --interval LOW,HIGH --coverage C` (or `denoise(..., coverage=C)`): per-voxel bounds "
+        f"- `medidiff denoise {name} IN OUT{flips} --interval LOW,HIGH --coverage C` (or `denoise(..., coverage=C)`): per-voxel bounds "
         "in the scan's units, split-conformal (`medidiff.tasks.denoise_intervals`)",
         f"- calibrated on the training data ({', '.join(cal.sources)}) with simulated {cal.noise_model} noise at {cal.levels.size} "
         f"levels, estimated {cal.levels[0]:.3g}-{cal.levels[-1]:.3g} (noise std in the normalised units, where the image "
-        "spans about 2; scans outside are refused), tweedie, "
+        "spans about 2; scans outside are refused), tweedie" + (f" x {ensemble}" if ensemble > 1 else "") + ", "
         f"scale `{cal.scale}` ({SCALE_NOTE[name]})",
         "- measured on the held-out sample (never trained or calibrated on), one noise draw per level; width = mean "
         "interval width in noise stds:",
@@ -94,9 +96,10 @@ def write_card(name: str, section: str) -> None:
     ``## `` title), or before "## Limitations"."""
     path = BUILTIN / name / "MODEL_CARD.md"
     card = path.read_text()
-    title = section.splitlines()[0]
+    title = "\n" + section.splitlines()[0] + "\n"  # the whole title line: one title may start another
     if title in card:
         head, _, tail = card.partition(title)
+        head += "\n"
         rest = tail[tail.find("\n## ") + 1:] if "\n## " in tail else ""
         card = head + section + "\n" + rest
     elif "## Limitations" in card:
@@ -120,7 +123,8 @@ def write_intervals(name: str, intervals: dict) -> None:
 POSTERIOR_LEVELS = (0.02, 0.04, 0.08, 0.15, 0.3, 0.6)  # fewer: posterior runs cost 40 network calls each
 
 
-def main(write: bool, posterior: bool = False, names: list[str] | None = None, scale: str | None = None) -> None:
+def main(write: bool, posterior: bool = False, names: list[str] | None = None, scale: str | None = None,
+         ensemble: int = 1) -> None:
     """Calibrate (tweedie; with ``posterior``: mr2d's posterior method, scale = its sample spread) and measure."""
     jobs = [("mr2d", lambda: [mr_train()], "mr_heldout.nii.gz"), ("micro2d", lambda: [cell_train()], "cell_heldout.tif"),
             ("ct2d", ct_train, "ct_heldout.nii.gz")]
@@ -130,11 +134,11 @@ def main(write: bool, posterior: bool = False, names: list[str] | None = None, s
         model.path = None  # calibrate in memory; written below with a targeted edit
         method = "posterior" if posterior else "tweedie"
         cal = calibrate_intervals(model, train_scans(), levels=POSTERIOR_LEVELS if posterior else LEVELS,
-                                  method=method, scale="posterior" if posterior else scale or SCALE[name],
+                                  method=method, ensemble=ensemble, scale="posterior" if posterior else scale or SCALE[name],
                                   device="cpu", save=False)
         print(f"{name}: {method}, scale {cal.scale}, calibrated levels {cal.levels.min():.3g}-{cal.levels.max():.3g}")
         rows = measure_coverage(model, [load_scan(BUILTIN / "samples" / sample)], TEST_LEVELS, (0.8, 0.9, 0.95),
-                                method=method, device="cpu")
+                                method=method, ensemble=ensemble, device="cpu")
         print("| model | noise (normalised std) | estimated | nominal | coverage (all) | coverage (x > 0.1 max) "
               "| mean width (normalised) | width / sigma |")
         for r in rows:
@@ -143,12 +147,13 @@ def main(write: bool, posterior: bool = False, names: list[str] | None = None, s
         if write:
             write_intervals(name, model.config.intervals)
             if not posterior:
-                write_card(name, card_section(name, cal, rows))
+                write_card(name, card_section(name, cal, rows, ensemble))
             print(f"wrote {BUILTIN / name / 'config.json'}")
 
 
 if __name__ == "__main__":
     argv = sys.argv[1:]
     chosen = argv[argv.index("--scale") + 1] if "--scale" in argv else None
+    flips = argv[argv.index("--ensemble") + 1] if "--ensemble" in argv else None
     main("--write" in argv, "--posterior" in argv,
-         [a for a in argv if not a.startswith("--") and a != chosen], chosen)
+         [a for a in argv if not a.startswith("--") and a not in (chosen, flips)], chosen, int(flips or 1))
