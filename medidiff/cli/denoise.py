@@ -71,7 +71,9 @@ def _default_model(path: Path, fit: bool = False, given: str | None = None) -> s
     if name is None:
         raise ModelError(f"{path}: no built-in model fits modality {modality!r}; name a model: "
                          "medidiff denoise MODEL IN OUT (see `medidiff models`)")
-    typer.echo(f"using built-in model {name} for modality {modality}")
+    # built-ins gain little on scans unlike their training data (benchmarks/README.md: foreign scans)
+    typer.echo(f"using built-in model {name} for modality {modality} (trained on few images: for scans "
+               "unlike its model card's, --fit trains on the scan itself)")
     return name
 
 
