@@ -92,3 +92,14 @@ def release_memory(device: torch.device | str | None = None) -> None:
         mps = getattr(torch, "mps", None)
         if mps is not None and getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
             torch.mps.empty_cache()
+
+
+def available_bytes(device: torch.device | str) -> int | None:
+    """Memory free for tensors on ``device`` now: CUDA's free memory, else the host's available memory."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(dev)
+        return int(free)
+    from medidiff.io.limits import available_memory
+
+    return available_memory()

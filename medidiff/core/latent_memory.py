@@ -1,4 +1,4 @@
-"""Peak memory of a latent model's networks on a whole latent, and the memory a device has free.
+"""Peak memory of a latent model's networks on a whole latent.
 
 The prior's peak memory on a latent of ``V`` voxels per sample, batch ``b``, is estimated
 as ``4 b (sum_l (r + 2) c_l V_l + 12 max_l c_l V_l + sum_attn 2 h_l V_l^2)`` bytes
@@ -11,7 +11,7 @@ it is 0.9-1.3x for peaks of 150 MiB and up (smaller ones are dominated by fixed 
 docs/latent.md). The decoder (:func:`decoder_peak_bytes`) keeps no skips and has no
 attention: about nine maps of its widest level, the full pixel field at its first channel
 count. :meth:`medidiff.core.latent_model.LatentModel.plan` compares these with half of
-:func:`available_bytes`.
+:func:`medidiff.core.devices.available_bytes`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import torch
 
 
 def _levels(channels: Sequence[int], size: Sequence[int]) -> list[tuple[int, float]]:
@@ -56,14 +55,3 @@ def decoder_peak_bytes(network: dict[str, Any], latent_size: Sequence[int], fact
     pixels = [int(s) * int(factor) for s in latent_size]
     widest = max(c * v for c, v in _levels(network["channels"], pixels))
     return int(4 * batch * 9 * widest)
-
-
-def available_bytes(device: torch.device | str) -> int | None:
-    """Memory free for tensors on ``device`` now: CUDA's free memory, else the host's available memory."""
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(dev)
-        return int(free)
-    from medidiff.io.limits import _available_memory
-
-    return _available_memory()

@@ -66,8 +66,8 @@ import torch
 from medidiff.core.autoencoder import Autoencoder
 from medidiff.core.config_check import read_record
 from medidiff.core.intensity import Normaliser
-from medidiff.core.latent_memory import (available_bytes, decoder_peak_bytes,  # noqa: F401 (public here too)
-                                         prior_peak_bytes)
+from medidiff.core.devices import available_bytes
+from medidiff.core.latent_memory import decoder_peak_bytes, prior_peak_bytes
 from medidiff.core.model import DiffusionModel
 from medidiff.errors import MedidiffError, ModelError
 

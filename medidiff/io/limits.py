@@ -33,7 +33,8 @@ FALLBACK_LIMIT = 8 * 1024**3
 _UNITS = {"": 1, "B": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 
 
-def _available_memory() -> int | None:
+def available_memory() -> int | None:
+    """The host memory available now (``MemAvailable`` of /proc/meminfo, bytes), or None where unknown."""
     try:
         with open("/proc/meminfo", encoding="ascii") as fh:
             for line in fh:
@@ -53,7 +54,7 @@ def max_scan_bytes() -> int:
         if not math.isfinite(value) or value <= 0:
             raise MedidiffError(f"{ENV_VAR}={text!r}: not a size; give bytes, or a number with K, M, G or T (e.g. 16G)")
         return int(value)
-    available = _available_memory()
+    available = available_memory()
     return available // 2 if available else FALLBACK_LIMIT
 
 
