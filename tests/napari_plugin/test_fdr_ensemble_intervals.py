@@ -15,7 +15,7 @@ pytest.importorskip("pytestqt")
 from medidiff.core import noise as noise_lib  # noqa: E402
 from medidiff.io import Scan, load_scan  # noqa: E402
 from medidiff.model_store.registry import BUILTIN_DIR  # noqa: E402
-from viewer_helpers import add_scan, dock, errors_since, n_records, run_widget, same_geometry  # noqa: E402
+from viewer_helpers import add_scan, cancel_after, dock, errors_since, n_records, run_widget, same_geometry  # noqa: E402
 
 pytestmark = pytest.mark.qt
 
@@ -267,14 +267,7 @@ def test_cancel_with_intervals_adds_no_layer(make_napari_viewer, qtbot, noisy_mr
     add_scan(viewer, big, "big")
     widget = _denoise(viewer, "mr2d")
     widget.coverage.setCurrentIndex(widget.coverage.findData(0.9))
-    calls = []
-
-    def on_call(n):
-        calls.append(n)
-        if len(calls) == 2:
-            widget.controls.cancel_button.click()
-
-    widget.runner.network_call.connect(on_call)
+    cancel_after(widget, widget.runner.network_call, 2)
     with qtbot.waitSignal(widget.runner.finished, timeout=RUN_TIMEOUT_MS):
         widget.controls.run_button.click()
     assert widget.runner.outcome == "cancelled", widget.controls.status.text()

@@ -9,7 +9,7 @@ pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
 from medidiff.io import Scan  # noqa: E402
-from viewer_helpers import RUN_TIMEOUT_MS, add_scan, dock, run_widget  # noqa: E402
+from viewer_helpers import RUN_TIMEOUT_MS, add_scan, cancel_after, dock, run_widget  # noqa: E402
 
 pytestmark = pytest.mark.qt
 
@@ -77,14 +77,7 @@ def test_cancelled_training_adds_no_model(make_napari_viewer, qtbot, mr_train_la
     widget = _train_widget(viewer)
     widget.name.setText("never-made")
     widget.preview_every.setValue(0)
-    seen = []
-
-    def on_progress(event):
-        seen.append(event)
-        if len(seen) == 3:
-            widget.controls.cancel_button.click()
-
-    widget.runner.progress.connect(on_progress)
+    cancel_after(widget, widget.runner.progress, 3)
     with qtbot.waitSignal(widget.runner.finished, timeout=RUN_TIMEOUT_MS):
         widget.controls.run_button.click()
     assert widget.runner.outcome == "cancelled"

@@ -17,7 +17,7 @@ pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
 from medidiff.io import Scan  # noqa: E402
-from viewer_helpers import add_scan, dock, errors_since, n_records, run_widget, same_geometry  # noqa: E402
+from viewer_helpers import add_scan, cancel_after, dock, errors_since, n_records, run_widget, same_geometry  # noqa: E402
 
 pytestmark = pytest.mark.qt
 
@@ -151,14 +151,7 @@ def test_cancel_stops_within_one_step(make_napari_viewer, qtbot, tiny_mr_model):
     widget.model_picker.set_spec(str(tiny_mr_model.path))
     widget.n.setValue(2)
     widget.steps.setValue(500)  # far more than the test will let it do
-    received = []
-
-    def on_progress(event):
-        received.append(event)
-        if len(received) == 3:
-            widget.controls.cancel_button.click()
-
-    widget.runner.progress.connect(on_progress)
+    received = cancel_after(widget, widget.runner.progress, 3)
     assert run_widget(qtbot, widget) == "cancelled"
     # the worker asked the task for at most one more step after Cancel, and the task was closed
     assert widget.runner.steps_after_cancel is not None and widget.runner.steps_after_cancel <= 1

@@ -46,3 +46,16 @@ def n_records() -> int:
     from napari.utils.notifications import notification_manager
 
     return len(notification_manager.records)
+
+
+def cancel_after(widget, signal, n: int) -> list:
+    """Record what ``signal`` (a runner signal) emits and click Cancel on its ``n``-th emission; returns the record."""
+    seen: list = []
+
+    def on_event(event):
+        seen.append(event)
+        if len(seen) == n:
+            widget.controls.cancel_button.click()
+
+    signal.connect(on_event)
+    return seen
