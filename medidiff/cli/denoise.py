@@ -41,8 +41,9 @@ def _report(path: Path, scan, result) -> None:
         titles.append("uncertainty (posterior std)")
         cmaps.append("magma")
     t = _describe(result.timestep, "")
+    check = f"; {result.self_check.line()}" if result.self_check is not None else ""
     save_grid(images, path, titles=titles, cmaps=cmaps,
-              suptitle=f"sigma {_describe(result.sigma, '')} (scan units), t = {t}")
+              suptitle=f"sigma {_describe(result.sigma, '')} (scan units), t = {t}{check}")
 
 
 def _with_modality(scan, modality: str | None, path: Path):
@@ -119,6 +120,10 @@ def denoise(
                                   "(reproducible results for a seed when it stops training before the clock)."),
     fit_save: Path = typer.Option(None, "--fit-save", help="Also save the model fitted by --fit here (a model "
                                   "folder; one IN scan only)."),
+    no_self_check: bool = typer.Option(False, "--no-self-check", help="Skip the self-check, which estimates the "
+                                       "gain without clean data (SURE) and warns when the model is unlikely to help "
+                                       "the scan; it costs one more network pass for tweedie (x --ensemble), two "
+                                       "tweedie passes for ddim and posterior (--fit results are not checked)."),
     device: str = DEVICE,
     seed: int = SEED,
     overwrite: bool = OVERWRITE,
@@ -180,7 +185,7 @@ def denoise(
     net = None if fit and model.lower() == "none" else resolve_model(model, device=str(resolve_device(device)))
     options = dict(method=method, noise=noise, sigma=sigma, strength=strength, steps=steps, samples=samples,
                    per_slice=per_slice, ensemble=ensemble, batch_size=batch_size, seed=seed, device=device,
-                   coverage=coverage if bounds else None)
+                   coverage=coverage if bounds else None, self_check=not no_self_check)
     # every output (files, or folders for a folder IN) is staged and moved in together at the end
     folders = [dst, uncertainty, report, *(bounds or ())] if folder else []
     with atomic_outputs([dst, uncertainty, *(bounds or ()), fit_save, report], overwrite, [src],
@@ -194,6 +199,8 @@ def denoise(
                 result = run_to_end(denoise_steps(net, scan, **options), show=True, desc=path.name)
                 typer.echo(f"{path.name}: noise model {result.noise_model} ({result.reason}); "
                            f"sigma {_describe(result.sigma, unit)} (scan units); timestep {_describe(result.timestep, '')}")
+                if result.self_check is not None:
+                    typer.echo(f"{path.name}: {result.self_check.line()}")
 
             def target(out: Path) -> Path:  # where this scan's output goes in the staged file or folder
                 return staged[out] / path.name if folder else staged[out]

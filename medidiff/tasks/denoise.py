@@ -49,6 +49,12 @@ with probability ``c`` (split conformal prediction calibrated on the model's tra
 stored in its ``config.json``; the maths and its exchangeability assumption are in
 ``medidiff.tasks.denoise_intervals``).
 
+Self-check (``self_check=True``, the default): the PSNR gain over the noisy scan is estimated
+without clean data by Monte-Carlo SURE (one more pass of the tweedie denoiser at a slightly
+perturbed input; for ddim/posterior, two tweedie passes as an in-domain indicator), returned as
+``result.self_check`` and, below ``denoise_selfcheck.WARN_BELOW_DB``, warned about in one line
+naming the file (``medidiff.tasks.denoise_selfcheck``).
+
 Layout: a 2D model on a 3D volume works slice by slice along ``model.config.slice_axis`` (axis
 0 when unset; ``medidiff.core.slicing.SliceLayout``), ``batch_size`` slices per network call. A 3D
 model takes the whole volume. Images larger than the training size go through ``predict``'s
@@ -79,6 +85,7 @@ from medidiff.errors import InvalidScanError, MedidiffError, ModelError
 from medidiff.io import Scan
 from medidiff.tasks import denoise_checks as checks
 from medidiff.tasks import denoise_intervals as intervals
+from medidiff.tasks import denoise_selfcheck as selfcheck
 from medidiff.tasks.ensemble import ENSEMBLE_SIZES, ensemble_average_steps, transforms
 
 log = logging.getLogger(__name__)
@@ -110,6 +117,7 @@ class DenoiseResult:
     the read noise in scan units). ``normaliser``: the intensity map this scan was denoised in.
     ``interval``: ``(low, high)`` scans (scan units) that hold the clean value with probability
     ``coverage`` (split conformal, ``medidiff.tasks.denoise_intervals``), when asked for.
+    ``self_check``: the SURE-estimated gain (``denoise_selfcheck.SelfCheck``), None when skipped.
     """
 
     scan: Scan
@@ -124,6 +132,7 @@ class DenoiseResult:
     normaliser: dict | None = None
     interval: tuple[Scan, Scan] | None = None
     coverage: float | None = None
+    self_check: selfcheck.SelfCheck | None = None
 
     @property
     def sigma_median(self) -> float:
@@ -235,6 +244,7 @@ def denoise_steps(
     seed: int = 0,
     device: str = "auto",
     coverage: float | None = None,
+    self_check: bool = True,
 ) -> Generator[Progress, None, DenoiseResult]:
     """Denoise ``scan`` with a diffusion model; yields ``Progress``, returns a :class:`DenoiseResult`.
 
@@ -252,6 +262,9 @@ def denoise_steps(
     device:     ``"auto"``, ``"cpu"``, ``"cuda"``, ...
     coverage:   also return per-voxel intervals holding the clean value with this probability
                 (0.5-0.99; needs the model's interval calibration, see ``denoise_intervals``).
+    self_check: estimate the gain without clean data (SURE) and warn when it is small; costs
+                one more network pass for tweedie (x ensemble), two tweedie passes for ddim and
+                posterior (``medidiff.tasks.denoise_selfcheck``).
     """
     from medidiff.core.devices import release_memory, resolve_device
     from medidiff.core.sampling import predict_steps, sample, window_batch_size
@@ -296,6 +309,7 @@ def denoise_steps(
     if coverage is not None:
         cal = intervals.find_calibration(model, method, ensemble, noise_model, strength)
         cal.check_level(s_net, source)
+        self_check = self_check or cal.scale == "sure"  # the 'sure' interval scale is the self-check's SURE
     times = np.array([sched.timestep_for_noise(float(s)) for s in s_net])
     batches = _batches(times, batch_size)
     k_samples = samples if method == "posterior" else 1
@@ -303,10 +317,30 @@ def denoise_steps(
     spatial = tuple(items.shape[1:])
     total = sum(_calls(model, method, len(idx), spatial, float(times[idx[0]]), steps, ensemble, sw)
                 for idx in batches) * k_samples
+    # the self-check: tweedie is checked on its own output (one pass more), other methods by two tweedie passes
+    check_ensemble = ensemble if method == "tweedie" else 1
+    check_passes = (1 if method == "tweedie" else 2) if self_check else 0
+    total += check_passes * sum(_calls(model, "tweedie", len(idx), spatial, float(times[idx[0]]), steps,
+                                       check_ensemble, sw) for idx in batches)
     sampler = "euler" if kind == "rflow" else "ddim"
 
-    def tweedie(x_t: torch.Tensor, t: float) -> Generator[Progress, None, torch.Tensor]:
-        return ensemble_average_steps(lambda x: _x0(predict_steps(model, x, t, sw_batch_size=sw)), x_t, ensemble)
+    def tweedie(x_t: torch.Tensor, t: float, size: int = ensemble) -> Generator[Progress, None, torch.Tensor]:
+        return ensemble_average_steps(lambda x: _x0(predict_steps(model, x, t, sw_batch_size=sw)), x_t, size)
+
+    def tweedie_stack(stack: np.ndarray, size: int) -> Generator[Progress, None, np.ndarray]:
+        """Tweedie on every batch of a scan-units stack, back in scan units (the self-check's passes)."""
+        nonlocal done
+        gauss = domain.to_gaussian(stack)
+        res = np.empty(items.shape, dtype=np.float32)
+        for idx in batches:
+            t = float(times[idx[0]])
+            y = torch.from_numpy(norm.forward(gauss[idx])).unsqueeze(1).to(model.device)
+            counts: list[int] = [0]
+            x0 = y if t < 0 else (yield from relay(tweedie(sched.alpha_sigma(t)[0] * y, t, size), step=done,
+                                                   total=total, message="self-check (SURE)", counts=counts))
+            done += counts[-1] + 1
+            res[idx] = domain.from_gaussian_stack(norm.inverse(x0[:, 0].float().cpu().numpy()), idx)
+        return res
 
     out = np.empty(items.shape, dtype=np.float32)
     unc = np.empty(items.shape, dtype=np.float32) if method == "posterior" else None
@@ -355,6 +389,17 @@ def denoise_steps(
             out[idx] = result
             if unc is not None:
                 unc[idx] = np.sqrt(sq_out / (k_samples - 1))
+        check = None
+        if self_check:
+            s_map = selfcheck.noise_std_map(domain, items)
+            probe_items, b = selfcheck.probe_input(items, s_map, seed)
+            plain = out if method == "tweedie" else (yield from tweedie_stack(items, 1))
+            probed = yield from tweedie_stack(probe_items, check_ensemble)
+            label_check = (f"tweedie x{ensemble}" if ensemble > 1 else "tweedie") if method == "tweedie" \
+                else "tweedie (indicator)"
+            check = selfcheck.warn_if_unhelpful(selfcheck.evaluate(items, plain, probed, s_map, b, domain,
+                                                                   label_check), source)
+            yield Progress(step=done, total=total, message="self-check (SURE) done")
     finally:
         release_memory(model.device)
 
@@ -370,13 +415,13 @@ def denoise_steps(
     bounds = None
     if cal is not None:
         low, high = intervals.interval_items(cal, float(coverage), out, norm, s_net, unc, domain.gain,
-                                            domain.sigma_read)
+                                            domain.sigma_read, sure_mse=None if check is None else check.mse)
         bounds = tuple(scan.with_array(layout.from_items(b), meta={**scan.meta, "description": f"medidiff denoise "
                                        f"{coverage:g} interval {side} ({label})"}) for b, side in ((low, "low"), (high, "high")))
     return DenoiseResult(out_scan, np.asarray(domain.sigma, dtype=np.float64).copy(), times.copy(), unc_scan,
                          noise_model, reason, gain=domain.gain, sigma_read=domain.sigma_read,
                          sigma_normalised=s_net.copy(), normaliser=norm.to_dict(), interval=bounds,
-                         coverage=None if cal is None else float(coverage))
+                         coverage=None if cal is None else float(coverage), self_check=check)
 
 
 denoise = plain_twin(denoise_steps, "denoise")

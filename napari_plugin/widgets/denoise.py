@@ -11,7 +11,9 @@ picks the axis a 2D model walks through a volume (``widgets.slice_axis``).
 only, so the control is off for the other methods). *Interval coverage* (``coverage=``, as
 ``--interval LOW,HIGH --coverage C``) adds a lower and an upper bound layer with the result's
 geometry; a model without an interval calibration for the method is refused by the task in one
-line, shown like every task error.
+line, shown like every task error. The task's self-check (an estimated gain without clean data,
+``medidiff.tasks.denoise_selfcheck``) is added to the result line and the layer metadata; its
+"unlikely to help" warning reaches the viewer as a notification like every task warning.
 """
 
 from __future__ import annotations
@@ -201,9 +203,13 @@ class DenoiseWidget(TaskWidget):
         if "colormap" in style:
             style["colormap"] = style["colormap"].name
         summary = noise_summary(result, self._options.get("sigma") is not None)
+        check = getattr(result, "self_check", None)  # the SURE gain estimate; its warning is a notification
+        if check is not None:
+            summary = f"{summary}; {check.line()}"
         info = {"medidiff_denoise": {"noise_model": result.noise_model, "summary": summary, "reason": result.reason,
                                      "sigma": _plain(result.sigma), "timestep": _plain(result.timestep),
-                                     "options": dict(self._options)}}
+                                     "options": dict(self._options),
+                                     "self_check": None if check is None else check.to_dict()}}
         add_scan_layer(self.viewer, result.scan, f"{like.name} denoised", "image", like=like, metadata=info, **style)
         if result.uncertainty is not None:
             top = float(np.max(result.uncertainty.array)) if result.uncertainty.array.size else 0.0

@@ -79,8 +79,8 @@ class SureEstimate:
     voxels: int
 
 
-def probe(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
-    """The random probe ``b ~ N(0, I)`` (float64), the same for the same ``seed``."""
+def probe(shape: tuple[int, ...], seed: int | tuple[int, ...] = 0) -> np.ndarray:
+    """The random probe ``b ~ N(0, I)`` (float64), the same for the same ``seed`` (an int or a tuple of ints)."""
     return np.random.default_rng(seed).standard_normal(shape)
 
 

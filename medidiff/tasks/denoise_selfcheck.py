@@ -1,0 +1,176 @@
+"""The denoise self-check: the gain a denoising is likely to have given, estimated without clean data.
+
+A diffusion prior outside its domain (a bright-field stain shown to a phase-contrast model, noise
+mis-estimated) returns a plausible-looking image that can be *worse* than the input. The
+self-check estimates the result's MSE against the unknown clean scan with Monte-Carlo SURE
+(:mod:`medidiff.core.metrics.sure`: one more pass of the same denoiser at ``y + eps s b``) and
+turns it into the PSNR gain a user with the clean scan would have measured,
+``10 log10(mean s^2 / SURE)``. Below :data:`WARN_BELOW_DB` the task warns in one line naming the
+file ("the model is unlikely to help this scan ... try --fit").
+
+Everything is in **scan units**, on the whole pipeline (noise-model transform, per-scan
+normaliser, network, inverse transform), so the estimate is of the output the user gets:
+
+* ``s_i`` (the noise std per voxel) comes from the noise model the task estimated: Gaussian,
+  ``sigma`` of the voxel's item (exact); Poisson-Gaussian, ``sqrt(gain * y_i + read^2)`` at the
+  *noisy* value, which is unbiased for the affine variance ``gain * x_i + read^2`` (the noise is
+  treated as Gaussian with that variance: good above ~10 photons per voxel); Rician, ``sigma``
+  where the denoised signal is above ``2 sigma`` (there the magnitude is close to Gaussian of
+  std ``sigma``); darker voxels (Rayleigh-like background) are left out of the region because
+  SURE's Gaussian identity does not hold there.
+* region (``"signal"``, the default, chosen on the validation split of
+  ``benchmarks/denoise_selfcheck.py``): every voxel where the Gaussian approximation holds, i.e.
+  the whole scan for Gaussian and Poisson-Gaussian noise and the voxels above ``2 sigma`` for
+  Rician noise. ``"foreground"`` keeps only ``D - min > 0.1 (max - min)`` (robust 0.1/99.9
+  percentiles of the denoised scan), like the benchmarks' PSNR region.
+* which denoiser: for ``tweedie`` (with its ``ensemble``) the estimate is of the returned image
+  (one more pass: ``ensemble`` network calls per slice batch). ``ddim`` and ``posterior`` are
+  deterministic only given their seeds and many passes long, so the estimate is of the
+  single-call ``tweedie`` denoiser of the same model (two passes), an indicator of whether the
+  scan is inside what the model can handle, not of the returned image; the result says which.
+* the noise level is the task's own (estimated or given), and SURE inherits its error: a noise
+  variance off by ``dv`` moves SURE by about ``-dv``. The noise estimators are good to ~5 % in
+  std (~10 % in variance) on real images (``benchmarks/denoise_selfcheck.py`` prints the ratio),
+  so a SURE within ``+-`` :data:`RESOLUTION` ``x`` the noise variance cannot be told from 0: such a
+  gain is reported as "more than +10 dB" (never warned about), and a SURE *below*
+  ``-RESOLUTION x`` the variance is impossible for any true MSE -- the noise level is too high
+  (a wrong ``--sigma``, or image texture taken for noise) -- and gets its own warning. Too *low*
+  a level biases SURE up, so the warning may fire where the gain is small only because most of
+  the noise was left in.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from medidiff.core.metrics.sure import DEFAULT_EPS, SureEstimate, perturbed, probe, sure_from_passes
+from medidiff.core.noise import NoiseDomain
+
+__all__ = ["WARN_BELOW_DB", "RESOLUTION", "REGIONS", "SelfCheck", "noise_std_map", "region_mask", "probe_input", "evaluate",
+           "warn_if_unhelpful", "COST_NOTE"]
+
+WARN_BELOW_DB = 1.0  # estimated gain below which the task warns (chosen on the validation split)
+RESOLUTION = 0.1  # SURE within +-this share of the noise variance is indistinguishable from 0 (gain > +10 dB)
+REGIONS = ("signal", "foreground", "all")
+COST_NOTE = "one more network pass for tweedie (x ensemble), two tweedie passes for ddim/posterior"
+_PROBE_STREAM = 0x5E1F  # the probe's random stream, apart from the posterior samplers'
+
+
+@dataclass(frozen=True)
+class SelfCheck:
+    """What the self-check estimated.
+
+    ``gain_db``: estimated PSNR gain of ``denoiser``'s output over the noisy scan (dB, on
+    ``region``; capped at +40). ``mse`` / ``noise_var``: SURE of the output and the noise variance
+    (scan units squared). ``resolved``: ``mse >= RESOLUTION * noise_var``, i.e. ``gain_db`` is at
+    most +10 dB and means what it says; otherwise the gain is only known to be large.
+    ``consistent``: False when ``mse < -RESOLUTION * noise_var`` (no true MSE can be that: the
+    noise level is too high; ``gain_db`` means nothing). ``stderr_db``: rough standard error. ``denoiser``: what was
+    checked (``"tweedie"``, ``"tweedie x4"``; for ddim/posterior runs ``"tweedie (indicator)"``).
+    ``region``: which voxels, ``voxels``: how many. ``warning``: the one-line warning given, if any.
+    ``by_region``: the estimated gain on each of :data:`REGIONS` (from the same two passes; for
+    benchmarks and the curious).
+    """
+
+    gain_db: float
+    mse: float
+    noise_var: float
+    consistent: bool
+    stderr_db: float
+    denoiser: str
+    region: str
+    voxels: int
+    warning: str | None = None
+    by_region: dict | None = None
+
+    @property
+    def resolved(self) -> bool:
+        """Whether :attr:`gain_db` is resolved (SURE at least ``RESOLUTION`` x the noise variance)."""
+        return self.consistent and self.mse >= RESOLUTION * self.noise_var
+
+    def line(self) -> str:
+        """The CLI line: ``estimated gain: +X dB (SURE, no clean data)``."""
+        what = f"; of {self.denoiser}" if "indicator" in self.denoiser else ""
+        if not self.consistent:
+            return f"estimated gain: unknown (SURE, no clean data{what}: below zero, the noise level looks too high)"
+        if not self.resolved:
+            return f"estimated gain: more than +10 dB (SURE, no clean data{what})"
+        return f"estimated gain: {self.gain_db:+.1f} dB (SURE, no clean data{what})"
+
+    def to_dict(self) -> dict:
+        """Plain values (for layer metadata and JSON)."""
+        return asdict(self)
+
+
+def noise_std_map(domain: NoiseDomain, items: np.ndarray) -> np.ndarray:
+    """The noise std per voxel in scan units (float64, ``items``' shape) under ``domain``'s model."""
+    arr = np.asarray(items, dtype=np.float64)
+    if domain.model == "poisson-gaussian" and domain.gain is not None:
+        return np.asarray(domain.std_at(arr), dtype=np.float64)  # at the noisy value: unbiased variance
+    sigma = np.asarray(domain.sigma, dtype=np.float64).reshape(-1)
+    return np.broadcast_to(sigma.reshape((-1,) + (1,) * (arr.ndim - 1)), arr.shape).copy()
+
+
+def region_mask(domain: NoiseDomain, s: np.ndarray, denoised: np.ndarray, region: str = "signal") -> np.ndarray:
+    """The voxels SURE is averaged over (boolean, ``denoised``' shape); see the module docstring."""
+    if region not in REGIONS:
+        raise ValueError(f"region must be one of {REGIONS}, got {region!r}")
+    d = np.asarray(denoised, dtype=np.float64)
+    mask = s > 0
+    if region in ("signal", "foreground") and domain.model == "rician":
+        mask &= d > 2.0 * s
+    if region == "foreground":
+        low, high = np.percentile(d, [0.1, 99.9])
+        mask &= d - low > 0.1 * (high - low)
+    return mask
+
+
+def probe_input(items: np.ndarray, s: np.ndarray, seed: int, eps: float = DEFAULT_EPS) -> tuple[np.ndarray, np.ndarray]:
+    """``(y + eps s b, b)``: the perturbed stack (float32, scan units) and the probe, fixed by ``seed``."""
+    b = probe(np.shape(items), seed=(int(seed), _PROBE_STREAM))
+    return perturbed(items, s, b, eps).astype(np.float32), b
+
+
+def evaluate(items: np.ndarray, denoised: np.ndarray, denoised_probe: np.ndarray, s: np.ndarray, b: np.ndarray,
+             domain: NoiseDomain, denoiser: str, region: str = "signal", eps: float = DEFAULT_EPS) -> SelfCheck | None:
+    """The :class:`SelfCheck` from the two passes (None when there is no noise to measure against).
+
+    ``items``: the noisy stack, ``denoised`` = D(items), ``denoised_probe`` = D(items + eps s b),
+    all scan units (the perturbed input's float32 rounding, ~1e-4 of the probe, is ignored).
+    """
+    y = np.asarray(items, dtype=np.float64)
+    found: dict[str, SureEstimate] = {}
+    for name in REGIONS:
+        mask = region_mask(domain, s, denoised, name)
+        if mask.any():
+            found[name] = sure_from_passes(y, denoised, denoised_probe, s, b, eps, mask)
+    est = found.get(region)
+    if est is None:
+        return None
+    by_region = {k: (v.gain_db if v.consistent else float("nan")) for k, v in found.items()}
+    consistent = est.mse >= -RESOLUTION * est.noise_var
+    return SelfCheck(est.gain_db, est.mse, est.noise_var, consistent, est.stderr_db, denoiser, region, est.voxels,
+                     by_region=by_region)
+
+
+def warn_if_unhelpful(check: SelfCheck | None, source: str, threshold_db: float = WARN_BELOW_DB) -> SelfCheck | None:
+    """Warn (one ``UserWarning`` line naming ``source``) when the estimated gain is below ``threshold_db``.
+
+    Returns ``check`` with its ``warning`` set (or unchanged when nothing was said).
+    """
+    if check is None:
+        return None
+    what = "" if "indicator" not in check.denoiser else " (estimated for its tweedie denoiser)"
+    if not check.consistent:
+        text = (f"{source}: the noise level ({check.noise_var ** 0.5:.4g} rms, scan units) is inconsistent with the "
+                "result (SURE far below zero): it looks too high for this scan; check --sigma, or try --fit")
+    elif check.resolved and check.gain_db < threshold_db:
+        text = (f"{source}: the model is unlikely to help this scan{what} (estimated {check.gain_db:+.1f} dB, "
+                "SURE without clean data); try --fit (trains on the scan itself)")
+    else:
+        return check
+    warnings.warn(text, UserWarning, stacklevel=3)
+    return SelfCheck(**{**asdict(check), "warning": text})
