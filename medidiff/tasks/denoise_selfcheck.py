@@ -70,7 +70,7 @@ class SelfCheck:
     ``consistent``: False when ``mse < -RESOLUTION * noise_var`` (no true MSE can be that: the
     noise level is too high; ``gain_db`` means nothing). ``stderr_db``: rough standard error. ``denoiser``: what was
     checked (``"tweedie"``, ``"tweedie x4"``; for ddim/posterior runs ``"tweedie (indicator)"``).
-    ``region``: which voxels, ``voxels``: how many. ``warning``: the one-line warning given, if any.
+    ``region``: which voxels, ``voxels``: how many (of ``total``). ``warning``: the one-line warning given, if any.
     ``by_region``: the estimated gain on each of :data:`REGIONS` (from the same two passes; for
     benchmarks and the curious).
     """
@@ -83,6 +83,7 @@ class SelfCheck:
     denoiser: str
     region: str
     voxels: int
+    total: int = 0
     warning: str | None = None
     by_region: dict | None = None
 
@@ -94,6 +95,8 @@ class SelfCheck:
     def line(self) -> str:
         """The CLI line: ``estimated gain: +X dB (SURE, no clean data)``."""
         what = f"; of {self.denoiser}" if "indicator" in self.denoiser else ""
+        if self.total and self.voxels < self.total:  # Rician: the voxels above 2 sigma only
+            what += f"; on the {100 * self.voxels / self.total:.0f}% of voxels where the noise is near Gaussian"
         if not self.consistent:
             return f"estimated gain: unknown (SURE, no clean data{what}: below zero, the noise level looks too high)"
         if not self.resolved:
@@ -153,7 +156,7 @@ def evaluate(items: np.ndarray, denoised: np.ndarray, denoised_probe: np.ndarray
     by_region = {k: (v.gain_db if v.consistent else float("nan")) for k, v in found.items()}
     consistent = est.mse >= -RESOLUTION * est.noise_var
     return SelfCheck(est.gain_db, est.mse, est.noise_var, consistent, est.stderr_db, denoiser, region, est.voxels,
-                     by_region=by_region)
+                     total=int(y.size), by_region=by_region)
 
 
 def warn_if_unhelpful(check: SelfCheck | None, source: str, threshold_db: float = WARN_BELOW_DB) -> SelfCheck | None:

@@ -64,7 +64,7 @@ def test_denoise_widget_end_to_end(make_napari_viewer, qtbot, tiny_mr_model, mr_
     assert 0 < diff.mean() < 0.5 * np.abs(src.data).mean()
     assert float(unc.data.max()) > 0
     assert denoised.metadata["medidiff_denoise"]["options"]["method"] == "posterior"
-    assert widget.result_label.text() == "noise level 40.0 (Gaussian, given)"
+    assert widget.result_label.text().startswith("noise level 40.0 (Gaussian, given); estimated gain: ")
     assert widget.model_cache.loaded  # kept for the next run while the widget is open
     # the choices are remembered for the next session (napari plugin settings)
     from napari.settings import get_plugin_settings
