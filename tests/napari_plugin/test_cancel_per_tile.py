@@ -18,7 +18,7 @@ from viewer_helpers import RUN_TIMEOUT_MS, add_scan, dock  # noqa: E402
 
 pytestmark = pytest.mark.qt
 
-CALLS = 56  # ceil(21 * 21 / 8)
+CALLS = 2 * 56  # ceil(21 * 21 / 8) window batches, and as many again for the task's self-check pass
 
 
 @pytest.fixture()
