@@ -81,9 +81,10 @@ from medidiff.choices import DenoiseMethod, NoiseChoice
 from medidiff.core import noise as noise_lib
 from medidiff.core.progress import Progress, plain_twin, relay
 from medidiff.core.slicing import SliceLayout
-from medidiff.errors import InvalidScanError, MedidiffError, ModelError
+from medidiff.errors import InvalidScanError, ModelError
 from medidiff.io import Scan
 from medidiff.tasks import denoise_checks as checks
+from medidiff.tasks.denoise_checks import DenoiseOptionError
 from medidiff.tasks import denoise_intervals as intervals
 from medidiff.tasks import denoise_selfcheck as selfcheck
 from medidiff.tasks.ensemble import ENSEMBLE_SIZES, ensemble_average_steps, transforms
@@ -95,10 +96,6 @@ NOISE_CHOICES = NoiseChoice.values()
 
 __all__ = ["METHODS", "NOISE_CHOICES", "ENSEMBLE_SIZES", "DenoiseOptionError", "DenoiseResult", "denoise_steps",
            "denoise"]
-
-
-class DenoiseOptionError(MedidiffError, ValueError):
-    """A denoise option is out of range or unknown (the message names the option)."""
 
 
 @dataclass(frozen=True)
@@ -201,33 +198,6 @@ def _calls(model, method: str, n: int, spatial: tuple[int, ...], t: float, steps
     return (len(model.schedule.timesteps(steps, t)) - 1) * predict_calls(model, n, spatial, sw)
 
 
-def _check_options(method: str, noise: str, sigma: float | None, strength: float, steps: int, samples: int,
-                   batch_size: int, ensemble: int) -> None:
-    if method not in METHODS:
-        raise DenoiseOptionError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    if noise not in NOISE_CHOICES:
-        raise DenoiseOptionError(f"unknown noise model {noise!r}; choose one of {', '.join(NOISE_CHOICES)}")
-    if not strength > 0:
-        raise DenoiseOptionError(f"strength must be > 0, got {strength}")
-    if sigma is not None and not (np.isfinite(sigma) and sigma >= 0):
-        raise DenoiseOptionError(f"sigma must be a finite number >= 0, got {sigma}")
-    if steps < 1 or samples < 2 or batch_size < 1:
-        raise DenoiseOptionError(f"steps and batch_size must be >= 1 and samples >= 2; got steps={steps}, "
-                                 f"samples={samples}, batch_size={batch_size}")
-    if ensemble not in ENSEMBLE_SIZES:
-        raise DenoiseOptionError(f"ensemble must be one of {', '.join(map(str, ENSEMBLE_SIZES))}, got {ensemble}")
-    if ensemble > 1 and method != "tweedie":
-        raise DenoiseOptionError(f"ensemble {ensemble} works with method 'tweedie' only, not {method!r}")
-
-
-def _check_ensemble(ensemble: int, layout: SliceLayout, scan: Scan) -> None:
-    if ensemble == 8:
-        dy, dx = layout.item_spacing(tuple(scan.spacing))[-2:]
-        if abs(dy - dx) > 1e-3 * max(dy, dx):
-            raise DenoiseOptionError(f"{_source(scan)}: ensemble 8 rotates the pixel grid, which needs square pixels; "
-                                     f"these are {dy:.4g} x {dx:.4g} mm (use ensemble 4: flips only)")
-
-
 def denoise_steps(
     model,
     scan: Scan,
@@ -270,7 +240,7 @@ def denoise_steps(
     from medidiff.core.sampling import predict_steps, sample, window_batch_size
     from medidiff.model_store.registry import resolve_model
 
-    _check_options(method, noise, sigma, strength, steps, samples, batch_size, ensemble)
+    checks.check_options(method, noise, sigma, strength, steps, samples, batch_size, ensemble)
     intervals.check_coverage(coverage)
     if not isinstance(scan, Scan):
         raise TypeError(f"denoise expects a Scan, got {type(scan).__name__}")
@@ -284,7 +254,7 @@ def denoise_steps(
                          f"this one is {kind!r} (use method 'tweedie' or 'ddim')")
     source = _source(scan)
     layout = SliceLayout.for_model(model, scan)
-    _check_ensemble(ensemble, layout, scan)
+    checks.check_ensemble(ensemble, layout, scan, source)
     checks.check_white_noise(model, source)
     checks.check_size(model, layout, scan.shape, source)
     checks.check_constant(scan.array, source)
@@ -318,10 +288,12 @@ def denoise_steps(
     total = sum(_calls(model, method, len(idx), spatial, float(times[idx[0]]), steps, ensemble, sw)
                 for idx in batches) * k_samples
     # the self-check: tweedie is checked on its own output (one pass more), other methods by two tweedie passes
-    check_ensemble = ensemble if method == "tweedie" else 1
-    check_passes = (1 if method == "tweedie" else 2) if self_check else 0
-    total += check_passes * sum(_calls(model, "tweedie", len(idx), spatial, float(times[idx[0]]), steps,
-                                       check_ensemble, sw) for idx in batches)
+    if self_check and not selfcheck.available_on(model.device):
+        log.info("denoise: self-check skipped on %s (bf16 autocast is too coarse for its finite difference)", dev)
+        self_check = False
+    passes, check_size = selfcheck.check_plan(method, ensemble) if self_check else (0, 1)
+    total += passes * sum(_calls(model, "tweedie", len(idx), spatial, float(times[idx[0]]), steps, check_size, sw)
+                          for idx in batches)
     sampler = "euler" if kind == "rflow" else "ddim"
 
     def tweedie(x_t: torch.Tensor, t: float, size: int = ensemble) -> Generator[Progress, None, torch.Tensor]:
@@ -391,14 +363,8 @@ def denoise_steps(
                 unc[idx] = np.sqrt(sq_out / (k_samples - 1))
         check = None
         if self_check:
-            s_map = selfcheck.noise_std_map(domain, items)
-            probe_items, b = selfcheck.probe_input(items, s_map, seed)
-            plain = out if method == "tweedie" else (yield from tweedie_stack(items, 1))
-            probed = yield from tweedie_stack(probe_items, check_ensemble)
-            label_check = (f"tweedie x{ensemble}" if ensemble > 1 else "tweedie") if method == "tweedie" \
-                else "tweedie (indicator)"
-            check = selfcheck.warn_if_unhelpful(selfcheck.evaluate(items, plain, probed, s_map, b, domain,
-                                                                   label_check), source)
+            check = yield from selfcheck.self_check_steps(tweedie_stack, items, out, domain, method, ensemble, seed,
+                                                          source)
             yield Progress(step=done, total=total, message="self-check (SURE) done")
     finally:
         release_memory(model.device)

@@ -1,4 +1,4 @@
-"""What the denoise task refuses or warns about before any network call.
+"""What the denoise task refuses or warns about before any network call (and its option checks).
 
 A diffusion prior only removes noise it was trained on, from images that look like its training
 data in *network units*. Outside that, the output is not a worse denoising but an artefact (a
@@ -31,17 +31,54 @@ import warnings
 
 import numpy as np
 
+from medidiff.choices import DenoiseMethod, NoiseChoice
 from medidiff.core.intensity import Normaliser, fit_scan_range
 from medidiff.core.slicing import SliceLayout
-from medidiff.errors import InvalidScanError, ModelError
+from medidiff.errors import InvalidScanError, MedidiffError, ModelError
+from medidiff.tasks.ensemble import ENSEMBLE_SIZES
 
-__all__ = ["check_white_noise", "check_size", "check_constant", "check_signal", "check_units", "check_noise_range", "warn_spacing",
+__all__ = ["DenoiseOptionError", "check_options", "check_ensemble", "check_white_noise", "check_size", "check_constant", "check_signal", "check_units", "check_noise_range", "warn_spacing",
            "MIN_SIGNAL_TO_NOISE", "SPACING_TOLERANCE"]
 
 MIN_SIGNAL_TO_NOISE = 2.0  # smoothed intensity spread / noise std below which a scan is noise only
 SPACING_TOLERANCE = 1.5  # voxel size ratio to the training spacing above which we warn
 _MIN_NET_SPREAD = 0.02  # network units: a fixed normaliser maps the scan to (almost) one value
 _MAX_NET_MEDIAN = 10.0
+METHODS = DenoiseMethod.values()
+NOISE_CHOICES = NoiseChoice.values()
+
+
+class DenoiseOptionError(MedidiffError, ValueError):
+    """A denoise option is out of range or unknown (the message names the option)."""
+
+
+def check_options(method: str, noise: str, sigma: float | None, strength: float, steps: int, samples: int,
+                  batch_size: int, ensemble: int) -> None:
+    """Refuse an unknown method or noise model, or an option out of range (one line naming it)."""
+    if method not in METHODS:
+        raise DenoiseOptionError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if noise not in NOISE_CHOICES:
+        raise DenoiseOptionError(f"unknown noise model {noise!r}; choose one of {', '.join(NOISE_CHOICES)}")
+    if not strength > 0:
+        raise DenoiseOptionError(f"strength must be > 0, got {strength}")
+    if sigma is not None and not (np.isfinite(sigma) and sigma >= 0):
+        raise DenoiseOptionError(f"sigma must be a finite number >= 0, got {sigma}")
+    if steps < 1 or samples < 2 or batch_size < 1:
+        raise DenoiseOptionError(f"steps and batch_size must be >= 1 and samples >= 2; got steps={steps}, "
+                                 f"samples={samples}, batch_size={batch_size}")
+    if ensemble not in ENSEMBLE_SIZES:
+        raise DenoiseOptionError(f"ensemble must be one of {', '.join(map(str, ENSEMBLE_SIZES))}, got {ensemble}")
+    if ensemble > 1 and method != "tweedie":
+        raise DenoiseOptionError(f"ensemble {ensemble} works with method 'tweedie' only, not {method!r}")
+
+
+def check_ensemble(ensemble: int, layout: SliceLayout, scan, source: str) -> None:
+    """Refuse ensemble 8 (90-degree turns) on non-square pixels."""
+    if ensemble == 8:
+        dy, dx = layout.item_spacing(tuple(scan.spacing))[-2:]
+        if abs(dy - dx) > 1e-3 * max(dy, dx):
+            raise DenoiseOptionError(f"{source}: ensemble 8 rotates the pixel grid, which needs square pixels; "
+                                     f"these are {dy:.4g} x {dx:.4g} mm (use ensemble 4: flips only)")
 
 
 def check_white_noise(model, source: str) -> None:
