@@ -121,8 +121,8 @@ def denoise(
     fit_save: Path = typer.Option(None, "--fit-save", help="Also save the model fitted by --fit here (a model "
                                   "folder; one IN scan only)."),
     no_self_check: bool = typer.Option(False, "--no-self-check", help="Skip the self-check, which estimates the "
-                                       "gain without clean data (SURE) and warns when the model is unlikely to help "
-                                       "the scan; it costs one more network pass for tweedie (x --ensemble), two "
+                                       "gain without clean data (SURE), writes it to OUT's sidecar (clean.denoise.json) "
+                                       "and warns when the model is unlikely to help the scan; it costs one more network pass for tweedie (x --ensemble), two "
                                        "tweedie passes for ddim and posterior (--fit results are not checked)."),
     device: str = DEVICE,
     seed: int = SEED,
@@ -179,8 +179,12 @@ def denoise(
     check_fit_save(fit_save, fit, folder)
     if model is None:
         model = _default_model(paths[0], fit, modality)
+    from medidiff.cli.denoise_sidecar import sidecar_info, sidecar_path, write_sidecar
+
+    # the self-check's sidecar next to a single output (inside OUT for a folder IN)
+    sidecar = sidecar_path(dst) if not (fit or no_self_check or folder) else None
     # refuse bad outputs before any compute
-    check_outputs([dst, uncertainty, report, fit_save, *(bounds or ())], overwrite=overwrite, inputs=[src])
+    check_outputs([dst, sidecar, uncertainty, report, fit_save, *(bounds or ())], overwrite=overwrite, inputs=[src])
 
     net = None if fit and model.lower() == "none" else resolve_model(model, device=str(resolve_device(device)))
     options = dict(method=method, noise=noise, sigma=sigma, strength=strength, steps=steps, samples=samples,
@@ -188,7 +192,7 @@ def denoise(
                    coverage=coverage if bounds else None, self_check=not no_self_check)
     # every output (files, or folders for a folder IN) is staged and moved in together at the end
     folders = [dst, uncertainty, report, *(bounds or ())] if folder else []
-    with atomic_outputs([dst, uncertainty, *(bounds or ()), fit_save, report], overwrite, [src],
+    with atomic_outputs([dst, sidecar, uncertainty, *(bounds or ()), fit_save, report], overwrite, [src],
                         folders=folders) as staged:
         for path in paths:
             scan = _with_modality(load_scan(path), modality, path)
@@ -206,6 +210,8 @@ def denoise(
                 return staged[out] / path.name if folder else staged[out]
 
             save_scan(result.scan, target(dst), inputs=[src, path], source=scan)
+            if getattr(result, "self_check", None) is not None:  # staged next to the output: its sidecar's place
+                write_sidecar(sidecar_info(result, model=str(model), source=str(path), method=method), target(dst))
             if uncertainty is not None and result.uncertainty is not None:
                 save_scan(result.uncertainty, target(uncertainty), inputs=[src, path], source=scan)
             if bounds and result.interval is not None:

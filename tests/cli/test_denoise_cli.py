@@ -76,7 +76,8 @@ def test_folder_in_folder_out(capsys, tmp_path, tiny_mr_model, mr_volume):
     code, stdout, err = call(capsys, "denoise", tiny_mr_model.path, src, dst, "--noise", "gaussian",
                              "--report", tmp_path / "reports", "--device", "cpu")
     assert code == 0, err
-    assert sorted(p.name for p in dst.iterdir()) == ["slice19.nii.gz", "slice21.nii.gz"]
+    assert sorted(p.name for p in dst.iterdir()) == ["slice19.denoise.json", "slice19.nii.gz", "slice21.denoise.json",
+                                                     "slice21.nii.gz"]  # each scan with its self-check sidecar
     assert sorted(p.name for p in (tmp_path / "reports").iterdir()) == ["slice19.png", "slice21.png"]
     assert load_scan(dst / "slice19.nii.gz").shape == (96, 128)
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no temporary left behind

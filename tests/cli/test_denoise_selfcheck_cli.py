@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import skimage.data
@@ -30,6 +32,10 @@ def test_estimated_gain_line_and_one_line_warning(capsys, tmp_path, tiny_mr_mode
     assert len(warned) == 1
     assert "camera.nii.gz: the model is unlikely to help this scan (estimated" in warned[0] and "try --fit" in warned[0]
     assert (tmp_path / "out.nii.gz").is_file()  # a warning, not a refusal
+    info = json.loads((tmp_path / "out.denoise.json").read_text())  # the sidecar keeps it with the file
+    check = info["self_check"]
+    assert check["gain_db"] < 1.0 and "unlikely to help" in check["warning"] and info["input"].endswith("camera.nii.gz")
+    assert check["line"] == lines[0].split(": ", 1)[1]
 
 
 def test_no_self_check_skips_it(capsys, tmp_path, tiny_mr_model, photo_nifti):
@@ -37,6 +43,7 @@ def test_no_self_check_skips_it(capsys, tmp_path, tiny_mr_model, photo_nifti):
                           "--noise", "gaussian", "--device", "cpu", "--no-self-check")
     assert code == 0, err
     assert "estimated gain" not in out and "unlikely to help" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["camera.nii.gz", "out.nii.gz"]  # and no sidecar
 
 
 def test_help_states_the_cost(capsys, monkeypatch):
