@@ -27,13 +27,18 @@ def denoise_calibrate(
     ensemble: int = typer.Option(1, "--ensemble", help="The tweedie self-ensemble to calibrate (1, 4 or 8)."),
     noise: str = typer.Option("auto", "--noise", help="Noise model to simulate: auto (from the scans' modality), gaussian, rician, poisson-gaussian."),
     scale: str = typer.Option("texture", "--scale", help="Interval scale u: noise (one width per level), signal (Poisson-Gaussian: the noise at the "
-                              "denoised value), texture (wider at structure) or posterior (--method posterior)."),
+                              "denoised value), texture (wider at structure), posterior (--method posterior) or sure (the scan's "
+                              "SURE-estimated error: for models that memorised few training images)."),
+    region_min: float = typer.Option(None, "--region-min", help="Calibrate (and state the coverage) only over voxels whose denoised value is at "
+                                     "least this, in the model's normalised units (the scan spans about -1..1; -0.9 leaves out air and "
+                                     "padding under -900 HU for a CT model). Default: all voxels."),
     device: str = DEVICE,
     seed: int = SEED,
 ) -> None:
     """Calibrate per-voxel denoising intervals (`medidiff denoise --interval LOW,HIGH --coverage C`) on clean scans.
 
     Example:  medidiff denoise-calibrate my-model training_scans/ --levels 0.03,0.06,0.12,0.25
+              medidiff denoise-calibrate my-ct-model slices/ --scale sure --region-min -0.9
     """
     from medidiff.core.data import expand_inputs
     from medidiff.core.model import DiffusionModel
@@ -55,7 +60,9 @@ def denoise_calibrate(
         existing_path(s)
     m = DiffusionModel.load(folder)
     cal = run_to_end(calibrate_intervals_steps(m, expand_inputs(list(scans)), levels=values, draws=draws, method=method,
-                                               ensemble=ensemble, noise=noise, scale=scale, seed=seed, device=device),
+                                               ensemble=ensemble, noise=noise, scale=scale, seed=seed, device=device,
+                                               region_min=region_min),
                      show=True, desc="calibrate")
-    typer.echo(f"intervals for {cal.method} x{cal.ensemble} ({cal.noise_model} noise, scale {cal.scale}) at noise levels "
-               f"{cal.levels[0]:.3g}-{cal.levels[-1]:.3g} (normalised units); saved to {folder}/config.json")
+    region = "" if cal.region_min is None else f", voxels with a denoised value >= {cal.region_min:g}"
+    typer.echo(f"intervals for {cal.method} x{cal.ensemble} ({cal.noise_model} noise, scale {cal.scale}{region}) at noise "
+               f"levels {cal.levels[0]:.3g}-{cal.levels[-1]:.3g} (normalised units); saved to {folder}/config.json")

@@ -6,8 +6,11 @@ noise of the model's noise model is simulated at ``sigma = s * half_range`` of t
 normaliser (for Poisson-Gaussian noise: that std at the brightest value), the noisy scan is
 denoised with the task itself (so noise estimation, per-scan normalisation and the
 noise-model transforms are exactly those of use), and the scores ``|x - x_hat| / u`` of all
-voxels are pooled per level. Each level is stored under the noise level the *denoiser
-estimated* (median over its runs), which is what a scan is matched on at use time.
+voxels are pooled per level (with ``region_min``: only the voxels in the calibration region,
+whose denoised value is at least ``region_min``; see :mod:`medidiff.tasks.denoise_intervals`).
+Each level is stored under the noise level the *denoiser estimated* (median over its runs),
+which is what a scan is matched on at use time. With the ``sure`` scale each run also does the
+denoise self-check (one more tweedie pass), exactly as a use with ``coverage`` does.
 :func:`measure_coverage` runs the same loop on held-out scans and reports coverage and width.
 """
 
@@ -64,8 +67,12 @@ def _noise_model(model, scans: Sequence[Scan], noise: str) -> str:
 
 def _runs(model, scans: Sequence[Scan], levels: Sequence[float], draws: int, noise_model: str, scale: str,
           method: str, ensemble: int, samples: int, steps: int, seed: int, device: str,
-          ) -> Generator[Progress, None, list[tuple[float, np.ndarray, np.ndarray, np.ndarray]]]:
-    """For each (level, scan, draw): ``(estimated level, scores, x_hat_n, u)`` after denoising."""
+          region_min: float | None = None,
+          ) -> Generator[Progress, None, list[tuple[float, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]]:
+    """For each (level, scan, draw): ``(estimated level, scores, x_hat_n, u, region)`` after denoising.
+
+    ``scores`` and ``region`` (the voxels in the calibration region) are flat, over every voxel.
+    """
     from medidiff.tasks.denoise import denoise_steps
 
     out = []
@@ -79,7 +86,8 @@ def _runs(model, scans: Sequence[Scan], levels: Sequence[float], draws: int, noi
                 run_seed = sample_seed(seed, (li * len(scans) + k) * draws + d)
                 noisy = _simulate(scan, model, noise_model, float(level), run_seed)
                 res = yield from relay(denoise_steps(model, noisy, method=method, noise=noise_model, ensemble=ensemble,
-                                                     samples=samples, steps=steps, seed=run_seed, device=device),
+                                                     samples=samples, steps=steps, seed=run_seed, device=device,
+                                                     self_check=scale == "sure"),
                                        message=f"run {run}/{n} (level {level:g})")
                 norm = Normaliser.from_dict(res.normaliser)
                 s_net = np.asarray(res.sigma_normalised, dtype=np.float64)
@@ -89,13 +97,16 @@ def _runs(model, scans: Sequence[Scan], levels: Sequence[float], draws: int, noi
                 if res.uncertainty is not None:
                     sd = np.asarray(norm.scale_sigma(layout.to_items(res.uncertainty.array).astype(np.float64)))
                 noise_n = iv.local_noise(layout.to_items(res.scan.array), norm, res.gain, res.sigma_read)
-                u = iv.scale_of(scale, x_hat_n, s_net, sd, noise_n)
-                out.append((float(np.median(s_net)), iv.scores(clean_n, x_hat_n, u), x_hat_n, u))
+                check = getattr(res, "self_check", None)
+                rmse = iv.sure_rmse(None if check is None else check.mse, norm)
+                u = iv.scale_of(scale, x_hat_n, s_net, sd, noise_n, rmse)
+                out.append((float(np.median(s_net)), iv.scores(clean_n, x_hat_n, u), x_hat_n, u,
+                            iv.region_mask(region_min, x_hat_n).ravel()))
     return out
 
 
 def _check(scans: list, levels: Sequence[float], draws: int, scale: str, method: str, ensemble: int,
-           noise: str) -> list[float]:
+           noise: str, region_min: float | None = None) -> list[float]:
     if not scans:
         raise InvalidScanError(None, "no calibration scans were given")
     lv = sorted(float(v) for v in levels)
@@ -111,6 +122,9 @@ def _check(scans: list, levels: Sequence[float], draws: int, scale: str, method:
         raise iv.IntervalError(f"--method, --ensemble, --noise must be one of {'/'.join(METHODS)}, "
                                f"{'/'.join(map(str, ENSEMBLE_SIZES))}, {'/'.join(NOISE_CHOICES)}; "
                                f"got {method!r}, {ensemble!r}, {noise!r}")
+    if region_min is not None and not (isinstance(region_min, (int, float)) and -10.0 <= float(region_min) < 1.0):
+        raise iv.IntervalError(f"--region-min must be a number in -10..1 (normalised units, the scan spans about "
+                               f"-1..1), got {region_min!r}")
     if scale == "posterior" and method != "posterior":
         raise iv.IntervalError("--scale posterior needs --method posterior (the spread of its samples)")
     return lv
@@ -131,12 +145,15 @@ def calibrate_intervals_steps(
     seed: int = 0,
     device: str = "auto",
     save: bool = True,
+    region_min: float | None = None,
 ) -> Generator[Progress, None, iv.IntervalCalibration]:
     """Calibrate intervals for ``method``/``ensemble`` on clean training-like ``scans``; yields ``Progress``.
 
     levels: noise std in the model's normalised units; draws: noise draws per scan and level;
     noise: ``"auto"`` (from the scans' modality) or a noise model; scale: ``u`` (see
-    :mod:`medidiff.tasks.denoise_intervals`). The calibration replaces any previous one for the
+    :mod:`medidiff.tasks.denoise_intervals`); region_min: score only voxels whose denoised value
+    is at least this (normalised units; ``None``: all), stored with the calibration so the stated
+    coverage is over the same region of a new scan. The calibration replaces any previous one for the
     same method, ensemble and noise model in ``model.config.intervals``; with ``save`` and a model
     loaded from a folder it is written back there (config.json and a model-card section).
     """
@@ -146,16 +163,21 @@ def calibrate_intervals_steps(
 
     items = [scans] if isinstance(scans, (str, Path, Scan)) else list(scans)
     loaded = expand_inputs(items) if items else []
-    lv = _check(loaded, levels, draws, scale, method, ensemble, noise)
+    lv = _check(loaded, levels, draws, scale, method, ensemble, noise, region_min)
     model = resolve_model(model, device=str(resolve_device(device)))
     noise_model = _noise_model(model, loaded, noise)
-    runs = yield from _runs(model, loaded, lv, draws, noise_model, scale, method, ensemble, samples, steps, seed, device)
+    runs = yield from _runs(model, loaded, lv, draws, noise_model, scale, method, ensemble, samples, steps, seed, device,
+                            region_min)
     per = len(loaded) * draws
     est, qs, counts = [], [], []
     for li in range(len(lv)):
         group = runs[li * per:(li + 1) * per]
-        pooled = np.concatenate([g[1] for g in group])
+        pooled = np.concatenate([g[1][g[4]] for g in group])
         n = pooled.size
+        if n < 100:
+            what = "the calibration scans have" if region_min is None else f"--region-min {region_min:g} leaves"
+            raise iv.IntervalError(f"{what} {n} voxels at noise level {lv[li]:g} (100 or more needed); "
+                                   "give more or larger scans" + ("" if region_min is None else " or lower it"))
         ranks = np.minimum(np.ceil((n + 1) * np.asarray(iv.COVERAGES)) / n, 1.0)  # split-conformal rank
         qs.append(np.quantile(pooled, ranks, method="higher"))
         est.append(float(np.median([g[0] for g in group])))
@@ -165,7 +187,8 @@ def calibrate_intervals_steps(
     keep = np.concatenate([[True], np.diff(est_sorted) > 0])  # estimates that collapse keep the first
     cal = iv.IntervalCalibration(method, int(ensemble), noise_model, scale, est_sorted[keep],
                                  np.stack(qs)[order][keep], int(min(counts)), len(loaded), int(draws), int(seed),
-                                 tuple(_source(s, k) for k, s in enumerate(loaded))[:MAX_SOURCES])
+                                 tuple(_source(s, k) for k, s in enumerate(loaded))[:MAX_SOURCES],
+                                 None if region_min is None else float(region_min))
     others = [d for d in (model.config.intervals or {}).get("calibrations", [])
               if (d.get("method"), d.get("ensemble"), d.get("noise_model")) != (method, int(ensemble), noise_model)]
     model.config.intervals = {"rule": "split conformal; interval = x_hat +- q(coverage, level) * u "
@@ -186,8 +209,10 @@ def measure_coverage(model, scans: Sequence[Scan], levels: Sequence[float], cove
 
     One row per level and coverage: ``level`` (simulated), ``estimated`` (the denoiser's),
     ``coverage`` (nominal), ``covered`` (all voxels), ``covered_fg`` (voxels above ``foreground``
-    x the scan's max, if given), ``width`` (mean interval width, normalised units) and
-    ``width_sigmas`` (the same in noise stds).
+    x the scan's max, if given), ``covered_region`` (the calibration's region, judged on the
+    denoised value: the coverage the calibration states; equal to ``covered`` without a region),
+    ``region_share`` (its share of the voxels), ``width`` (mean interval width, normalised units)
+    and ``width_sigmas`` (the same in noise stds).
     """
     from medidiff.core.progress import run_to_end
     from medidiff.model_store.registry import resolve_model
@@ -198,7 +223,7 @@ def measure_coverage(model, scans: Sequence[Scan], levels: Sequence[float], cove
     for level in levels:
         cal = iv.find_calibration(model, method, ensemble, noise_model)
         runs = run_to_end(_runs(model, list(scans), [float(level)], draws, noise_model, cal.scale, method, ensemble,
-                                8, 5, seed, device))
+                                8, 5, seed, device, cal.region_min))
         fg = []
         for k, scan in enumerate(scans):
             layout = SliceLayout.for_model(model, scan)
@@ -206,16 +231,19 @@ def measure_coverage(model, scans: Sequence[Scan], levels: Sequence[float], cove
             mask = items > foreground * float(items.max()) if foreground is not None else np.ones(items.shape, bool)
             fg.extend([mask.ravel()] * draws)
         for c in coverages:
-            cov, cov_fg, width, width_s = [], [], [], []
-            for (s_est, sc, _x, u), m in zip(runs, fg):
+            cov, cov_fg, cov_reg, share, width, width_s = [], [], [], [], [], []
+            for (s_est, sc, _x, u, reg), m in zip(runs, fg):
                 q = cal.quantile(c, s_est)
                 inside = sc <= q
                 cov.append(inside.mean())
                 cov_fg.append(inside[m].mean())
+                cov_reg.append(inside[reg].mean() if reg.any() else float("nan"))
+                share.append(reg.mean())
                 width.append(float(np.mean(2 * q * u)))
                 width_s.append(float(np.mean(2 * q * u)) / s_est)
             rows.append({"level": float(level), "estimated": float(np.median([r[0] for r in runs])), "coverage": float(c),
                          "covered": float(np.mean(cov)), "covered_fg": float(np.mean(cov_fg)),
+                         "covered_region": float(np.mean(cov_reg)), "region_share": float(np.mean(share)), "draws": int(draws),
                          "width": float(np.mean(width)), "width_sigmas": float(np.mean(width_s))})
     return rows
 
@@ -226,9 +254,10 @@ def intervals_section(intervals: dict) -> str:
     for d in intervals.get("calibrations", []):
         cal = iv.IntervalCalibration.from_dict(d)
         lo, hi = cal.levels[0], cal.levels[-1]
+        region = "" if cal.region_min is None else f", voxels with a denoised value >= {cal.region_min:g} only"
         lines.append(f"- {cal.method} x{cal.ensemble}, {cal.noise_model} noise, scale {cal.scale}: split-conformal "
                      f"quantiles at noise levels {lo:.3g}-{hi:.3g} (normalised units, {cal.levels.size} levels, "
-                     f"{cal.n_voxels:,}+ voxels each, {cal.n_scans} scans x {cal.draws} draws, seed {cal.seed})")
+                     f"{cal.n_voxels:,}+ voxels each{region}, {cal.n_scans} scans x {cal.draws} draws, seed {cal.seed})")
     return "\n".join(lines) + "\n"
 
 

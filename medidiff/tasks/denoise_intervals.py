@@ -38,6 +38,28 @@ Scales ``u`` (stored with the calibration as ``scale``):
                (edges, texture), where a denoiser errs most; equal to ``noise`` in flat regions.
 ``posterior``  ``u = sd`` of the ``posterior`` samples (normalised units; ``method='posterior'``
                only), plus ``0.05 s`` so it never vanishes.
+``sure``       ``u = max(rmse_SURE, 0.05 s)``: the denoised scan's root-mean-square error against
+               the unknown clean scan, estimated without clean data by Monte-Carlo SURE (the
+               denoise self-check, :mod:`medidiff.core.metrics.sure`: one more tweedie pass),
+               one value per scan. The score ``|x - x_hat| / rmse`` no longer depends on how
+               hard the scan is for the model: a model that has memorised its few training
+               images denoises them better than any new scan, so quantiles of ``|x - x_hat| / s``
+               calibrated on them are too small for new scans (built-in ``ct2d`` on its
+               held-out slice: 0.57-0.77 coverage at nominal 0.90), while ``|x - x_hat| / rmse``
+               has about the same distribution on both (0.89-0.98, with the region below). SURE
+               is computed by the self-check over its own region (the whole scan for Gaussian
+               noise), so the scale is one number per scan; at high noise it is itself noisy
+               (the estimate of ``s`` dominates), which widens the stored quantiles there. The
+               floor keeps ``u > 0`` where SURE is inconsistent (``<= 0``).
+
+Region (``region_min``, stored with the calibration; ``None``, the default and every older
+calibration: all voxels): only voxels whose *denoised* value is at least ``region_min``
+(normalised units, where the scan spans about -1..1: ``-0.9`` is 5 % of the range above the
+dark end; for a CT model's HU window -1000..1000, -900 HU) are scored at calibration, and the
+stated coverage is over the same voxels of a new scan. Constant padding outside the field of
+view and air then cannot set the quantile that tissue is given. The region is decided by the
+denoised value, which is known at use time, so the conformal argument holds for the voxels in
+it; voxels outside get the same quantile (their coverage is not stated).
 
 The guarantee and its assumption
 --------------------------------
@@ -62,15 +84,16 @@ from scipy import ndimage as ndi
 from medidiff.errors import InvalidScanError, MedidiffError, ModelError
 
 __all__ = ["SCALES", "COVERAGES", "MIN_COVERAGE", "MAX_COVERAGE", "IntervalCalibration", "IntervalError",
-           "check_coverage", "calibrations", "find_calibration", "local_noise", "scale_of", "interval_items", "scores",
-           "parse_interval_option"]
+           "check_coverage", "calibrations", "find_calibration", "local_noise", "sure_rmse", "scale_of", "region_mask",
+           "interval_items", "scores", "parse_interval_option"]
 
-SCALES = ("noise", "signal", "texture", "posterior")
+SCALES = ("noise", "signal", "texture", "posterior", "sure")
 MIN_COVERAGE, MAX_COVERAGE = 0.5, 0.99
 COVERAGES = tuple(round(0.5 + 0.01 * k, 2) for k in range(50))  # 0.50 .. 0.99, the stored grid
 LEVEL_SLACK = 0.02  # relative slack on the calibrated noise range
 _TEXTURE_WINDOW = 5
 _POSTERIOR_FLOOR = 0.05
+_SURE_FLOOR = 0.05  # u >= 0.05 s under the sure scale
 
 
 class IntervalError(MedidiffError, ValueError):
@@ -91,6 +114,8 @@ class IntervalCalibration:
 
     ``levels``: the calibrated noise levels (normalised units, increasing). ``quantiles``: shape
     ``(len(levels), len(COVERAGES))``. ``n_voxels``: scores per level. ``sources``: scan names.
+    ``region_min``: the calibration region (denoised value >= this, normalised units; ``None``:
+    every voxel), see the module docstring.
     """
 
     method: str
@@ -104,14 +129,18 @@ class IntervalCalibration:
     draws: int
     seed: int
     sources: tuple[str, ...] = ()
+    region_min: float | None = None
 
     def to_dict(self) -> dict:
         """The compact JSON form (numbers as space-separated strings, one per level)."""
-        return {"method": self.method, "ensemble": int(self.ensemble), "noise_model": self.noise_model,
-                "scale": self.scale, "levels": _encode(self.levels), "coverages": f"{COVERAGES[0]:.2f}:{COVERAGES[-1]:.2f}:0.01",
-                "quantiles": [_encode(q) for q in self.quantiles], "n_voxels": int(self.n_voxels),
-                "n_scans": int(self.n_scans), "draws": int(self.draws), "seed": int(self.seed),
-                "sources": list(self.sources)}
+        d = {"method": self.method, "ensemble": int(self.ensemble), "noise_model": self.noise_model,
+             "scale": self.scale, "levels": _encode(self.levels), "coverages": f"{COVERAGES[0]:.2f}:{COVERAGES[-1]:.2f}:0.01",
+             "quantiles": [_encode(q) for q in self.quantiles], "n_voxels": int(self.n_voxels),
+             "n_scans": int(self.n_scans), "draws": int(self.draws), "seed": int(self.seed),
+             "sources": list(self.sources)}
+        if self.region_min is not None:  # absent: all voxels (older calibrations read the same)
+            d["region_min"] = float(self.region_min)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict, where: str = "config.json") -> "IntervalCalibration":
@@ -120,11 +149,13 @@ class IntervalCalibration:
             q = np.stack([_decode(row) for row in d["quantiles"]])
             cal = cls(str(d["method"]), int(d["ensemble"]), str(d["noise_model"]), str(d["scale"]), levels, q,
                       int(d.get("n_voxels", 0)), int(d.get("n_scans", 0)), int(d.get("draws", 1)),
-                      int(d.get("seed", 0)), tuple(d.get("sources", ())))
+                      int(d.get("seed", 0)), tuple(d.get("sources", ())),
+                      None if d.get("region_min") is None else float(d["region_min"]))
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelError(f"{where}: the intervals calibration is damaged ({exc!r}); recalibrate the model") from None
         if (q.shape != (levels.size, len(COVERAGES)) or levels.size < 1 or np.any(np.diff(levels) <= 0)
-                or not np.all(np.isfinite(q)) or cal.scale not in SCALES):
+                or not np.all(np.isfinite(q)) or cal.scale not in SCALES
+                or (cal.region_min is not None and not np.isfinite(cal.region_min))):
             raise ModelError(f"{where}: the intervals calibration is damaged (levels/quantiles do not fit); recalibrate")
         return cal
 
@@ -192,13 +223,34 @@ def local_noise(x_hat_scan: np.ndarray, norm, gain: float | None, read: float | 
     return np.asarray(norm.scale_sigma(np.sqrt(var)))
 
 
+def sure_rmse(mse: float | None, norm) -> float | None:
+    """The SURE-estimated RMSE (``mse`` in scan units squared) in normalised units; ``None`` stays ``None``.
+
+    An inconsistent estimate (``mse <= 0``) gives 0, so the ``sure`` scale falls to its floor.
+    """
+    if mse is None:
+        return None
+    return float(norm.scale_sigma(float(np.sqrt(max(float(mse), 0.0)))))
+
+
+def region_mask(region_min: float | None, x_hat_n: np.ndarray) -> np.ndarray:
+    """The calibration region: denoised value (normalised units) ``>= region_min``; all voxels for ``None``."""
+    x = np.asarray(x_hat_n)
+    return np.ones(x.shape, dtype=bool) if region_min is None else x >= float(region_min)
+
+
 def scale_of(kind: str, x_hat: np.ndarray, level: np.ndarray, sd: np.ndarray | None = None,
-             noise_n: np.ndarray | None = None) -> np.ndarray:
+             noise_n: np.ndarray | None = None, rmse: float | None = None) -> np.ndarray:
     """The per-voxel scale ``u`` of items ``(N, ...)`` in normalised units (``level``: one per item).
 
-    ``sd``: posterior sd (``posterior``); ``noise_n``: :func:`local_noise` (``signal``).
+    ``sd``: posterior sd (``posterior``); ``noise_n``: :func:`local_noise` (``signal``);
+    ``rmse``: the SURE-estimated RMSE in normalised units (``sure``, :func:`sure_rmse`).
     """
     s = np.asarray(level, dtype=np.float64).reshape((-1,) + (1,) * (x_hat.ndim - 1))
+    if kind == "sure":
+        if rmse is None:
+            raise IntervalError("the 'sure' interval scale needs the denoise self-check (SURE); do not turn it off")
+        return np.broadcast_to(np.maximum(float(rmse), _SURE_FLOOR * s), x_hat.shape).astype(np.float64)
     if kind == "signal" and noise_n is not None:
         return np.asarray(noise_n, dtype=np.float64)
     if kind in ("noise", "signal"):
@@ -223,16 +275,17 @@ def scores(clean_n: np.ndarray, x_hat_n: np.ndarray, u: np.ndarray) -> np.ndarra
 
 def interval_items(cal: IntervalCalibration, coverage: float, out_items: np.ndarray, norm, level: np.ndarray,
                    sd_items: np.ndarray | None = None, gain: float | None = None,
-                   read: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+                   read: float | None = None, sure_mse: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``(low, high)`` bounds of items ``(N, ...)`` in scan units.
 
     ``out_items``: the denoised items (scan units); ``norm``: the scan's normaliser (linear);
     ``level``: the per-item noise level in normalised units; ``sd_items``: the posterior sd in
-    scan units (``posterior`` scale only); ``gain``, ``read``: Poisson-Gaussian parameters (``signal``).
+    scan units (``posterior`` scale only); ``gain``, ``read``: Poisson-Gaussian parameters (``signal``);
+    ``sure_mse``: the self-check's SURE estimate of the MSE, scan units squared (``sure`` scale).
     """
     x_hat_n = norm.forward(out_items).astype(np.float64)
     sd_n = None if sd_items is None else np.asarray(norm.scale_sigma(np.asarray(sd_items, dtype=np.float64)))
-    u = scale_of(cal.scale, x_hat_n, level, sd_n, local_noise(out_items, norm, gain, read))
+    u = scale_of(cal.scale, x_hat_n, level, sd_n, local_noise(out_items, norm, gain, read), sure_rmse(sure_mse, norm))
     q = np.array([cal.quantile(coverage, float(s)) for s in np.atleast_1d(level)])
     half = q.reshape((-1,) + (1,) * (x_hat_n.ndim - 1)) * u
     low = norm.inverse((x_hat_n - half).astype(np.float32))
