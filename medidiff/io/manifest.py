@@ -2,8 +2,11 @@
 
 Columns: ``file, index, seed, condition, sampler, steps, guidance, options, sha256, pixel_sha256``.
 ``options`` holds what else decides the pixels, as ``key=value`` parts joined by ``;`` (a latent
-model's ``latent;clip_x0=3.91;size=96x128``); it is empty for a pixel model's defaults, and
-manifests from before it (no such column) read as empty.
+model's ``latent;clip_x0=3.91;size=96x128;latent_field=whole``, or with
+``latent_field=windows;latent_window=24x32;overlap=0.5`` when the whole latent did not fit and
+was sampled in half-overlapping windows of the prior's training latent); it is empty for a pixel
+model's defaults, and manifests from before it (no such column) read as empty. Rows from before
+``latent_field`` was recorded match a run whatever its latent field (they cannot say).
 ``sha256`` is the file's (a DICOM series folder: its files' names and hashes); ``pixel_sha256``
 is the sha256 of the generated float32 array, equal across formats and runs even where the file
 is not (DICOM UIDs, TIFF dates). While a run is going each process appends to its own
@@ -31,12 +34,33 @@ SETTINGS_FIELDS = ["seed", "condition", "sampler", "steps", "guidance", "options
 PART_PREFIX = "manifest.part-"
 
 
+# ``options`` parts that say how a latent field was sampled; absent from rows written before they were recorded
+LATENT_FIELD_KEYS = ("latent_field", "latent_window", "overlap")
+
+
+def option_parts(options: str | None) -> dict[str, str]:
+    """``"latent;clip_x0=3.91;size=96x128"`` -> ``{"latent": "", "clip_x0": "3.91", "size": "96x128"}``."""
+    parts = {}
+    for part in str(options or "").split(";"):
+        if part:
+            key, _, value = part.partition("=")
+            parts[key] = value
+    return parts
+
+
 def settings_differ(row: dict[str, Any], want: dict[str, Any]) -> list[str]:
     """The ``SETTINGS_FIELDS`` where a recorded ``row`` and this run's ``want`` disagree (missing = empty)."""
     def text(v: Any) -> str:
         return "" if v is None else str(v)
 
-    return [k for k in SETTINGS_FIELDS if text(row.get(k)) != text(want.get(k))]
+    def same_options(recorded: Any, wanted: Any) -> bool:
+        have, need = option_parts(text(recorded)), option_parts(text(wanted))
+        if "latent_field" not in have:  # an older row: it does not say how its latent was sampled
+            need = {k: v for k, v in need.items() if k not in LATENT_FIELD_KEYS}
+        return have == need
+
+    return [k for k in SETTINGS_FIELDS
+            if not (same_options(row.get(k), want.get(k)) if k == "options" else text(row.get(k)) == text(want.get(k)))]
 
 
 def pixel_sha256(array: np.ndarray) -> str:

@@ -24,6 +24,7 @@ Reproducibility
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 import warnings
 from collections.abc import Callable, Generator, Iterator, Sequence
@@ -164,7 +165,10 @@ def _sample_jobs(
     latent = isinstance(model, LatentModel)
     per_call = 1 if (bit_identical and model.device.type == "cpu") else max(1, int(batch_size))
     # a latent is sampled in one piece where it fits, else in windows: see medidiff.core.latent_model
-    plan = model.plan(field.network_size, per_call) if latent else None
+    plan = None
+    if latent:  # the field's plan (warned once there); a whole latent may take several samples per call
+        plan = field.plan if field.plan is not None else model.plan(field.network_size, per_call)
+        plan = model.plan(field.network_size, per_call) if plan.whole else dataclasses.replace(plan, batch=per_call)
     net = model.sampling_prior(plan) if plan is not None else model
     per_call = plan.batch if plan is not None else per_call
     windowing = {"overlap": plan.overlap} if plan is not None else {}  # the fallback's prior windows
@@ -228,6 +232,7 @@ def _sample_jobs(
                     "model": Path(model.path).name if model.path else ""}
             if latent:
                 meta["latent"] = True
+                meta["latent_field"] = "whole" if plan.whole else "windows"
             scan = Scan(np.ascontiguousarray(img, dtype=np.float32), geo_spacing, affine, field.modality, meta)
             mask_scan = None
             if job.mask is not None:

@@ -3,7 +3,11 @@
 Pixel-space ``DiffusionModel``s and ``LatentModel``s go through one sampling path
 (:mod:`medidiff.tasks.generate`); this module holds the few places where they differ: which
 network the samplers run (:func:`prior_of`), how a model is found (:func:`load_generator`), and
-the size, clip and geometry of its samples (:func:`sample_field`, :class:`Field`).
+the size, clip and geometry of its samples (:func:`sample_field`, :class:`Field`). For a latent
+model the field also holds whether its latent is sampled whole or in windows
+(:meth:`LatentModel.plan`, decided once per run), which the manifest's ``options`` records
+(``latent_field=whole``, or ``latent_field=windows;latent_window=HxW;overlap=0.5``): the two
+paths give different pixels.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from medidiff.core.latent_model import LatentModel
+from medidiff.core.latent_model import LatentModel, LatentPlan
 from medidiff.core.model import DiffusionModel
 from medidiff.errors import MedidiffError
 from medidiff.io import affine_from_spacing
@@ -81,7 +85,11 @@ def load_generator(spec: Any, device: str | torch.device) -> AnyModel:
 
 @dataclass(frozen=True)
 class Field:
-    """What one sample is: its pixel size, the network's size, the x0 clip, the geometry."""
+    """What one sample is: its pixel size, the network's size, the x0 clip, the geometry.
+
+    ``plan``: a latent model's whole-or-windows plan for this field (``None`` for pixel models);
+    ``window``: the prior's latent window when that plan is windowed.
+    """
 
     size: tuple[int, ...]
     network_size: tuple[int, ...]
@@ -89,6 +97,14 @@ class Field:
     spacing: tuple[float, ...]
     affine: np.ndarray
     modality: str
+    plan: LatentPlan | None = None
+    window: tuple[int, ...] = ()
+
+    def latent_field(self) -> str:
+        """``"whole"`` or ``"windows"`` for a latent model's field, ``""`` for a pixel model."""
+        if self.plan is None:
+            return ""
+        return "whole" if self.plan.whole else "windows"
 
     def options(self, model: AnyModel) -> str:
         """The manifest's ``options`` column: what else decides the pixels ('' for a pixel model's defaults)."""
@@ -97,6 +113,10 @@ class Field:
             parts += ["latent", f"clip_x0={'none' if self.clip_x0 is None else f'{self.clip_x0:.6g}'}"]
         if isinstance(model, LatentModel) or self.size != tuple(model.config.image_size):
             parts.append("size=" + "x".join(map(str, self.size)))
+        if self.plan is not None:
+            parts.append(f"latent_field={self.latent_field()}")
+            if not self.plan.whole:
+                parts += ["latent_window=" + "x".join(map(str, self.window)), f"overlap={self.plan.overlap:g}"]
         return ";".join(parts)
 
 
@@ -104,7 +124,8 @@ def sample_field(model: AnyModel, image_size: Sequence[int] | None = None, clip_
     """Check ``image_size`` / ``clip_x0`` for ``model`` and describe its samples (see :class:`Field`).
 
     ``image_size`` (pixels) defaults to the training field; a latent model needs multiples of its
-    autoencoder factor. ``clip_x0``: ``"auto"`` is 1 for pixel models (network units) and the
+    autoencoder factor, and its plan (whole latent or windows, :meth:`LatentModel.plan`, which
+    warns once for windows) is made here. ``clip_x0``: ``"auto"`` is 1 for pixel models (network units) and the
     stored ``x0_limit`` for latent models; ``None`` does not clip.
     """
     prior = prior_of(model)
@@ -123,7 +144,11 @@ def sample_field(model: AnyModel, image_size: Sequence[int] | None = None, clip_
         c = model.autoencoder.config
         spacing = tuple(c.spacing) or (1.0,) * dims
         affine = training_affine(SimpleNamespace(config=c))  # type: ignore[arg-type]  (reads config fields only)
-        return Field(size, tuple(s // f for s in size), clip_x0, spacing, affine, c.modality)
+        latent_size = tuple(s // f for s in size)
+        # whole or windows does not depend on the batch (a call holds at least one whole latent or not)
+        plan = model.plan(latent_size, 1)
+        window = () if plan.whole else tuple(int(s) for s in model.prior.config.image_size)
+        return Field(size, latent_size, clip_x0, spacing, affine, c.modality, plan, window)
     size = tuple(int(s) for s in (image_size if image_size is not None else model.config.image_size))
     if len(size) != dims or any(s < 1 for s in size):
         raise MedidiffError(f"image size {size}: this {dims}D model needs {dims} positive sizes")

@@ -286,7 +286,7 @@ def test_latent_data_set_has_manifest_card_and_memorisation_check(tiny_latent, m
     assert [r["file"] for r in rows] == [f"sample_{j:05d}.nii.gz" for j in range(4)]
     # the options column says what else decides a latent sample's pixels
     limit = LatentModel.load(folder).x0_limit
-    assert rows[0]["options"] == f"latent;clip_x0={limit:.6g};size=96x128"
+    assert rows[0]["options"] == f"latent;clip_x0={limit:.6g};size=96x128;latent_field=whole"
     card = (out / "DATA_CARD.md").read_text()
     assert "latent diffusion" in card and "96 x 128" in card and "memorised" in card
     q = result.quality
@@ -457,3 +457,25 @@ def test_cli_max_latent_voxels_generates_through_windows(tiny_latent, capsys, tm
     assert code == 0, err
     assert "9 overlapping windows" in err and "seams may show" in err
     assert load_scan(tmp_path / "win" / "sample_00000.nii.gz").shape == (192, 256)
+
+
+def test_manifest_records_whole_or_windowed_latent_field(tiny_latent, capsys, tmp_path):
+    folder = tiny_latent.run_dir / "model"
+    base = ["latent", "generate", folder, "--n", 2, "--steps", 2, "--image-size", "192,256", "--device", "cpu"]
+    code, _, err = call(capsys, *base, "--max-latent-voxels", 768, "--out", tmp_path / "win")
+    assert code == 0, err
+    win = [r["options"].split(";") for r in _rows(tmp_path / "win")]
+    assert len(win) == 2 and all("latent_field=windows" in o for o in win), win
+    assert all("latent_window=24x32" in o and "overlap=0.5" in o for o in win), win
+    code, _, err = call(capsys, *base, "--out", tmp_path / "whole")
+    assert code == 0, err
+    whole = [r["options"].split(";") for r in _rows(tmp_path / "whole")]
+    assert all("latent_field=whole" in o and not any(p.startswith("latent_window") for p in o) for o in whole), whole
+    # the two paths give other pixels: a resume that would window where the folder was whole is refused
+    code, _, err = call(capsys, *base, "--max-latent-voxels", 768, "--out", tmp_path / "whole")
+    assert code == 2 and "options" in err and "latent_field=whole" in err, err
+    # a manifest from before latent_field was recorded still resumes (it cannot say how it was sampled)
+    manifest = tmp_path / "whole" / "manifest.csv"
+    manifest.write_text(manifest.read_text().replace(";latent_field=whole", ""))
+    code, out, err = call(capsys, *base, "--out", tmp_path / "whole")
+    assert code == 0 and "latent_field" not in err, err
