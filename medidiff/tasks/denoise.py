@@ -279,7 +279,7 @@ def denoise_steps(
     if coverage is not None:
         cal = intervals.find_calibration(model, method, ensemble, noise_model, strength)
         cal.check_level(s_net, source)
-        self_check = self_check or cal.scale == "sure"  # the 'sure' interval scale is the self-check's SURE
+        self_check = intervals.needs_sure(cal, selfcheck.available_on(model.device), source) or self_check
     times = np.array([sched.timestep_for_noise(float(s)) for s in s_net])
     batches = _batches(times, batch_size)
     k_samples = samples if method == "posterior" else 1

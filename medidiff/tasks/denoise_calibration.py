@@ -165,6 +165,12 @@ def calibrate_intervals_steps(
     loaded = expand_inputs(items) if items else []
     lv = _check(loaded, levels, draws, scale, method, ensemble, noise, region_min)
     model = resolve_model(model, device=str(resolve_device(device)))
+    if scale == "sure":
+        from medidiff.tasks.denoise_selfcheck import available_on
+
+        if not available_on(model.device):
+            raise iv.IntervalError(f"--scale sure needs the SURE self-check, which cannot run under bf16 autocast on "
+                                   f"{model.device}; calibrate with --device cpu")
     noise_model = _noise_model(model, loaded, noise)
     runs = yield from _runs(model, loaded, lv, draws, noise_model, scale, method, ensemble, samples, steps, seed, device,
                             region_min)

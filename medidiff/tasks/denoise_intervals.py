@@ -84,7 +84,7 @@ from scipy import ndimage as ndi
 from medidiff.errors import InvalidScanError, MedidiffError, ModelError
 
 __all__ = ["SCALES", "COVERAGES", "MIN_COVERAGE", "MAX_COVERAGE", "IntervalCalibration", "IntervalError",
-           "check_coverage", "calibrations", "find_calibration", "local_noise", "sure_rmse", "scale_of", "region_mask",
+           "check_coverage", "calibrations", "find_calibration", "needs_sure", "local_noise", "sure_rmse", "scale_of", "region_mask",
            "interval_items", "scores", "parse_interval_option"]
 
 SCALES = ("noise", "signal", "texture", "posterior", "sure")
@@ -211,6 +211,16 @@ def find_calibration(model, method: str, ensemble: int, noise_model: str | None 
         raise IntervalError(f"{name}: intervals for {label} were calibrated for {cals[0].noise_model} noise, not "
                             f"{noise_model}; pass --noise {cals[0].noise_model} or recalibrate with --noise {noise_model}")
     return match[0]
+
+
+def needs_sure(cal: IntervalCalibration | None, available: bool, source: str) -> bool:
+    """True when ``cal`` scales by the SURE self-check; refuse in one line where it cannot run (``available``)."""
+    if cal is None or cal.scale != "sure":
+        return False
+    if not available:
+        raise IntervalError(f"{source}: these intervals (scale 'sure') need the SURE self-check, which cannot run "
+                            "under this device's bf16 autocast; denoise with --device cpu for intervals")
+    return True
 
 
 def local_noise(x_hat_scan: np.ndarray, norm, gain: float | None, read: float | None) -> np.ndarray | None:

@@ -19,7 +19,7 @@ from medidiff.io import load_scan, save_scan
 from medidiff.model_store.registry import BUILTIN_DIR
 from medidiff.tasks.denoise import denoise
 from medidiff.tasks.denoise_calibration import calibrate_intervals, measure_coverage
-from medidiff.tasks.denoise_intervals import IntervalCalibration, IntervalError, region_mask, scale_of
+from medidiff.tasks.denoise_intervals import IntervalCalibration, IntervalError, needs_sure, region_mask, scale_of
 from tests.cli_runner import call
 
 HELDOUT = BUILTIN_DIR / "samples" / "ct_heldout.nii.gz"
@@ -73,6 +73,11 @@ def test_sure_scale_without_sure_is_one_line():
     assert "\n" not in str(info.value)
     u = scale_of("sure", np.zeros((1, 4, 4)), np.array([0.05]), rmse=0.0)  # an inconsistent SURE: the floor
     assert np.allclose(u, 0.05 * 0.05)
+    cal = IntervalCalibration("tweedie", 1, "gaussian", "sure", np.array([0.05]), np.ones((1, 50)), 1, 1, 1, 0)
+    assert needs_sure(cal, True, "a.nii") and not needs_sure(None, False, "a.nii")
+    with pytest.raises(IntervalError, match="a.nii: .*bf16") as info:  # where the self-check cannot run (CUDA bf16)
+        needs_sure(cal, False, "a.nii")
+    assert "\n" not in str(info.value)
 
 
 @pytest.mark.parametrize("self_check", [True, False])
