@@ -138,7 +138,7 @@ def test_cancel_leaves_a_loadable_latent_model(mr_train_scan, tiny_ae, tmp_path)
 
 def test_old_pixel_space_folders_still_load():
     model = DiffusionModel.load(BUILTIN_MR2D)
-    assert tuple(model.config.image_size) == (32, 32) and not is_latent_model(BUILTIN_MR2D)
+    assert tuple(model.config.image_size) == (64, 64) and not is_latent_model(BUILTIN_MR2D)
     with pytest.raises(ModelError, match="pixel-space model"):
         LatentModel.load(BUILTIN_MR2D)
 
