@@ -217,8 +217,9 @@ def measure_coverage(model, scans: Sequence[Scan], levels: Sequence[float], cove
     ``coverage`` (nominal), ``covered`` (all voxels), ``covered_fg`` (voxels above ``foreground``
     x the scan's max, if given), ``covered_region`` (the calibration's region, judged on the
     denoised value: the coverage the calibration states; equal to ``covered`` without a region),
-    ``region_share`` (its share of the voxels), ``width`` (mean interval width, normalised units)
-    and ``width_sigmas`` (the same in noise stds).
+    ``region_share`` (its share of the voxels), ``covered_sd`` (the spread of ``covered_region``
+    over the scans and draws: how far one scan's coverage strays), ``width`` (mean interval
+    width, normalised units) and ``width_sigmas`` (the same in noise stds).
     """
     from medidiff.core.progress import run_to_end
     from medidiff.model_store.registry import resolve_model
@@ -250,6 +251,7 @@ def measure_coverage(model, scans: Sequence[Scan], levels: Sequence[float], cove
             rows.append({"level": float(level), "estimated": float(np.median([r[0] for r in runs])), "coverage": float(c),
                          "covered": float(np.mean(cov)), "covered_fg": float(np.mean(cov_fg)),
                          "covered_region": float(np.mean(cov_reg)), "region_share": float(np.mean(share)), "draws": int(draws),
+                         "covered_sd": float(np.std(cov_reg)),
                          "width": float(np.mean(width)), "width_sigmas": float(np.mean(width_s))})
     return rows
 

@@ -46,7 +46,7 @@ Scales ``u`` (stored with the calibration as ``scale``):
                images denoises them better than any new scan, so quantiles of ``|x - x_hat| / s``
                calibrated on them are too small for new scans (built-in ``ct2d`` on its
                held-out slice: 0.57-0.77 coverage at nominal 0.90), while ``|x - x_hat| / rmse``
-               has about the same distribution on both (0.89-0.98, with the region below). SURE
+               has about the same distribution on both (0.89-0.95, with the region below). SURE
                is computed by the self-check over its own region (the whole scan for Gaussian
                noise), so the scale is one number per scan; at high noise it is itself noisy
                (the estimate of ``s`` dominates), which widens the stored quantiles there. The

@@ -83,12 +83,14 @@ def test_sure_scale_without_sure_is_one_line():
 @pytest.mark.parametrize("self_check", [True, False])
 def test_shipped_ct2d_intervals_cover_the_heldout_sample(self_check):
     held = load_scan(HELDOUT)
-    noisy = held.with_array(noise_lib.add_noise(held.array, "gaussian", 0.05, 0).astype(np.float32))
-    res = denoise("ct2d", noisy, coverage=0.9, device="cpu", self_check=self_check)  # the SURE scale needs it: run
-    low, high = (b.array for b in res.interval)
-    covered = float(((held.array >= low) & (held.array <= high)).mean())
-    assert 0.85 <= covered <= 0.99, covered
-    assert float(np.mean(high - low)) < 4 * res.sigma_median
+    covered = []
+    for seed in range(3):  # one scan's coverage strays by ~0.03 (its SURE is one noisy number): average 3 draws
+        noisy = held.with_array(noise_lib.add_noise(held.array, "gaussian", 0.05, seed).astype(np.float32))
+        res = denoise("ct2d", noisy, coverage=0.9, device="cpu", self_check=self_check)  # 'sure' runs the check
+        low, high = (b.array for b in res.interval)
+        covered.append(float(((held.array >= low) & (held.array <= high)).mean()))
+        assert float(np.mean(high - low)) < 4 * res.sigma_median
+    assert 0.85 <= np.mean(covered) <= 0.97, covered
 
 
 def test_cli_region_min_is_stored_and_bad_values_refused(capsys, tmp_path, ct2d_bare):
