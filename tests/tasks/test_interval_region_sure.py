@@ -47,6 +47,8 @@ def test_sure_scale_over_the_region_covers_where_the_plain_rule_undercovers(ct2d
     cal = calibrate_intervals(ct2d_bare, ct_train, levels=levels, scale="sure", region_min=-0.9, device="cpu",
                               save=False)
     assert cal.region_min == -0.9 and cal.scale == "sure"
+    # the region leaves out the slices' air and padding (< -900 HU): over half of their 2 x 512 x 512 voxels
+    assert cal.n_voxels < 0.5 * 2 * 512 * 512, cal.n_voxels
     (fixed,) = measure_coverage(ct2d_bare, [held], [0.05], [0.9], device="cpu")
     assert 0.85 <= fixed["covered_region"] <= 0.99, fixed  # measured 0.93
     assert fixed["width_sigmas"] < 4.0, fixed  # not trivially wide (measured 1.9 noise stds)
