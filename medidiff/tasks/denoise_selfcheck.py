@@ -86,7 +86,8 @@ class SelfCheck:
     checked (``"tweedie"``, ``"tweedie x4"``; for ddim/posterior runs ``"tweedie (indicator)"``).
     ``region``: which voxels, ``voxels``: how many (of ``total``). ``warning``: the one-line warning given, if any.
     ``by_region``: the estimated gain on each of :data:`REGIONS` (from the same two passes; for
-    benchmarks and the curious).
+    benchmarks and the curious); ``mse_by_region``: the SURE on each (what the ``sure`` interval
+    scale reads, for a region fixed by its calibration).
     """
 
     gain_db: float
@@ -100,6 +101,7 @@ class SelfCheck:
     total: int = 0
     warning: str | None = None
     by_region: dict | None = None
+    mse_by_region: dict | None = None
 
     @property
     def resolved(self) -> bool:
@@ -171,7 +173,7 @@ def evaluate(items: np.ndarray, denoised: np.ndarray, denoised_probe: np.ndarray
     by_region = {k: (v.gain_db if v.consistent else float("nan")) for k, v in found.items()}
     consistent = est.mse >= -RESOLUTION * est.noise_var
     return SelfCheck(est.gain_db, est.mse, est.noise_var, consistent, est.stderr_db, denoiser, region, est.voxels,
-                     total=int(y.size), by_region=by_region)
+                     total=int(y.size), by_region=by_region, mse_by_region={k: v.mse for k, v in found.items()})
 
 
 def warn_if_unhelpful(check: SelfCheck | None, source: str, threshold_db: float = WARN_BELOW_DB) -> SelfCheck | None:
