@@ -133,3 +133,23 @@ def test_denoise_without_model_on_unknown_modality_asks_for_one(tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 2 and "no built-in model fits modality 'US'" in r.stderr
     assert not (tmp_path / "out.nii.gz").exists()
+
+
+def test_mr2d_refuses_a_crop_under_half_its_window_and_maps_it_for_anomalies():
+    """mr2d sees 64 x 64 windows: a 24 x 24 crop (enough for the first, 32 x 32 mr2d) is refused by denoising
+    in one line naming the file, while anomaly detection pads it to the window and maps every voxel."""
+    from medidiff.builtin.sample_scans import mr_sample
+    from medidiff.errors import MedidiffError
+    from medidiff.io import Scan
+    from medidiff.tasks.anomaly import detect_anomalies
+    from medidiff.tasks.denoise import denoise
+
+    mr2d = resolve_model("mr2d")
+    assert tuple(mr2d.config.image_size) == (64, 64)
+    s = mr_sample()
+    crop = Scan(np.ascontiguousarray(s.array[2, 30:54, 30:54]), s.spacing[1:], s.affine, "MR", {"source_path": "crop24.nii.gz"})
+    with pytest.raises(MedidiffError, match=r"crop24\.nii\.gz: image is 24x24 voxels; the model needs at least 32x32") as exc:
+        denoise(mr2d, crop, noise="rician", device="cpu")
+    assert "\n" not in str(exc.value)
+    res = detect_anomalies(mr2d, crop, device="cpu")
+    assert res.map.array.shape == (24, 24) and np.isfinite(res.map.array).all()
