@@ -117,3 +117,10 @@ def test_same_seed_same_estimate(tiny_mr_model, photo):
     a = denoise(tiny_mr_model, noisy, noise="gaussian", device="cpu", seed=3).self_check
     b = denoise(tiny_mr_model, noisy, noise="gaussian", device="cpu", seed=3).self_check
     assert a.gain_db == b.gain_db and a.mse == b.mse
+
+
+def test_every_region_is_reported(tiny_mr_model, photo):
+    check = denoise(tiny_mr_model, _scan(_noisy(photo, 0.05), "photo.tif"), noise="gaussian", device="cpu").self_check
+    assert set(check.by_region) == set(check.mse_by_region) == {"signal", "foreground", "all"}
+    assert check.mse_by_region["foreground"] == check.mse  # the default region's SURE is the headline
+    assert check.by_region["all"] == check.by_region["signal"]  # Gaussian noise: every voxel is near Gaussian
