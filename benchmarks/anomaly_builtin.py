@@ -60,7 +60,7 @@ def main() -> None:
     section = "\n".join([
         "## Anomaly calibration",
         "",
-        f"- threshold: {cal['threshold']:.4g} (healthy z-score units), the 99th percentile of the anomaly map over "
+        f"- threshold: {cal['threshold']:.3f} (healthy z-score units), the 99th percentile of the anomaly map over "
         f"{cal['n_voxels']:,} foreground voxels of",
         "  its 16 training slices (`mr_train.nii.gz`: nibabel's example4d.nii.gz, volume 0, slices z < 16)",
         "- calibrated with the current calibration defaults: method ddpm, Tweedie reconstruction, noise times",
