@@ -37,7 +37,8 @@ from medidiff.core.slicing import SliceLayout
 from medidiff.errors import InvalidScanError, MedidiffError, ModelError
 from medidiff.tasks.ensemble import ENSEMBLE_SIZES
 
-__all__ = ["DenoiseOptionError", "check_options", "check_ensemble", "check_white_noise", "check_size", "check_constant", "check_signal", "check_units", "check_noise_range", "warn_spacing",
+__all__ = ["DenoiseOptionError", "check_options", "check_ensemble", "check_white_noise", "check_size", "check_constant",
+           "check_signal", "check_units", "check_noise_range", "warn_spacing",
            "MIN_SIGNAL_TO_NOISE", "SPACING_TOLERANCE"]
 
 MIN_SIGNAL_TO_NOISE = 2.0  # smoothed intensity spread / noise std below which a scan is noise only

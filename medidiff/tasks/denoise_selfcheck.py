@@ -62,7 +62,8 @@ import numpy as np
 from medidiff.core.metrics.sure import DEFAULT_EPS, SureEstimate, perturbed, probe, sure_from_passes
 from medidiff.core.noise import NoiseDomain
 
-__all__ = ["WARN_BELOW_DB", "RESOLUTION", "REGIONS", "REGION", "SelfCheck", "noise_std_map", "region_mask", "probe_input", "evaluate",
+__all__ = ["WARN_BELOW_DB", "RESOLUTION", "REGIONS", "REGION", "SelfCheck", "noise_std_map", "region_mask",
+           "probe_input", "evaluate",
            "warn_if_unhelpful", "COST_NOTE", "available_on", "check_plan", "self_check_steps"]
 
 WARN_BELOW_DB = 1.0  # estimated gain below which the task warns (chosen on the validation split)

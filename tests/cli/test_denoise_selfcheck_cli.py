@@ -28,7 +28,8 @@ def test_estimated_gain_line_and_one_line_warning(capsys, tmp_path, tiny_mr_mode
     assert code == 0, err
     lines = [line for line in out.splitlines() if "estimated gain" in line]
     assert len(lines) == 1 and lines[0].startswith("camera.nii.gz: estimated gain: ")
-    assert re.search(r"estimated gain: [-+]\d+\.\d dB \(SURE, no clean data; on the foreground, \d+% of the scan\)$", lines[0])
+    shape = r"estimated gain: [-+]\d+\.\d dB \(SURE, no clean data; on the foreground, \d+% of the scan\)$"
+    assert re.search(shape, lines[0])
     warned = [line for line in err.splitlines() if line.startswith("warning:")]
     assert len(warned) == 1
     assert "camera.nii.gz: the model is unlikely to help this scan (estimated" in warned[0] and "try --fit" in warned[0]

@@ -67,7 +67,8 @@ def test_estimate_tracks_the_true_gain_where_the_model_helps(tiny_mr_model, held
     assert abs(check.gain_db - true) < TRACK_DB
     assert not [w for w in caught if "unlikely to help" in str(w.message)]
     share = f"{100 * where.sum() / heldout.size:.0f}%"
-    assert check.line() == f"estimated gain: {check.gain_db:+.1f} dB (SURE, no clean data; on the foreground, {share} of the scan)"
+    expected = f"estimated gain: {check.gain_db:+.1f} dB (SURE, no clean data; on the foreground, {share} of the scan)"
+    assert check.line() == expected
 
 
 def test_warns_on_a_scan_the_model_cannot_help(tiny_mr_model, photo):
@@ -101,8 +102,8 @@ def test_cost_and_progress(tiny_mr_model, photo, options, main_calls, check_call
         handle = tiny_mr_model.network.register_forward_pre_hook(lambda *_: calls.append(1))
         events: list[Progress] = []
         try:
-            result = run_to_end(denoise_steps(tiny_mr_model, noisy, noise="gaussian", device="cpu", self_check=self_check,
-                                              **options), callback=events.append)
+            result = run_to_end(denoise_steps(tiny_mr_model, noisy, noise="gaussian", device="cpu",
+                                              self_check=self_check, **options), callback=events.append)
         finally:
             handle.remove()
         counts.append(len(calls))
