@@ -381,7 +381,7 @@ def denoise_steps(
     bounds = None
     if cal is not None:
         low, high = intervals.interval_items(cal, float(coverage), out, norm, s_net, unc, domain.gain,
-                                            domain.sigma_read, sure_mse=None if check is None else check.mse)
+                                            domain.sigma_read, self_check=check)
         bounds = tuple(scan.with_array(layout.from_items(b), meta={**scan.meta, "description": f"medidiff denoise "
                                        f"{coverage:g} interval {side} ({label})"}) for b, side in ((low, "low"), (high, "high")))
     return DenoiseResult(out_scan, np.asarray(domain.sigma, dtype=np.float64).copy(), times.copy(), unc_scan,

@@ -97,8 +97,7 @@ def _runs(model, scans: Sequence[Scan], levels: Sequence[float], draws: int, noi
                 if res.uncertainty is not None:
                     sd = np.asarray(norm.scale_sigma(layout.to_items(res.uncertainty.array).astype(np.float64)))
                 noise_n = iv.local_noise(layout.to_items(res.scan.array), norm, res.gain, res.sigma_read)
-                check = getattr(res, "self_check", None)
-                rmse = iv.sure_rmse(None if check is None else check.mse, norm)
+                rmse = iv.sure_rmse(getattr(res, "self_check", None), norm)
                 u = iv.scale_of(scale, x_hat_n, s_net, sd, noise_n, rmse)
                 out.append((float(np.median(s_net)), iv.scores(clean_n, x_hat_n, u), x_hat_n, u,
                             iv.region_mask(region_min, x_hat_n).ravel()))

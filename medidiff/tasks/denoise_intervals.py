@@ -41,7 +41,9 @@ Scales ``u`` (stored with the calibration as ``scale``):
 ``sure``       ``u = max(rmse_SURE, 0.05 s)``: the denoised scan's root-mean-square error against
                the unknown clean scan, estimated without clean data by Monte-Carlo SURE (the
                denoise self-check, :mod:`medidiff.core.metrics.sure`: one more tweedie pass),
-               one value per scan. The score ``|x - x_hat| / rmse`` no longer depends on how
+               one value per scan, over the self-check region stored with the calibration
+               (``sure_region``, ``"signal"``: every voxel for Gaussian and Poisson-Gaussian
+               noise), not over the self-check's default, which may change. The score ``|x - x_hat| / rmse`` no longer depends on how
                hard the scan is for the model: a model that has memorised its few training
                images denoises them better than any new scan, so quantiles of ``|x - x_hat| / s``
                calibrated on them are too small for new scans (built-in ``ct2d`` on its
@@ -94,6 +96,7 @@ LEVEL_SLACK = 0.02  # relative slack on the calibrated noise range
 _TEXTURE_WINDOW = 5
 _POSTERIOR_FLOOR = 0.05
 _SURE_FLOOR = 0.05  # u >= 0.05 s under the sure scale
+SURE_REGION = "signal"  # the self-check region the sure scale reads (denoise_selfcheck.REGIONS)
 
 
 class IntervalError(MedidiffError, ValueError):
@@ -115,7 +118,8 @@ class IntervalCalibration:
     ``levels``: the calibrated noise levels (normalised units, increasing). ``quantiles``: shape
     ``(len(levels), len(COVERAGES))``. ``n_voxels``: scores per level. ``sources``: scan names.
     ``region_min``: the calibration region (denoised value >= this, normalised units; ``None``:
-    every voxel), see the module docstring.
+    every voxel), see the module docstring. ``sure_region``: the self-check region whose SURE
+    the ``sure`` scale reads.
     """
 
     method: str
@@ -130,6 +134,7 @@ class IntervalCalibration:
     seed: int
     sources: tuple[str, ...] = ()
     region_min: float | None = None
+    sure_region: str = SURE_REGION
 
     def to_dict(self) -> dict:
         """The compact JSON form (numbers as space-separated strings, one per level)."""
@@ -140,6 +145,8 @@ class IntervalCalibration:
              "sources": list(self.sources)}
         if self.region_min is not None:  # absent: all voxels (older calibrations read the same)
             d["region_min"] = float(self.region_min)
+        if self.scale == "sure":
+            d["sure_region"] = self.sure_region
         return d
 
     @classmethod
@@ -150,12 +157,14 @@ class IntervalCalibration:
             cal = cls(str(d["method"]), int(d["ensemble"]), str(d["noise_model"]), str(d["scale"]), levels, q,
                       int(d.get("n_voxels", 0)), int(d.get("n_scans", 0)), int(d.get("draws", 1)),
                       int(d.get("seed", 0)), tuple(d.get("sources", ())),
-                      None if d.get("region_min") is None else float(d["region_min"]))
+                      None if d.get("region_min") is None else float(d["region_min"]),
+                      str(d.get("sure_region", SURE_REGION)))
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelError(f"{where}: the intervals calibration is damaged ({exc!r}); recalibrate the model") from None
         if (q.shape != (levels.size, len(COVERAGES)) or levels.size < 1 or np.any(np.diff(levels) <= 0)
                 or not np.all(np.isfinite(q)) or cal.scale not in SCALES
-                or (cal.region_min is not None and not np.isfinite(cal.region_min))):
+                or (cal.region_min is not None and not np.isfinite(cal.region_min))
+                or cal.sure_region not in ("signal", "foreground", "all")):
             raise ModelError(f"{where}: the intervals calibration is damaged (levels/quantiles do not fit); recalibrate")
         return cal
 
@@ -233,11 +242,13 @@ def local_noise(x_hat_scan: np.ndarray, norm, gain: float | None, read: float | 
     return np.asarray(norm.scale_sigma(np.sqrt(var)))
 
 
-def sure_rmse(mse: float | None, norm) -> float | None:
-    """The SURE-estimated RMSE (``mse`` in scan units squared) in normalised units; ``None`` stays ``None``.
+def sure_rmse(check, norm, region: str = SURE_REGION) -> float | None:
+    """The self-check's SURE-estimated RMSE on ``region`` in normalised units (``None`` without a check).
 
-    An inconsistent estimate (``mse <= 0``) gives 0, so the ``sure`` scale falls to its floor.
+    ``check``: a ``denoise_selfcheck.SelfCheck`` (its ``mse_by_region``, scan units squared). An
+    inconsistent estimate (``mse <= 0``) gives 0, so the ``sure`` scale falls to its floor.
     """
+    mse = None if check is None else (getattr(check, "mse_by_region", None) or {}).get(region)
     if mse is None:
         return None
     return float(norm.scale_sigma(float(np.sqrt(max(float(mse), 0.0)))))
@@ -285,17 +296,18 @@ def scores(clean_n: np.ndarray, x_hat_n: np.ndarray, u: np.ndarray) -> np.ndarra
 
 def interval_items(cal: IntervalCalibration, coverage: float, out_items: np.ndarray, norm, level: np.ndarray,
                    sd_items: np.ndarray | None = None, gain: float | None = None,
-                   read: float | None = None, sure_mse: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+                   read: float | None = None, self_check=None) -> tuple[np.ndarray, np.ndarray]:
     """``(low, high)`` bounds of items ``(N, ...)`` in scan units.
 
     ``out_items``: the denoised items (scan units); ``norm``: the scan's normaliser (linear);
     ``level``: the per-item noise level in normalised units; ``sd_items``: the posterior sd in
     scan units (``posterior`` scale only); ``gain``, ``read``: Poisson-Gaussian parameters (``signal``);
-    ``sure_mse``: the self-check's SURE estimate of the MSE, scan units squared (``sure`` scale).
+    ``self_check``: the denoise self-check (``denoise_selfcheck.SelfCheck``; ``sure`` scale).
     """
     x_hat_n = norm.forward(out_items).astype(np.float64)
     sd_n = None if sd_items is None else np.asarray(norm.scale_sigma(np.asarray(sd_items, dtype=np.float64)))
-    u = scale_of(cal.scale, x_hat_n, level, sd_n, local_noise(out_items, norm, gain, read), sure_rmse(sure_mse, norm))
+    u = scale_of(cal.scale, x_hat_n, level, sd_n, local_noise(out_items, norm, gain, read),
+                 sure_rmse(self_check, norm, cal.sure_region))
     q = np.array([cal.quantile(coverage, float(s)) for s in np.atleast_1d(level)])
     half = q.reshape((-1,) + (1,) * (x_hat_n.ndim - 1)) * u
     low = norm.inverse((x_hat_n - half).astype(np.float32))
