@@ -249,7 +249,8 @@ def measure_coverage(model, scans: Sequence[Scan], levels: Sequence[float], cove
                 width_s.append(float(np.mean(2 * q * u)) / s_est)
             rows.append({"level": float(level), "estimated": float(np.median([r[0] for r in runs])), "coverage": float(c),
                          "covered": float(np.mean(cov)), "covered_fg": float(np.mean(cov_fg)),
-                         "covered_region": float(np.mean(cov_reg)), "region_share": float(np.mean(share)), "draws": int(draws),
+                         "covered_region": float(np.mean(cov_reg)), "region_share": float(np.mean(share)),
+                         "draws": int(draws),
                          "covered_sd": float(np.std(cov_reg)),
                          "width": float(np.mean(width)), "width_sigmas": float(np.mean(width_s))})
     return rows

@@ -43,16 +43,16 @@ Scales ``u`` (stored with the calibration as ``scale``):
                denoise self-check, :mod:`medidiff.core.metrics.sure`: one more tweedie pass),
                one value per scan, over the self-check region stored with the calibration
                (``sure_region``, ``"signal"``: every voxel for Gaussian and Poisson-Gaussian
-               noise), not over the self-check's default, which may change. The score ``|x - x_hat| / rmse`` no longer depends on how
-               hard the scan is for the model: a model that has memorised its few training
-               images denoises them better than any new scan, so quantiles of ``|x - x_hat| / s``
-               calibrated on them are too small for new scans (built-in ``ct2d`` on its
-               held-out slice: 0.57-0.77 coverage at nominal 0.90), while ``|x - x_hat| / rmse``
-               has about the same distribution on both (0.89-0.95, with the region below). SURE
-               is computed by the self-check over its own region (the whole scan for Gaussian
-               noise), so the scale is one number per scan; at high noise it is itself noisy
-               (the estimate of ``s`` dominates), which widens the stored quantiles there. The
-               floor keeps ``u > 0`` where SURE is inconsistent (``<= 0``).
+               noise), not the self-check's default, which may change. The score
+               ``|x - x_hat| / rmse`` no longer depends on how hard the scan is for the model: a
+               model that has memorised its few training images denoises them better than any
+               new scan, so quantiles of ``|x - x_hat| / s`` calibrated on them are too small
+               for new scans (built-in ``ct2d`` on its held-out slice: 0.57-0.77 coverage at
+               nominal 0.90), while ``|x - x_hat| / rmse`` has about the same distribution on
+               both (0.89-0.95, with the region below). At high noise SURE is itself noisy (the
+               error of the estimated ``s`` dominates it), which widens the stored quantiles
+               there and makes one scan's coverage stray (sd 0.01-0.03 for ``ct2d``). The floor
+               keeps ``u > 0`` where SURE is inconsistent (``<= 0``).
 
 Region (``region_min``, stored with the calibration; ``None``, the default and every older
 calibration: all voxels): only voxels whose *denoised* value is at least ``region_min``
@@ -86,8 +86,8 @@ from scipy import ndimage as ndi
 from medidiff.errors import InvalidScanError, MedidiffError, ModelError
 
 __all__ = ["SCALES", "COVERAGES", "MIN_COVERAGE", "MAX_COVERAGE", "IntervalCalibration", "IntervalError",
-           "check_coverage", "calibrations", "find_calibration", "needs_sure", "local_noise", "sure_rmse", "scale_of", "region_mask",
-           "interval_items", "scores", "parse_interval_option"]
+           "check_coverage", "calibrations", "find_calibration", "needs_sure", "local_noise", "sure_rmse", "scale_of",
+           "region_mask", "interval_items", "scores", "parse_interval_option"]
 
 SCALES = ("noise", "signal", "texture", "posterior", "sure")
 MIN_COVERAGE, MAX_COVERAGE = 0.5, 0.99
