@@ -15,6 +15,7 @@ import pytest
 
 from medidiff.core import noise as noise_lib
 from medidiff.core.model import DiffusionModel
+from medidiff.errors import ModelError
 from medidiff.io import load_scan, save_scan
 from medidiff.model_store.registry import BUILTIN_DIR
 from medidiff.tasks.denoise import denoise
@@ -65,6 +66,11 @@ def test_region_round_trips_and_older_calibrations_mean_all_voxels():
     old = {k: v for k, v in d.items() if k != "region_min"}  # a calibration written before the rule existed
     back = IntervalCalibration.from_dict(old)
     assert back.region_min is None and "region_min" not in back.to_dict()
+    # the sure scale reads the SURE of the region stored with it, whatever the self-check's default
+    sure = IntervalCalibration("tweedie", 1, "gaussian", "sure", np.array([0.05, 0.1]), q, 1000, 1, 1, 0).to_dict()
+    assert sure["sure_region"] == "signal"
+    with pytest.raises(ModelError, match="damaged"):
+        IntervalCalibration.from_dict({**sure, "sure_region": "elsewhere"})
     x = np.array([[-3.0, -0.95, -0.9, 0.2]])
     assert region_mask(-0.9, x).tolist() == [[False, False, True, True]] and region_mask(None, x).all()
 
