@@ -84,16 +84,33 @@ def _geometry(model: Any, rows: Sequence[dict[str, str]]) -> tuple[Any, Any, str
     ae = model.autoencoder
     summary = (f"; latent diffusion: this prior samples {'x'.join(map(str, prior.config.image_size))} latents of a "
                f"{ae.factor}x-per-axis KL autoencoder ({ae.num_parameters():,} parameters), latent scale factor "
-               f"{model.scale_factor:.6g} stored in latent.json")
+               f"{model.scale_factor:.6g} stored in latent.json{_latent_field(rows)}")
     return ae.config, prior.config, summary
+
+
+def _option(rows: Sequence[dict[str, str]], key: str) -> str | None:
+    """The value of ``key=`` in the first manifest row's ``options`` (``None`` where not recorded)."""
+    for part in str((rows[0] if rows else {}).get("options") or "").split(";"):
+        if part.startswith(key + "="):
+            return part[len(key) + 1:]
+    return None
+
+
+def _latent_field(rows: Sequence[dict[str, str]]) -> str:
+    """How the samples' latents were made: whole (one piece) or in overlapping prior windows."""
+    field = _option(rows, "latent_field")
+    if field == "whole":
+        return "; each latent sampled whole, in one piece"
+    if field == "windows":
+        return (f"; each latent sampled in overlapping prior windows of {_option(rows, 'latent_window') or '?'} "
+                f"(overlap {_option(rows, 'overlap') or '?'}) because the whole latent did not fit")
+    return ""
 
 
 def _sample_size(rows: Sequence[dict[str, str]], default: Sequence[int]) -> tuple[int, ...]:
     """The samples' size: the manifest's ``size=`` option where recorded, else the model's field."""
-    for part in str((rows[0] if rows else {}).get("options") or "").split(";"):
-        if part.startswith("size="):
-            return tuple(int(v) for v in part[5:].split("x"))
-    return tuple(int(v) for v in default)
+    size = _option(rows, "size")
+    return tuple(int(v) for v in size.split("x")) if size else tuple(int(v) for v in default)
 
 
 def write_data_card(out_dir: Path, rows: Sequence[dict[str, str]], *, model: Any, format: str,

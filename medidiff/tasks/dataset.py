@@ -20,7 +20,8 @@ on the same shard of a folder while one is writing it is refused (a folder lock)
 
 Pixel and latent models (:class:`medidiff.core.latent_model.LatentModel`) write the same
 folder through this one path; the manifest's ``options`` column records what else decides a
-latent sample's pixels (``latent;clip_x0=...;size=...``), so a resume with other options is
+latent sample's pixels (``latent;clip_x0=...;size=...;latent_field=whole``, or ``windows`` with
+the window and overlap), so a resume with other options is
 refused like one with another seed.
 """
 

@@ -467,10 +467,13 @@ def test_manifest_records_whole_or_windowed_latent_field(tiny_latent, capsys, tm
     win = [r["options"].split(";") for r in _rows(tmp_path / "win")]
     assert len(win) == 2 and all("latent_field=windows" in o for o in win), win
     assert all("latent_window=24x32" in o and "overlap=0.5" in o for o in win), win
+    assert "overlapping prior windows of 24x32 (overlap 0.5)" in (tmp_path / "win" / "DATA_CARD.md").read_text()
     code, _, err = call(capsys, *base, "--out", tmp_path / "whole")
     assert code == 0, err
     whole = [r["options"].split(";") for r in _rows(tmp_path / "whole")]
     assert all("latent_field=whole" in o and not any(p.startswith("latent_window") for p in o) for o in whole), whole
+    card = (tmp_path / "whole" / "DATA_CARD.md").read_text()
+    assert "each latent sampled whole, in one piece" in card and "prior windows" not in card
     # the two paths give other pixels: a resume that would window where the folder was whole is refused
     code, _, err = call(capsys, *base, "--max-latent-voxels", 768, "--out", tmp_path / "whole")
     assert code == 2 and "options" in err and "latent_field=whole" in err, err
