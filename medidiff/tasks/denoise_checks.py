@@ -19,10 +19,12 @@ grid of window-shaped blobs, a sample instead of the scan), so these inputs get 
 
 A voxel size far (more than 1.5x) from the model's training spacing gets a one-line warning
 (``UserWarning``; the CLI prints it as ``warning: ...``) saying what to expect; the scan is not
-resampled, because resampling measured no better overall. Built-in ``mr2d`` (trained at 2 mm) on
-its held-out sample resampled to other voxel sizes, Gaussian noise 5%, PSNR in ``x > 0.1 max``
-(noisy ~26.0 dB): at 2 mm +4.5 dB; at 1 mm +7.2 dB direct vs +7.7 dB resampled to 2 mm and back;
-at 4 mm +2.9 dB direct vs +1.3 dB resampled.
+resampled, because resampling measured no better overall. Built-in ``mr2d`` (the 64 x 64 model,
+trained at 2 mm) on its held-out sample resampled to other voxel sizes, Gaussian noise 5%, PSNR in
+``x > 0.1 max`` (noisy ~26.0 dB; ``benchmarks/voxel_size.py``): at 2 mm +4.3 dB; at 4 mm +2.7 dB
+direct vs +1.5 dB resampled to 2 mm and back; at 1 mm +6.2 dB direct vs +7.5 dB resampled. The
+1 mm scan is the 2 mm sample upsampled, with no detail finer than 2 mm for the round trip to blur,
+so its 1.4 dB favour resampling more than a real 1 mm scan would; the warning says both.
 """
 
 from __future__ import annotations
@@ -160,11 +162,11 @@ def warn_spacing(model, layout: SliceLayout, scan, source: str) -> str | None:
     ref = "x".join(f"{v:.3g}" for v in trained)
     factor = max(worst, 1 / worst)
     if worst > 1:
-        expect = (f"expect a smaller gain than at {ref} mm (mr2d at 2x coarser: +2.9 dB instead of +4.5 dB; "
+        expect = (f"expect a smaller gain than at {ref} mm (mr2d at 2x coarser: +2.7 dB instead of +4.3 dB; "
                   "resampling first measured worse)")
     else:
-        expect = (f"expect a little less than resampling to {ref} mm first would give "
-                  "(mr2d at 2x finer: 0.4 dB less)")
+        expect = (f"expect less than resampling to {ref} mm first would give where the scan has no finer detail "
+                  "(mr2d at 2x finer: 1.4 dB less), more where it has")
     text = (f"{source}: voxels are {fmt} mm but the model was trained at {ref} mm ({factor:.1f}x "
             f"{'coarser' if worst > 1 else 'finer'}); {expect}")
     warnings.warn(text, UserWarning, stacklevel=3)
