@@ -24,10 +24,16 @@ import torch
 from medidiff.core.model import DiffusionModel
 from medidiff.io import Scan, load_scan
 from medidiff.tasks.anomaly import calibrate_threshold, detect_anomalies
+from medidiff.tasks.anomaly.options import DEFAULT_DRAWS, DEFAULT_T_FRACTIONS
 
 ROOT = Path(__file__).resolve().parents[1]
 FOLDER = ROOT / "medidiff" / "builtin" / "mr2d"
 HELDOUT = ROOT / "medidiff" / "builtin" / "samples" / "mr_heldout.nii.gz"
+SCORE_WORDS = {
+    "zscore": "the residual as a healthy z-score given the mean reconstruction, 16 bins",
+    "ssim": "the residual's healthy z-score plus that of 1 - local SSIM, given the mean reconstruction, 16 bins",
+    "residual": "the raw residual",
+}
 SOURCE = "mr_train.nii.gz: nibabel tests/data/example4d.nii.gz volume 0, slices z < 16 (the training slices)"
 
 
@@ -57,6 +63,7 @@ def main() -> None:
                  for m in ("scan-adaptive", "plain") for q in (0.05, 0.1)}
     ood = [str(w.message) for w in caught if "unlike" in str(w.message)]
     o = cal["options"]
+    levels = " and ".join(f"{100 * f:g}%" for f in DEFAULT_T_FRACTIONS)
     section = "\n".join([
         "## Anomaly calibration",
         "",
@@ -64,8 +71,8 @@ def main() -> None:
         f"{cal['n_voxels']:,} foreground voxels of",
         "  its 16 training slices (`mr_train.nii.gz`: nibabel's example4d.nii.gz, volume 0, slices z < 16)",
         "- calibrated with the current calibration defaults: method ddpm, Tweedie reconstruction, noise times",
-        f"  t = {', '.join(f'{t:g}' for t in o['timesteps'])} (30% and 45% of the 1000-step schedule, 3 noise draws each),",
-        f"  score {o['score']} (the residual as a healthy z-score given the mean reconstruction, 16 bins), no median filter",
+        f"  t = {', '.join(f'{t:g}' for t in o['timesteps'])} ({levels} of the {model.schedule.T}-step schedule, {DEFAULT_DRAWS} noise draws each),",
+        f"  score {o['score']} ({SCORE_WORDS[o['score']]}), no median filter",
         f"  (median_size {o['median_size']}), Gaussian smoothing sigma {o['smooth_sigma']:g} voxels inside the tissue, "
         f"Otsu foreground, direction {o['direction']}, seed {cal['seed']}",
         f"  (`medidiff anomaly mr2d IN OUT` uses these; `--score residual` etc. need `medidiff anomaly calibrate` first)",

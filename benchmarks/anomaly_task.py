@@ -10,6 +10,8 @@ of the split. Used to check on test what the variant table of ``anomaly.py`` cho
 
 ``--model FOLDER --label NAME`` runs a model trained elsewhere on the train slab under a short row
 name; ``--baseline`` adds the intensity outlier map ``|x - healthy tissue mean|`` on each split.
+Each row also gets the scan AUROC of other scan scores than the task's (``scan_auroc_by``, table
+``scan-scores-SPLIT.md``): :data:`SCAN_SCORES` of the same maps.
 """
 
 from __future__ import annotations
@@ -18,15 +20,85 @@ import argparse
 import json
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from anomaly import (SLABS, _slice, evaluate, fdr_table, intensity_baseline, load_volumes, make_split,  # noqa: E402
-                     table, task_row, timed_maps)
+                     table, timed_maps)
 
+import numpy as np  # noqa: E402
+
+from medidiff.core.metrics import auroc  # noqa: E402
 from medidiff.io import Scan  # noqa: E402
+from medidiff.tasks.anomaly import calibrate_threshold, detect_anomalies  # noqa: E402
+from medidiff.tasks.anomaly.fdr import ADAPTIVE, bh_mask, calibration_tables, scan_level  # noqa: E402
+
+
+def _fdr_size(m: np.ndarray, fg: np.ndarray, thr: float, tables: dict) -> float:
+    return float(bh_mask(m, fg, tables[ADAPTIVE], 0.1, ADAPTIVE)[0].sum())
+
+
+def _standardised(m: np.ndarray, fg: np.ndarray, p: float) -> float:
+    loc, scale = scan_level(m[fg])
+    return (float(np.percentile(m[fg], p)) - loc) / scale
+
+
+# scan scores from one map (``m``, foreground ``fg``), the calibrated threshold and the calibration's FDR tables
+SCAN_SCORES = {
+    "p99": lambda m, fg, thr, tab: float(np.percentile(m[fg], 99.0)),  # the task's (maps.scan_score)
+    "p99.9": lambda m, fg, thr, tab: float(np.percentile(m[fg], 99.9)),
+    "max": lambda m, fg, thr, tab: float(m[fg].max()),
+    "p99.9 standardised": lambda m, fg, thr, tab: _standardised(m, fg, 99.9),
+    "voxels above threshold": lambda m, fg, thr, tab: float((m[fg] > thr).sum()),
+    "excess above threshold": lambda m, fg, thr, tab: float(np.clip(m[fg] - thr, 0, None).sum()),
+    "FDR 0.1 mask size": _fdr_size,
+}
+
+
+def scan_aurocs(maps: list, items: list, calib_maps: list, thr: float) -> dict:
+    """Scan AUROC per lesion kind (that kind's scans vs the healthy ones) of each of :data:`SCAN_SCORES`."""
+    tables = calibration_tables([m[fg] for m, fg in calib_maps], 8192, seed=0)
+    out: dict = {}
+    for name, fn in SCAN_SCORES.items():
+        scores = [fn(m, fg, thr, tables) for m, fg in maps]
+        out[name] = {kind: auroc(np.array([scores[k] for k, it in enumerate(items) if it[1] in ("healthy", kind)]),
+                                 np.array([it[1] == kind for it in items if it[1] in ("healthy", kind)]))
+                     for kind in ("bright", "iso")}
+    return out
+
+
+def task_row(model, name: str, calib: list[Scan], items: list, **options) -> dict:
+    """The task API end to end (as ``anomaly.task_row``), plus the other scan scores' AUROC and calibration seconds."""
+    t0 = time.perf_counter()
+    thr = calibrate_threshold(model, calib, 99.0, save=False, device="cpu", **options)
+    cal_secs = time.perf_counter() - t0
+
+    def task_map(scan: Scan) -> tuple[np.ndarray, np.ndarray]:
+        with warnings.catch_warnings(record=True):
+            warnings.simplefilter("always")
+            r = detect_anomalies(model, scan, threshold=thr, device="cpu", **options)
+        return r.map.array, r.foreground.array > 0
+
+    maps, secs = timed_maps(task_map, [it[2] for it in items])
+    calib_maps = [task_map(s) for s in calib]
+    row = evaluate(name, maps, items, calib_maps, secs, thr)
+    row["calibration_sec"] = cal_secs
+    row["scan_auroc_by"] = scan_aurocs(maps, items, calib_maps, thr)
+    return row
+
+
+def scan_table(rows: list[dict]) -> str:
+    """Scan AUROC bright / iso of each scan score."""
+    names = list(SCAN_SCORES)
+    lines = ["| map | " + " | ".join(names) + " |", "|" + "---|" * (len(names) + 1)]
+    for r in rows:
+        if "scan_auroc_by" in r:
+            by = r["scan_auroc_by"]
+            lines.append(f"| {r['method']} | " + " | ".join(f"{by[n]['bright']:.3f} / {by[n]['iso']:.3f}" for n in names) + " |")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -58,9 +130,9 @@ def main() -> None:
         for text in args.options:
             opts = json.loads(text)
             name = f"medidiff {args.label or args.model}, " + (", ".join(f"{k}={v}" for k, v in opts.items()) or "defaults")
-            rows.append(task_row(model, name, calib, items, [], **opts))
+            rows.append(task_row(model, name, calib, items, **opts))
         out = (f"{split}:\n\n{table(rows)}\n\nFDR masks, plain vs scan-adaptive (lesioned FDP / healthy scans flagged; "
-               f"lesion voxels found):\n\n{fdr_table(rows)}\n\nwhole run so far {time.perf_counter() - t0:.0f} s\n")
+               f"lesion voxels found):\n\n{fdr_table(rows)}\n\nScan AUROC bright / iso by scan score:\n\n{scan_table(rows)}\n\nwhole run so far {time.perf_counter() - t0:.0f} s\n")
         print(out, flush=True)
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / f"table-{split}.md").write_text(out)

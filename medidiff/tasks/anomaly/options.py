@@ -25,21 +25,28 @@ SCORES = AnomalyScore.values()
 FDR_METHODS = FdrMethod.values()
 DEFAULT_SCORE = AnomalyScore.RESIDUAL.value
 SCORE_PERCENTILE = 99.0
-# default noise levels as fractions of the schedule length (300 and 450 of a 1000-step DDPM), each
+# default noise levels as fractions of the schedule length (150 and 300 of a 1000-step DDPM), each
 # drawn DEFAULT_DRAWS times with fresh noise. Higher t hides a lesion under more noise, so the model
 # paints healthy tissue over it; but one noise draw leaves a grainy residual whose false positives
-# move with the seed, and averaging 3 independent draws per level steadies it. On
-# benchmarks/anomaly.py this beat the old default (0.15, 0.30, one draw each) on every metric
-# (voxel AUPRC 0.25 -> 0.40) at 3x the network calls (6 per slice).
-DEFAULT_T_FRACTIONS = (0.30, 0.45)
+# move with the seed, and averaging 3 independent draws per level steadies it (6 draws did not
+# help). With the 32 x 32 mr2d, 0.30/0.45 x 3 beat 0.15/0.30 x 1 (voxel AUPRC 0.25 -> 0.40); with
+# the 64 x 64 mr2d, which sees more healthy context around a lesion, lower noise is better for
+# iso-intense lesions: on benchmarks/anomaly_task.py (validation, benchmarks/README.md "Anomaly
+# map settings for the 64 x 64 mr2d") 0.15/0.30 x 3 with sigma 3 gave AUPRC bright / iso
+# 0.648 / 0.113 vs 0.641 / 0.066 for 0.30/0.45 x 3 with sigma 2 (test: 0.791 / 0.319 vs
+# 0.804 / 0.102), at the same 6 network calls per slice. Lower still (0.10/0.20) breaks the FDR masks.
+DEFAULT_T_FRACTIONS = (0.15, 0.30)
 # what a calibration uses when none of score, median_size, smooth_sigma is given: the healthy z-score
-# smoothed by a Gaussian (sigma 2 voxels) inside the tissue. On benchmarks/anomaly.py (mr2d) it beat
-# the residual + median 3 on validation (AUPRC bright 0.587 vs 0.483, iso 0.054 vs 0.032) and test
-# (0.640 vs 0.585, 0.040 vs 0.034) and, with the scan-adaptive FDR method, keeps its FDR masks; it
-# loses a little scan AUROC on bright lesions (test 0.951 vs 0.965). Detection then uses the
-# calibrated options; a map without a calibration (an explicit threshold) stays the plain residual,
-# which needs no healthy statistics.
-CALIBRATION_DEFAULTS = {"score": AnomalyScore.ZSCORE.value, "median_size": 0, "smooth_sigma": 2.0}
+# smoothed by a Gaussian (sigma 3 voxels) inside the tissue. On benchmarks/anomaly.py (32 x 32 mr2d)
+# the z-score + Gaussian 2 beat the residual + median 3 on validation (AUPRC bright 0.587 vs 0.483,
+# iso 0.054 vs 0.032) and test (0.640 vs 0.585, 0.040 vs 0.034) and, with the scan-adaptive FDR
+# method, keeps its FDR masks. With the 64 x 64 mr2d and t = 0.15/0.30, sigma 3 beat 2 and 4 on
+# validation (t = 0.20/0.30: AUPRC bright / iso 0.651 / 0.104 vs 0.619 / 0.093 and 0.619 / 0.102);
+# ``ssim`` (z-score plus structural z-score) finds iso-intense lesions best (validation iso 0.190
+# at 0.20/0.30, sigma 3) but loses bright ones (0.554) and breaks the FDR masks (FDP 0.19 / 0.34 at
+# q = 0.1), so it is not the default. Detection then uses the calibrated options; a map without a
+# calibration (an explicit threshold) stays the plain residual, which needs no healthy statistics.
+CALIBRATION_DEFAULTS = {"score": AnomalyScore.ZSCORE.value, "median_size": 0, "smooth_sigma": 3.0}
 DEFAULT_DRAWS = 3
 # the noise a model was trained with is ``config.training["noise"]``; models without it are white-noise models
 WHITE_NOISE = TrainingNoise.WHITE.value  # "white"; older records said "gaussian"
@@ -123,7 +130,7 @@ class AnomalyOptions:
 
     method:      ``ddpm`` (Gaussian noise), ``simplex`` (AnoDDPM simplex noise; only for a model
                  trained with simplex noise) or ``patched`` (pDDPM: one noised patch at a time);
-    timesteps:   noise levels (times of the model's schedule); default 30% and 45% of its length,
+    timesteps:   noise levels (times of the model's schedule); default 15% and 30% of its length,
                  3 draws each; a time given twice is drawn twice with fresh noise;
     recon:       ``tweedie`` (one network call per time) or ``ddim`` (``ddim_steps`` calls);
     patch_size:  the noised patch of ``patched`` (default a quarter of the side);
@@ -134,7 +141,7 @@ class AnomalyOptions:
                  z-score plus the z-score of 1 - local SSIM(x, reconstruction)); see
                  :mod:`medidiff.tasks.anomaly.scores`; the last two need a calibration; a
                  calibration given none of score, median_size, smooth_sigma uses
-                 :data:`CALIBRATION_DEFAULTS` (zscore, no median, Gaussian sigma 2);
+                 :data:`CALIBRATION_DEFAULTS` (zscore, no median, Gaussian sigma 3);
     smooth_sigma: Gaussian smoothing of the map inside the tissue after the median filter,
                  ``G * (m 1_fg) / G * 1_fg`` (sigma in voxels; 0: none, the default);
     threshold:   ``"auto"`` (the calibrated threshold) or a number in the map's units;
