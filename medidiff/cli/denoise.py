@@ -123,7 +123,7 @@ def denoise(
     no_self_check: bool = typer.Option(False, "--no-self-check", help="Skip the self-check, which estimates the "
                                        "gain without clean data (SURE), writes it to OUT's sidecar (clean.denoise.json) "
                                        "and warns when the model is unlikely to help the scan; it costs one more network pass for tweedie (x --ensemble), two "
-                                       "tweedie passes for ddim and posterior (--fit results are not checked)."),
+                                       "tweedie passes for ddim and posterior, one more pass of the estimator for --fit)."),
     device: str = DEVICE,
     seed: int = SEED,
     overwrite: bool = OVERWRITE,
@@ -210,7 +210,7 @@ def denoise(
                 return staged[out] / path.name if folder else staged[out]
 
             save_scan(result.scan, target(dst), inputs=[src, path], source=scan)
-            if getattr(result, "self_check", None) is not None:  # staged next to the output: its sidecar's place
+            if not fit and getattr(result, "self_check", None) is not None:  # staged next to the output
                 write_sidecar(sidecar_info(result, model=str(model), source=str(path), method=method), target(dst))
             if uncertainty is not None and result.uncertainty is not None:
                 save_scan(result.uncertainty, target(uncertainty), inputs=[src, path], source=scan)

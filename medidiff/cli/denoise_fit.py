@@ -72,12 +72,14 @@ def run_fit(net, scan, path: Path, options: dict[str, Any], fit_options: dict[st
     from medidiff.core.progress import run_to_end
     from medidiff.tasks.fit import fit_and_denoise_steps
 
-    keep = {k: options[k] for k in ("noise", "sigma", "seed", "device")}
+    keep = {k: options[k] for k in ("noise", "sigma", "seed", "device", "self_check")}
     result = run_to_end(fit_and_denoise_steps(net, scan, **keep, **fit_options), show=True, desc=path.name)
     how = "stopped by --fit-minutes" if result.stopped_by_clock else "all --fit-steps"
     typer.echo(f"{path.name}: fitted {'a new model' if net is None else 'the model'} to the scan itself "
                f"({result.steps} steps, {result.seconds:.0f} s, {how}); noise model {result.noise_model} "
                f"({result.reason}); sigma {result.sigma:.4g} (scan units)")
+    if result.self_check is not None:
+        typer.echo(f"{path.name}: {result.self_check.line()}")
     return result
 
 

@@ -2,8 +2,9 @@
 
 A diffusion prior is normally learnt from clean images. Here the only data is the noisy scan
 ``y = x + sigma n`` (``n`` unit white Gaussian, after the noise model's variance-stabilising map
-``NoiseDomain.to_gaussian``: the identity for Gaussian/Rician noise, the rescaled generalised
-Anscombe transform for Poisson-Gaussian noise, whose noise is then Gaussian of std ``sigma``).
+``NoiseDomain.to_gaussian``: the identity for Gaussian noise, the Rician VST for Rician noise,
+the rescaled generalised Anscombe transform for Poisson-Gaussian noise, whose noise is then
+Gaussian of std ``sigma``).
 
 Derivation (consistent Tweedie / Noisier2Noise with a diffusion network)
 -------------------------------------------------------------------------
@@ -72,6 +73,7 @@ from medidiff.core.slicing import SliceLayout
 from medidiff.errors import InvalidScanError, MedidiffError
 from medidiff.io import Scan
 from medidiff.tasks import denoise_checks as checks
+from medidiff.tasks import denoise_selfcheck as selfcheck
 from medidiff.tasks.fit_train import FitTrainConfig, fit_network_steps
 
 __all__ = ["FitOptionError", "FitResult", "MIN_FIT_SIDE", "RATIO", "fit_and_denoise_steps", "fit_and_denoise"]
@@ -91,6 +93,8 @@ class FitResult:
 
     ``sigma``: the noise std removed (scan units; Poisson-Gaussian: the stabilised domain's).
     ``steps``/``seconds``: training steps and seconds; ``stopped_by_clock``: the time budget ended it.
+    ``self_check``: the SURE-estimated gain of the returned image (``denoise_selfcheck.SelfCheck``),
+    None when skipped.
     """
 
     scan: Scan
@@ -102,6 +106,7 @@ class FitResult:
     seconds: float
     stopped_by_clock: bool
     losses: tuple[float, ...] = ()
+    self_check: selfcheck.SelfCheck | None = None
 
 
 def _source(scan: Scan) -> str:
@@ -183,6 +188,7 @@ def fit_and_denoise_steps(
     lr: float | None = None,
     seed: int = 0,
     device: str = "auto",
+    self_check: bool = True,
 ) -> Generator[Progress, None, FitResult]:
     """Fit ``model`` (``None``/``"none"``: a new tiny network) to the noisy ``scan`` itself, then denoise it.
 
@@ -191,6 +197,10 @@ def fit_and_denoise_steps(
     draws:        fresh-noise draws averaged by the estimator (one network call each per item).
     lr:           learning rate (default 1e-3 from scratch, 2e-4 fine-tuning). ``seed``: crops,
                   levels and draws. ``device``: ``"auto"``, ``"cpu"``, ``"cuda"``, ...
+    self_check:   estimate the result's gain without clean data (SURE, as ``denoise`` does) and warn
+                  when it is small. The estimator with its seeded draws is a fixed function of the
+                  scan, so one more pass at ``y + eps s b`` (``draws`` network calls per item) gives
+                  Monte-Carlo SURE of exactly the returned image.
     Yields ``Progress`` (training: per cent of the budget, one event per step; then per draw).
     """
     from medidiff.core.devices import release_memory, resolve_device
@@ -229,11 +239,25 @@ def fit_and_denoise_steps(
                          lr=lr if lr is not None else (1e-3 if fresh else 2e-4), seed=seed)
     try:
         trained = yield from relay(fit_network_steps(net, work, s_net, cfg, dev))
-        out = np.empty(items.shape, dtype=np.float32)
-        for i in range(items.shape[0]):
-            est = yield from relay(_estimate(net, work[i], s_net, draws, seed, i),
-                                   message=f"estimate {i + 1}/{items.shape[0]}")
-            out[i] = domain.from_gaussian(norm.inverse(est), i)
+
+        def run_pass(stack: np.ndarray, label: str) -> Generator[Progress, None, np.ndarray]:
+            """The whole fitted denoiser on a scan-units stack (the same seeded draws every pass)."""
+            net_in = work if stack is items else norm.forward(domain.to_gaussian(stack))
+            res = np.empty(items.shape, dtype=np.float32)
+            for i in range(items.shape[0]):
+                est = yield from relay(_estimate(net, net_in[i], s_net, draws, seed, i),
+                                       message=f"{label} {i + 1}/{items.shape[0]}")
+                res[i] = domain.from_gaussian(norm.inverse(est), i)
+            return res
+
+        out = yield from run_pass(items, "estimate")
+        check = None
+        if self_check and selfcheck.available_on(net.device):
+            s_map = selfcheck.noise_std_map(domain, items)
+            probe_items, b = selfcheck.probe_input(items, s_map, seed)
+            probed = yield from run_pass(probe_items, "self-check (SURE)")
+            check = selfcheck.warn_if_unhelpful(
+                selfcheck.evaluate(items, out, probed, s_map, b, domain, f"fit ({draws} draws)"), source)
     finally:
         release_memory(dev)
     net.config.training = {"fit": "noisy scan itself (consistent Tweedie)", "steps": trained.steps,
@@ -242,7 +266,7 @@ def fit_and_denoise_steps(
     meta = dict(scan.meta)
     meta["description"] = f"medidiff denoise (fit, {domain.model})"
     return FitResult(scan.with_array(layout.from_items(out), meta=meta), net, sigma_scan, domain.model, reason,
-                     trained.steps, trained.seconds, trained.stopped_by_clock, tuple(trained.losses))
+                     trained.steps, trained.seconds, trained.stopped_by_clock, tuple(trained.losses), check)
 
 
 fit_and_denoise = plain_twin(fit_and_denoise_steps, "fit and denoise")
