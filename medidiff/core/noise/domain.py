@@ -3,8 +3,9 @@
 A Gaussian denoiser (the diffusion prior) removes noise of one known std. Each noise model
 gives a map ``to_gaussian`` from scan units to a domain where the noise is (close to) additive
 Gaussian of std ``sigma``, and ``from_gaussian``, the map from a *denoised* image in that domain
-back to scan units (the identity for Gaussian noise, the Rician bias correction for Rician
-noise, the exact unbiased inverse Anscombe transform for Poisson-Gaussian noise). The domain
+back to scan units (the identity for Gaussian noise; for Rician noise the variance-stabilising
+transform and its posterior-mean inverse, or the Rician mean inversion, :mod:`.rician`; the
+exact unbiased inverse Anscombe transform for Poisson-Gaussian noise). The domain
 works on a stack of items ``(N, ...)`` (slices of a volume, or one image); ``sigma`` has one
 value per item, and ``from_gaussian`` takes the item's index because the Rician correction
 uses that item's own ``sigma``.

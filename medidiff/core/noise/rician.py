@@ -156,7 +156,7 @@ def rician_bias_correct(image: np.ndarray, sigma: float, method: str = "mean") -
     """Remove the Rician bias from a magnitude image given the per-channel noise std ``sigma``.
 
     ``"mean"`` (default; for images that estimate ``E[m]``, such as a denoised or locally averaged
-    magnitude, which is what the denoise task produces): inverts the exact Rician mean
+    magnitude, as the denoise task produces with ``transform="mean"``): inverts the exact Rician mean
     ``E[m] = rician_mean(A, sigma)`` for ``A`` (tabulated to SNR 60, ``sqrt(m^2 - sigma^2)``
     above; ``A = 0`` below the Rayleigh mean ``sigma * sqrt(pi/2)``).
     ``"moment"`` (for raw noisy magnitudes): the second-moment estimator
