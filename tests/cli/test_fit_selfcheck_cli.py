@@ -17,7 +17,8 @@ from medidiff.io import Scan, save_scan
 def noisy_cells(tmp_path):
     sample = microscopy_sample()
     noisy = noise_lib.add_noise(sample.array[200:264, 60:124], "poisson-gaussian", 0.1, rng=0)
-    return save_scan(Scan(noisy.astype(np.float32), sample.spacing, sample.affine, "microscopy"), tmp_path / "cells.tif")
+    scan = Scan(noisy.astype(np.float32), sample.spacing, sample.affine, "microscopy")
+    return save_scan(scan, tmp_path / "cells.tif")
 
 
 def test_fit_prints_the_estimated_gain(capsys, tmp_path, noisy_cells):

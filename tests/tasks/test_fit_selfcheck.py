@@ -42,7 +42,7 @@ def test_fit_result_carries_a_self_check_close_to_the_true_gain(fitted):
 def test_fit_self_check_can_be_skipped(fitted):
     _, noisy, result = fitted
     scan = result.scan.with_array(noisy)
-    again = fit_and_denoise(None, scan, noise="gaussian", sigma=result.sigma, minutes=5.0, max_steps=40, seed=0, device="cpu",
-                            self_check=False)
+    again = fit_and_denoise(None, scan, noise="gaussian", sigma=result.sigma, minutes=5.0, max_steps=40, seed=0,
+                            device="cpu", self_check=False)
     assert again.self_check is None
     np.testing.assert_array_equal(again.scan.array, result.scan.array)  # the check does not change the result
