@@ -132,6 +132,7 @@ def test_healthy_slices_score_lower_than_lesioned(tiny_mr_model, mr_heldout_slic
 def test_repeated_times_are_fresh_draws_that_steady_the_map(tiny_mr_model, lesioned):
     from medidiff.tasks.anomaly import resolve_options
 
+    # a 32 x 32 window: the small-context default (a 64 x 64 one gets 150, 300: options.default_t_fractions)
     assert resolve_options(tiny_mr_model, use_calibrated=False).timesteps == (300.0,) * 3 + (450.0,) * 3
     scan, _ = lesioned
 
@@ -252,11 +253,12 @@ def test_builtin_mr2d_is_calibrated_with_the_current_defaults():
     from medidiff.model_store.registry import resolve_model
     from medidiff.tasks.anomaly import resolve_options
 
-    from medidiff.tasks.anomaly.options import CALIBRATION_DEFAULTS
+    from medidiff.tasks.anomaly.options import calibration_defaults
 
     mr2d = resolve_model("mr2d")
-    assert resolve_options(mr2d) == resolve_options(mr2d, use_calibrated=False, **CALIBRATION_DEFAULTS)
-    assert resolve_options(mr2d).timesteps == (300.0,) * 3 + (450.0,) * 3
+    assert resolve_options(mr2d) == resolve_options(mr2d, use_calibrated=False, **calibration_defaults(mr2d))
+    # the defaults of a 64 x 64 window (options.WIDE_WINDOW): lower noise levels and sigma 3
+    assert resolve_options(mr2d).timesteps == (150.0,) * 3 + (300.0,) * 3 and resolve_options(mr2d).smooth_sigma == 3.0
     assert resolve_options(mr2d).score == "zscore" and mr2d.config.anomaly["score_profile"]
     # FDR masks work out of the box, with both methods
     assert mr2d.config.anomaly["healthy_scores"] and mr2d.config.anomaly["healthy_scores_scan_adaptive"]

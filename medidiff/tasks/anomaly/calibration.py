@@ -10,8 +10,9 @@ map settings they were made with, which are stored alongside. For the ``zscore``
 scores (:mod:`.scores`) the calibration first fits the healthy statistics per bin of
 reconstructed intensity on the calibration scans' raw residuals (``score_profile``), then
 thresholds the scored maps of the same scans. Given none of ``score``, ``median_size`` and
-``smooth_sigma``, a calibration uses :data:`~.options.CALIBRATION_DEFAULTS` (the z-score,
-Gaussian sigma 2, no median: measured better in ``benchmarks/anomaly.py``).
+``smooth_sigma``, a calibration uses :func:`~.options.calibration_defaults` (the z-score,
+Gaussian sigma 2, or 3 for a training window of 64 pixels or more, no median: measured better in
+``benchmarks/anomaly.py`` and ``benchmarks/anomaly_task.py``).
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ from medidiff.io import Scan
 from . import fdr, ood, scores
 from .detect import use_model
 from .maps import map_steps, plan_scan, scored_map, tissue_fraction
-from .options import CALIBRATION_DEFAULTS, DEFAULT_SCORE, SCORE_PERCENTILE, AnomalyOptionError, AnomalyOptions
+from .options import (CALIBRATION_DEFAULTS, DEFAULT_SCORE, SCORE_PERCENTILE, AnomalyOptionError, AnomalyOptions,
+                      calibration_defaults)
 
 MAX_SOURCES = 20  # calibration scans named in config.json (the count is always complete)
 MAX_LEVELS = 200  # calibration scans' (median, scale) kept for the record (the FDR uses the standardised sample)
@@ -72,9 +74,9 @@ def calibrate_threshold_steps(
     if int(sample_size) < 100:
         raise AnomalyOptionError("sample_size", f"must be >= 100 healthy voxels, got {sample_size}")
     opts = (options or AnomalyOptions()).with_(**overrides) if overrides else (options or AnomalyOptions())
-    if all(getattr(opts, k) is None for k in CALIBRATION_DEFAULTS):
-        opts = opts.with_(**CALIBRATION_DEFAULTS)
     model = use_model(model, opts.device)
+    if all(getattr(opts, k) is None for k in CALIBRATION_DEFAULTS):
+        opts = opts.with_(**calibration_defaults(model))
     items = [healthy_scans] if isinstance(healthy_scans, (str, Path, Scan)) else list(healthy_scans)
     scans = expand_inputs(items)
     if not scans:

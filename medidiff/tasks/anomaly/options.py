@@ -25,28 +25,39 @@ SCORES = AnomalyScore.values()
 FDR_METHODS = FdrMethod.values()
 DEFAULT_SCORE = AnomalyScore.RESIDUAL.value
 SCORE_PERCENTILE = 99.0
-# default noise levels as fractions of the schedule length (150 and 300 of a 1000-step DDPM), each
-# drawn DEFAULT_DRAWS times with fresh noise. Higher t hides a lesion under more noise, so the model
-# paints healthy tissue over it; but one noise draw leaves a grainy residual whose false positives
-# move with the seed, and averaging 3 independent draws per level steadies it (6 draws did not
-# help). With the 32 x 32 mr2d, 0.30/0.45 x 3 beat 0.15/0.30 x 1 (voxel AUPRC 0.25 -> 0.40); with
-# the 64 x 64 mr2d, which sees more healthy context around a lesion, lower noise is better for
-# iso-intense lesions: on benchmarks/anomaly_task.py (validation, benchmarks/README.md "Anomaly
-# map settings for the 64 x 64 mr2d") 0.15/0.30 x 3 with sigma 3 gave AUPRC bright / iso
-# 0.648 / 0.113 vs 0.641 / 0.066 for 0.30/0.45 x 3 with sigma 2 (test: 0.791 / 0.319 vs
-# 0.804 / 0.102), at the same 6 network calls per slice. Lower still (0.10/0.20) breaks the FDR masks.
-DEFAULT_T_FRACTIONS = (0.15, 0.30)
-# what a calibration uses when none of score, median_size, smooth_sigma is given: the healthy z-score
-# smoothed by a Gaussian (sigma 3 voxels) inside the tissue. On benchmarks/anomaly.py (32 x 32 mr2d)
-# the z-score + Gaussian 2 beat the residual + median 3 on validation (AUPRC bright 0.587 vs 0.483,
-# iso 0.054 vs 0.032) and test (0.640 vs 0.585, 0.040 vs 0.034) and, with the scan-adaptive FDR
-# method, keeps its FDR masks. With the 64 x 64 mr2d and t = 0.15/0.30, sigma 3 beat 2 and 4 on
-# validation (t = 0.20/0.30: AUPRC bright / iso 0.651 / 0.104 vs 0.619 / 0.093 and 0.619 / 0.102);
-# ``ssim`` (z-score plus structural z-score) finds iso-intense lesions best (validation iso 0.190
-# at 0.20/0.30, sigma 3) but loses bright ones (0.554) and breaks the FDR masks (FDP 0.19 / 0.34 at
-# q = 0.1), so it is not the default. Detection then uses the calibrated options; a map without a
-# calibration (an explicit threshold) stays the plain residual, which needs no healthy statistics.
-CALIBRATION_DEFAULTS = {"score": AnomalyScore.ZSCORE.value, "median_size": 0, "smooth_sigma": 3.0}
+# default noise levels as fractions of the schedule length, each drawn DEFAULT_DRAWS times with fresh
+# noise; they depend on how much context the model sees (its training window). Higher t hides a
+# lesion under more noise, so the model paints healthy tissue over it; but one noise draw leaves a
+# grainy residual whose false positives move with the seed, and averaging 3 independent draws per
+# level steadies it (6 draws did not help on the 64 x 64 mr2d). Windows under WIDE_WINDOW pixels a
+# side (the 32 x 32 mr2d, the test suite's tiny model): 0.30/0.45 (300 and 450 of a 1000-step DDPM);
+# on benchmarks/anomaly.py it beat 0.15/0.30 one draw each on every metric (voxel AUPRC 0.25 -> 0.40)
+# at 6 network calls per slice, and on the tiny 32 x 32 test model 0.15/0.30 breaks the FDR masks of
+# noisier scans. A window of WIDE_WINDOW or more (the 64 x 64 mr2d) reconstructs a lesion's healthy
+# surroundings from context even at low noise, while the lesion's own contrast survives it:
+# 0.15/0.30 x 3 with sigma 3 gave validation AUPRC bright / iso 0.648 / 0.113 vs 0.641 / 0.066 for
+# 0.30/0.45 x 3 with sigma 2 (test 0.791 / 0.319 vs 0.804 / 0.102; benchmarks/anomaly_task.py,
+# benchmarks/README.md "Anomaly map settings for the 64 x 64 mr2d"), at the same 6 calls per slice;
+# lower still (0.10/0.20) broke the FDR masks there too.
+DEFAULT_T_FRACTIONS = (0.30, 0.45)
+WIDE_T_FRACTIONS = (0.15, 0.30)
+WIDE_WINDOW = 64  # pixels a side of the training window from which WIDE_T_FRACTIONS are the default
+# what a calibration uses when none of score, median_size, smooth_sigma is given
+# (:func:`calibration_defaults`): the healthy z-score smoothed by a Gaussian inside the tissue, sigma 2
+# voxels for windows under WIDE_WINDOW, 3 for wider ones. On benchmarks/anomaly.py (32 x 32 mr2d) the
+# z-score + Gaussian 2 beat the residual + median 3 on validation (AUPRC bright 0.587 vs 0.483, iso
+# 0.054 vs 0.032) and test (0.640 vs 0.585, 0.040 vs 0.034) and, with the scan-adaptive FDR method,
+# keeps its FDR masks; on the tiny 32 x 32 test model sigma 3 lets a strong lesion spill false voxels
+# past its edge (30 % of an FDR 0.1 mask). With the 64 x 64 mr2d sigma 3 beat 2 and 4 on validation
+# at t = 0.20/0.30 (AUPRC bright / iso 0.651 / 0.104 vs 0.619 / 0.093 and 0.619 / 0.102) and at
+# 0.15/0.30 (0.648 / 0.113 vs 0.602 / 0.097, and sigma 2 flagged 2 of 6 healthy slices at q = 0.1).
+# ``ssim`` (z-score plus structural z-score) finds iso-intense lesions best there (validation iso
+# 0.190 at 0.20/0.30, sigma 3) but loses bright ones (0.554) and breaks the FDR masks (FDP 0.19 /
+# 0.34 at q = 0.1), so it is not the default. Detection then uses the calibrated options; a map
+# without a calibration (an explicit threshold) stays the plain residual, which needs no healthy
+# statistics.
+CALIBRATION_DEFAULTS = {"score": AnomalyScore.ZSCORE.value, "median_size": 0, "smooth_sigma": 2.0}
+WIDE_SMOOTH_SIGMA = 3.0  # the calibration default's sigma for a window of WIDE_WINDOW or more
 DEFAULT_DRAWS = 3
 # the noise a model was trained with is ``config.training["noise"]``; models without it are white-noise models
 WHITE_NOISE = TrainingNoise.WHITE.value  # "white"; older records said "gaussian"
@@ -130,8 +141,8 @@ class AnomalyOptions:
 
     method:      ``ddpm`` (Gaussian noise), ``simplex`` (AnoDDPM simplex noise; only for a model
                  trained with simplex noise) or ``patched`` (pDDPM: one noised patch at a time);
-    timesteps:   noise levels (times of the model's schedule); default 15% and 30% of its length,
-                 3 draws each; a time given twice is drawn twice with fresh noise;
+    timesteps:   noise levels (times of the model's schedule); default 30% and 45% of its length
+                 (15% and 30% for a training window of 64 pixels a side or more), 3 draws each; a time given twice is drawn twice with fresh noise;
     recon:       ``tweedie`` (one network call per time) or ``ddim`` (``ddim_steps`` calls);
     patch_size:  the noised patch of ``patched`` (default a quarter of the side);
     median_size: median filter of the map (0 or 1: none); foreground: score Otsu tissue only;
@@ -141,7 +152,8 @@ class AnomalyOptions:
                  z-score plus the z-score of 1 - local SSIM(x, reconstruction)); see
                  :mod:`medidiff.tasks.anomaly.scores`; the last two need a calibration; a
                  calibration given none of score, median_size, smooth_sigma uses
-                 :data:`CALIBRATION_DEFAULTS` (zscore, no median, Gaussian sigma 3);
+                 :func:`calibration_defaults` (zscore, no median, Gaussian sigma 2; 3 for a
+                 training window of 64 pixels a side or more);
     smooth_sigma: Gaussian smoothing of the map inside the tissue after the median filter,
                  ``G * (m 1_fg) / G * 1_fg`` (sigma in voxels; 0: none, the default);
     threshold:   ``"auto"`` (the calibrated threshold) or a number in the map's units;
@@ -234,12 +246,13 @@ class AnomalyOptions:
         values.update(self.map_fields())
         T = model.schedule.T
         dims = model.config.spatial_dims
-        ts = values["timesteps"] or [round(f * T) for f in DEFAULT_T_FRACTIONS for _ in range(DEFAULT_DRAWS)]
+        fractions = default_t_fractions(model)
+        ts = values["timesteps"] or [round(f * T) for f in fractions for _ in range(DEFAULT_DRAWS)]
         ts = [ts] if isinstance(ts, (int, float)) else list(ts)
         for t in ts:
             if not 0 <= float(t) < T:
                 raise AnomalyOptionError("timesteps", f"{t:g} is outside this model's schedule [0, {T}); "
-                                         f"the default is {', '.join(f'{f * T:g}' for f in DEFAULT_T_FRACTIONS)}")
+                                         f"the default is {', '.join(f'{f * T:g}' for f in fractions)}")
         ps = values["patch_size"]
         if ps is not None:
             ps = tuple(int(p) for p in ps) * (dims if len(ps) == 1 else 1)
@@ -259,6 +272,23 @@ class AnomalyOptions:
         )
         check_method(model, settings.method)
         return settings
+
+
+def wide_window(model: Any) -> bool:
+    """Whether ``model`` was trained on windows of at least :data:`WIDE_WINDOW` pixels a side."""
+    size = getattr(model.config, "image_size", None)
+    sides = [size] if isinstance(size, (int, float)) else list(size or [])
+    return bool(sides) and min(int(n) for n in sides) >= WIDE_WINDOW
+
+
+def default_t_fractions(model: Any) -> tuple[float, ...]:
+    """The default noise levels of ``model``: :data:`WIDE_T_FRACTIONS` for a wide window, else :data:`DEFAULT_T_FRACTIONS`."""
+    return WIDE_T_FRACTIONS if wide_window(model) else DEFAULT_T_FRACTIONS
+
+
+def calibration_defaults(model: Any) -> dict[str, Any]:
+    """What a calibration of ``model`` given none of score, median_size, smooth_sigma uses."""
+    return {**CALIBRATION_DEFAULTS, "smooth_sigma": WIDE_SMOOTH_SIGMA} if wide_window(model) else dict(CALIBRATION_DEFAULTS)
 
 
 def trained_noise(model: Any) -> str:
@@ -315,4 +345,5 @@ def parse_patch_size(text: str | None) -> tuple[int, ...] | None:
 
 __all__ = ["AnomalyOptions", "AnomalyOptionError", "MapSettings", "resolve_options", "trained_noise",
            "check_method", "parse_timesteps", "parse_threshold", "parse_patch_size", "SCORE_PERCENTILE",
-           "DEFAULT_T_FRACTIONS", "DEFAULT_DRAWS", "SCORES", "DEFAULT_SCORE", "FDR_METHODS", "CALIBRATION_DEFAULTS"]
+           "DEFAULT_T_FRACTIONS", "WIDE_T_FRACTIONS", "WIDE_WINDOW",
+           "default_t_fractions", "calibration_defaults", "wide_window", "WIDE_SMOOTH_SIGMA", "DEFAULT_DRAWS", "SCORES", "DEFAULT_SCORE", "FDR_METHODS", "CALIBRATION_DEFAULTS"]
