@@ -34,6 +34,9 @@ from scipy import special
 
 __all__ = ["forward", "expected", "inverse", "offset", "residual_std", "posterior_inverse"]
 
+# numpy >= 2 names it trapezoid; 1.x (allowed by our numpy>=1.24) only has trapz
+_trapezoid = getattr(np, "trapezoid", None) or np.trapz
+
 _A = np.concatenate([np.linspace(0.0, 10.0, 1001), np.linspace(10.0, 60.0, 251)[1:]])
 _TOP = float(_A[-1])
 
@@ -58,7 +61,7 @@ def _tables() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         m = np.linspace(max(a - 9.0, 0.0), a + 9.0, 3601)
         pdf = m * np.exp(-0.5 * (m - a) ** 2) * special.i0e(m * a)
         fm = _f_table(m, u, f)
-        g[k] = np.trapezoid(pdf * fm, m) / np.trapezoid(pdf, m)
+        g[k] = _trapezoid(pdf * fm, m) / _trapezoid(pdf, m)
     c = -g[0]
     return u, f + c, _A.copy(), g + c
 
@@ -142,8 +145,8 @@ def posterior_inverse(d: np.ndarray, tau: float, iterations: int = 100) -> np.nd
     lo = float(xl.min())
     xs = np.linspace(lo, cut, int(np.clip((cut - lo) / (tau / 4.0), 64, 8192)) + 1)
     lik = np.exp(-0.5 * ((xs[:, None] - g_grid[None, :]) / tau) ** 2)
-    slab = np.maximum(np.trapezoid(lik, grid, axis=1) / a_max, 1e-300)
-    slab_mean = np.trapezoid(lik * grid[None, :], grid, axis=1) / a_max / slab
+    slab = np.maximum(_trapezoid(lik, grid, axis=1) / a_max, 1e-300)
+    slab_mean = _trapezoid(lik * grid[None, :], grid, axis=1) / a_max / slab
     # log(slab / spike) per voxel (the spike's likelihood is exp(-D^2 / 2 tau^2), g(0) = 0)
     log_ratio = np.interp(xl, xs, np.log(slab)) + 0.5 * (xl / tau) ** 2
     odds = np.exp(np.minimum(log_ratio, 700.0))
