@@ -77,7 +77,8 @@ def main() -> None:
         f"  score {o['score']} ({SCORE_WORDS[o['score']]}), no median filter",
         f"  (median_size {o['median_size']}), Gaussian smoothing sigma {o['smooth_sigma']:g} voxels inside the tissue, "
         f"Otsu foreground, direction {o['direction']}, seed {cal['seed']}",
-        "  (`medidiff anomaly mr2d IN OUT` uses these; `--score residual` etc. need `medidiff anomaly calibrate` first)",
+        "  (`medidiff anomaly mr2d IN OUT` uses these; `--score residual` etc. need `medidiff anomaly calibrate`",
+        "  first)",
         "- these settings were chosen for this model on the anomaly benchmark's validation split",
         "  (`benchmarks/README.md`, \"Anomaly map settings for the 64 x 64 `mr2d`\"); on its test split, calibrated on",
         "  its calibration slab: AUPRC bright / iso 0.791 / 0.319, best Dice 0.752 / 0.353, scan AUROC 0.986 / 0.750,",

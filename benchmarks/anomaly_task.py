@@ -10,8 +10,9 @@ of the split. Used to check on test what the variant table of ``anomaly.py`` cho
 
 ``--model FOLDER --label NAME`` runs a model trained elsewhere on the train slab under a short row
 name; ``--baseline`` adds the intensity outlier map ``|x - healthy tissue mean|`` on each split.
-Each row also gets the scan AUROC of other scan scores than the task's (``scan_auroc_by``, table
-``scan-scores-SPLIT.md``): :data:`SCAN_SCORES` of the same maps.
+Each row also gets the scan AUROC of other scan scores than the task's 99th percentile
+(:data:`SCAN_SCORES` of the same maps: ``scan_auroc_by`` in ``results-SPLIT.json``, the last table
+of ``table-SPLIT.md``) and the calibration's seconds (``calibration_sec``).
 """
 
 from __future__ import annotations
@@ -97,7 +98,8 @@ def scan_table(rows: list[dict]) -> str:
     for r in rows:
         if "scan_auroc_by" in r:
             by = r["scan_auroc_by"]
-            lines.append(f"| {r['method']} | " + " | ".join(f"{by[n]['bright']:.3f} / {by[n]['iso']:.3f}" for n in names) + " |")
+            cells = [f"{by[n]['bright']:.3f} / {by[n]['iso']:.3f}" for n in names]
+            lines.append(f"| {r['method']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -132,7 +134,9 @@ def main() -> None:
             name = f"medidiff {args.label or args.model}, " + (", ".join(f"{k}={v}" for k, v in opts.items()) or "defaults")
             rows.append(task_row(model, name, calib, items, **opts))
         out = (f"{split}:\n\n{table(rows)}\n\nFDR masks, plain vs scan-adaptive (lesioned FDP / healthy scans flagged; "
-               f"lesion voxels found):\n\n{fdr_table(rows)}\n\nScan AUROC bright / iso by scan score:\n\n{scan_table(rows)}\n\nwhole run so far {time.perf_counter() - t0:.0f} s\n")
+               f"lesion voxels found):\n\n{fdr_table(rows)}\n\n"
+               f"Scan AUROC bright / iso by scan score:\n\n{scan_table(rows)}\n\n"
+               f"whole run so far {time.perf_counter() - t0:.0f} s\n")
         print(out, flush=True)
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / f"table-{split}.md").write_text(out)

@@ -142,7 +142,8 @@ class AnomalyOptions:
     method:      ``ddpm`` (Gaussian noise), ``simplex`` (AnoDDPM simplex noise; only for a model
                  trained with simplex noise) or ``patched`` (pDDPM: one noised patch at a time);
     timesteps:   noise levels (times of the model's schedule); default 30% and 45% of its length
-                 (15% and 30% for a training window of 64 pixels a side or more), 3 draws each; a time given twice is drawn twice with fresh noise;
+                 (15% and 30% for a training window of 64 pixels a side or more), 3 draws
+                 each; a time given twice is drawn twice with fresh noise;
     recon:       ``tweedie`` (one network call per time) or ``ddim`` (``ddim_steps`` calls);
     patch_size:  the noised patch of ``patched`` (default a quarter of the side);
     median_size: median filter of the map (0 or 1: none); foreground: score Otsu tissue only;
@@ -282,13 +283,14 @@ def wide_window(model: Any) -> bool:
 
 
 def default_t_fractions(model: Any) -> tuple[float, ...]:
-    """The default noise levels of ``model``: :data:`WIDE_T_FRACTIONS` for a wide window, else :data:`DEFAULT_T_FRACTIONS`."""
+    """The default noise levels of ``model``: :data:`WIDE_T_FRACTIONS` for a wide window, else the others."""
     return WIDE_T_FRACTIONS if wide_window(model) else DEFAULT_T_FRACTIONS
 
 
 def calibration_defaults(model: Any) -> dict[str, Any]:
     """What a calibration of ``model`` given none of score, median_size, smooth_sigma uses."""
-    return {**CALIBRATION_DEFAULTS, "smooth_sigma": WIDE_SMOOTH_SIGMA} if wide_window(model) else dict(CALIBRATION_DEFAULTS)
+    wide = {"smooth_sigma": WIDE_SMOOTH_SIGMA} if wide_window(model) else {}
+    return {**CALIBRATION_DEFAULTS, **wide}
 
 
 def trained_noise(model: Any) -> str:
@@ -346,4 +348,5 @@ def parse_patch_size(text: str | None) -> tuple[int, ...] | None:
 __all__ = ["AnomalyOptions", "AnomalyOptionError", "MapSettings", "resolve_options", "trained_noise",
            "check_method", "parse_timesteps", "parse_threshold", "parse_patch_size", "SCORE_PERCENTILE",
            "DEFAULT_T_FRACTIONS", "WIDE_T_FRACTIONS", "WIDE_WINDOW",
-           "default_t_fractions", "calibration_defaults", "wide_window", "WIDE_SMOOTH_SIGMA", "DEFAULT_DRAWS", "SCORES", "DEFAULT_SCORE", "FDR_METHODS", "CALIBRATION_DEFAULTS"]
+           "default_t_fractions", "calibration_defaults", "wide_window", "WIDE_SMOOTH_SIGMA", "DEFAULT_DRAWS",
+           "SCORES", "DEFAULT_SCORE", "FDR_METHODS", "CALIBRATION_DEFAULTS"]
