@@ -44,7 +44,7 @@ app.add_typer(anomaly_app, name="anomaly")
 
 
 METHOD = typer.Option(None, "--method", help="ddpm (Gaussian noise), simplex (AnoDDPM; models trained with simplex noise only) or patched (pDDPM). Default: the calibrated one, else ddpm.")
-TIMESTEPS = typer.Option(None, "--timesteps", help="Comma-separated noise times, e.g. 300,450 (default: 30% and 45% of the schedule, 3 noise draws each; repeat a time for more draws).")
+TIMESTEPS = typer.Option(None, "--timesteps", help="Comma-separated noise times, e.g. 300,450 (default: the calibrated ones, else 30% and 45% of the schedule, or 15% and 30% for models trained on windows of 64 pixels or more, 3 noise draws each; repeat a time for more draws).")
 RECON = typer.Option(None, "--recon", help="tweedie (one network call per time) or ddim (a few DDIM steps).")
 DDIM_STEPS = typer.Option(None, "--ddim-steps", help="DDIM steps per reconstruction with --recon ddim (default 3).")
 PATCH_SIZE = typer.Option(None, "--patch-size", help="Noised patch of --method patched, e.g. 16 or 16,16 (default: a quarter of the side).")
@@ -182,8 +182,9 @@ def calibrate(
     healthy scans, so about (100 - percentile)% of healthy tissue is flagged. Detection with
     --threshold auto or --fdr then uses it (with the same method and options). Given none of
     --score, --median-size and --smooth-sigma, it calibrates the healthy z-score smoothed by a
-    Gaussian of sigma 2 (--score zscore --median-size 0 --smooth-sigma 2: measured better than
-    the residual in benchmarks/README.md); --score residual gives the plain residual map.
+    Gaussian (--score zscore --median-size 0, sigma 2, or 3 for models trained on windows of 64
+    pixels or more: measured better than the residual in benchmarks/README.md); --score residual
+    gives the plain residual map.
 
     Example:  medidiff anomaly calibrate my-model healthy/ --percentile 99
     """

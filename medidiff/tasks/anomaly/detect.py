@@ -144,7 +144,8 @@ def detect_anomalies_steps(
     is an :class:`AnomalyOptions` (see it for every option); keyword ``overrides`` change single
     fields of it (``detect_anomalies(m, scan, threshold=30.0, timesteps=(250,))``). Map options
     left ``None`` take the values the model was calibrated with, else the defaults (ddpm, 30% and
-    45% of the schedule 3 draws each, Tweedie, median 3, foreground, both). ``threshold="auto"``
+    45% of the schedule 3 draws each -- 15% and 30% for a model trained on windows of 64 pixels or
+    more, :func:`.options.default_t_fractions` -- Tweedie, median 3, foreground, both). ``threshold="auto"``
     needs a calibration made with the same map settings; so does ``fdr``. Same ``seed`` -> same
     map, whatever ``batch_size``.
     """
