@@ -6,7 +6,8 @@ self-check estimates the result's MSE against the unknown clean scan with Monte-
 (:mod:`medidiff.core.metrics.sure`: one more pass of the same denoiser at ``y + eps s b``) and
 turns it into the PSNR gain a user with the clean scan would have measured,
 ``10 log10(mean s^2 / SURE)``. Below :data:`WARN_BELOW_DB` the task warns in one line naming the
-file ("the model is unlikely to help this scan ... try --fit").
+file ("the model is unlikely to help this scan ... try --fit"; after ``--fit`` itself: train
+longer or check the noise level, :func:`medidiff.tasks.fit.fit_advice`).
 
 Everything is in **scan units**, on the whole pipeline (noise-model transform, per-scan
 normaliser, network, inverse transform), so the estimate is of the output the user gets:
@@ -62,7 +63,8 @@ import numpy as np
 from medidiff.core.metrics.sure import DEFAULT_EPS, SureEstimate, perturbed, probe, sure_from_passes
 from medidiff.core.noise import NoiseDomain
 
-__all__ = ["WARN_BELOW_DB", "RESOLUTION", "REGIONS", "REGION", "SelfCheck", "noise_std_map", "region_mask",
+__all__ = ["WARN_BELOW_DB", "RESOLUTION", "ADVICE", "SIGMA_ADVICE", "REGIONS", "REGION", "SelfCheck", "noise_std_map",
+           "region_mask",
            "probe_input", "evaluate",
            "warn_if_unhelpful", "COST_NOTE", "available_on", "check_plan", "self_check_steps"]
 
@@ -177,20 +179,29 @@ def evaluate(items: np.ndarray, denoised: np.ndarray, denoised_probe: np.ndarray
                      total=int(y.size), by_region=by_region, mse_by_region={k: v.mse for k, v in found.items()})
 
 
-def warn_if_unhelpful(check: SelfCheck | None, source: str, threshold_db: float = WARN_BELOW_DB) -> SelfCheck | None:
+ADVICE = "try --fit (trains on the scan itself)"  # what the warning suggests after a pretrained model's denoising
+SIGMA_ADVICE = "check --sigma, or try --fit"  # ... and when the noise level is inconsistent with the result
+
+
+def warn_if_unhelpful(check: SelfCheck | None, source: str, threshold_db: float = WARN_BELOW_DB, *,
+                      subject: str = "the model", advice: str = ADVICE,
+                      sigma_advice: str = SIGMA_ADVICE) -> SelfCheck | None:
     """Warn (one ``UserWarning`` line naming ``source``) when the estimated gain is below ``threshold_db``.
 
-    Returns ``check`` with its ``warning`` set (or unchanged when nothing was said).
+    ``subject`` / ``advice`` / ``sigma_advice``: what denoised, and what the line suggests (small
+    gain / inconsistent noise level); the defaults are for a pretrained model, a ``--fit`` result
+    passes its own (:func:`medidiff.tasks.fit.fit_advice`). Returns ``check`` with its ``warning``
+    set (or unchanged when nothing was said).
     """
     if check is None:
         return None
     what = "" if "indicator" not in check.denoiser else " (estimated for its tweedie denoiser)"
     if not check.consistent:
         text = (f"{source}: the noise level ({check.noise_var ** 0.5:.4g} rms, scan units) is inconsistent with the "
-                "result (SURE far below zero): it looks too high for this scan; check --sigma, or try --fit")
+                f"result (SURE far below zero): it looks too high for this scan; {sigma_advice}")
     elif check.resolved and check.gain_db < threshold_db:
-        text = (f"{source}: the model is unlikely to help this scan{what} (estimated {check.gain_db:+.1f} dB, "
-                "SURE without clean data); try --fit (trains on the scan itself)")
+        text = (f"{source}: {subject} is unlikely to help this scan{what} (estimated {check.gain_db:+.1f} dB, "
+                f"SURE without clean data); {advice}")
     else:
         return check
     warnings.warn(text, UserWarning, stacklevel=3)

@@ -76,7 +76,8 @@ from medidiff.tasks import denoise_checks as checks
 from medidiff.tasks import denoise_selfcheck as selfcheck
 from medidiff.tasks.fit_train import FitTrainConfig, fit_network_steps
 
-__all__ = ["FitOptionError", "FitResult", "MIN_FIT_SIDE", "RATIO", "fit_and_denoise_steps", "fit_and_denoise"]
+__all__ = ["FitOptionError", "FitResult", "MIN_FIT_SIDE", "RATIO", "fit_and_denoise_steps", "fit_and_denoise",
+           "fit_advice"]
 
 MIN_FIT_SIDE = 32  # the smallest image side a network can be fitted on (one 32x32 crop at least)
 RATIO = 1.0  # estimator level s / sigma
@@ -257,7 +258,8 @@ def fit_and_denoise_steps(
             probe_items, b = selfcheck.probe_input(items, s_map, seed)
             probed = yield from run_pass(probe_items, "self-check (SURE)")
             check = selfcheck.warn_if_unhelpful(
-                selfcheck.evaluate(items, out, probed, s_map, b, domain, f"fit ({draws} draws)"), source)
+                selfcheck.evaluate(items, out, probed, s_map, b, domain, f"fit ({draws} draws)"), source,
+                **fit_advice(trained.stopped_by_clock, minutes, trained.steps, sigma is not None))
     finally:
         release_memory(dev)
     net.config.training = {"fit": "noisy scan itself (consistent Tweedie)", "steps": trained.steps,
@@ -270,3 +272,17 @@ def fit_and_denoise_steps(
 
 
 fit_and_denoise = plain_twin(fit_and_denoise_steps, "fit and denoise")
+
+
+def fit_advice(stopped_by_clock: bool, minutes: float, steps: int, sigma_given: bool) -> dict[str, str]:
+    """The self-check warning's wording for a fitted result (``denoise_selfcheck.warn_if_unhelpful``).
+
+    A fit that helps little has most often not trained long enough, or was given a wrong noise
+    level; "try --fit", the advice after a pretrained model, would be no advice here.
+    """
+    longer = (f"a larger --fit-minutes than {minutes:g}" if stopped_by_clock
+              else f"more --fit-steps than {steps}")
+    level = "check the --sigma given" if sigma_given else "check the noise level (give --sigma)"
+    return {"subject": "the fitted model",
+            "advice": f"train longer ({longer}), or {level}",
+            "sigma_advice": "check --sigma" if sigma_given else "give the noise level with --sigma"}

@@ -7,8 +7,10 @@ fine-tuning the chosen model) for the time budget, and the consistent-Tweedie es
 ``medidiff.tasks.fit`` then gives the denoised image, added as ``"<layer> denoised (fitted)"``
 with the input layer's geometry. The training loss is drawn as it goes (the Train widget's
 ``LossCurve``). Cancel stops within one training step (or one estimator draw) and adds
-nothing. With a name under *Keep as*, the fitted model is saved in the user model folder under
-that name (``model_store.registry.user_model_dir``), so it appears, by name, in every medidiff
+nothing. The task's SURE self-check (the estimated gain of the result, no clean data;
+``medidiff.tasks.denoise_selfcheck``) is added to the result line and the layer metadata, and its
+"unlikely to help" warning reaches the viewer as a notification. With a name under *Keep as*,
+the fitted model is saved in the user model folder under that name (``model_store.registry.user_model_dir``), so it appears, by name, in every medidiff
 model list: a prior for scans like this one.
 """
 
@@ -189,10 +191,12 @@ class FitWidget(TaskWidget):
         if "colormap" in style:
             style["colormap"] = style["colormap"].name
         how = "time budget reached" if result.stopped_by_clock else "step limit reached"
+        check = getattr(result, "self_check", None)  # the SURE gain estimate; its warning is a notification
         info = {"medidiff_fit": {"noise_model": result.noise_model, "reason": result.reason,
                                  "sigma": float(result.sigma), "steps": int(result.steps),
                                  "seconds": float(result.seconds), "options": dict(self._options),
-                                 "model": str(outcome.saved) if outcome.saved else ""}}
+                                 "model": str(outcome.saved) if outcome.saved else "",
+                                 "self_check": None if check is None else check.to_dict()}}
         add_scan_layer(self.viewer, result.scan, f"{like.name} denoised (fitted)", "image", like=like,
                        metadata=info, **style)
         name = NOISE_NAMES.get(result.noise_model, result.noise_model)
@@ -202,6 +206,8 @@ class FitWidget(TaskWidget):
         else:
             noise = f"noise level {number(result.sigma)} ({name}, {how_sigma})"
         text = f"fitted in {result.steps} steps, {result.seconds:.0f} s ({how}); {noise}"
+        if check is not None:
+            text += f"; {check.line()}"
         if outcome.saved is not None:
             for widget in QApplication.allWidgets():  # every model list in the viewer learns the new model
                 if isinstance(widget, ModelPicker):

@@ -31,6 +31,10 @@ def test_fit_prints_the_estimated_gain(capsys, tmp_path, noisy_cells):
     # three training steps give a poor network: the check must say so in its one-line warning
     warned = [line for line in err.splitlines() if line.startswith("warning:") and "cells.tif" in line]
     assert len(warned) == 1 and ("unlikely to help" in warned[0] or "inconsistent" in warned[0]), err
+    # advice for a fit result: train longer (it stopped at --fit-steps 3) or check the noise level, not "try --fit"
+    assert "try --fit" not in warned[0] and "--sigma" in warned[0], warned[0]
+    assert "inconsistent" in warned[0] or "the fitted model is unlikely to help" in warned[0] and \
+        "train longer (more --fit-steps than 3)" in warned[0], warned[0]
 
 
 def test_fit_no_self_check_prints_no_gain(capsys, tmp_path, noisy_cells):

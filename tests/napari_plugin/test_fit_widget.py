@@ -71,6 +71,12 @@ def test_fit_denoises_the_layer_and_keeps_the_model(make_napari_viewer, qtbot, n
     assert fit_db > noisy_db + 8.0, (noisy_db, fit_db)  # the margin of tests/tasks/test_fit.py
     assert len(widget.loss_curve.values) == STEPS  # the curve was drawn step by step
     assert out.metadata["medidiff_fit"]["steps"] == STEPS and "kept as cells-fit" in widget.result_label.text()
+    # the self-check's estimated gain is in the result line and the layer metadata, like the Denoise widget's
+    check = out.metadata["medidiff_fit"]["self_check"]
+    assert check is not None and check["denoiser"] == "fit (2 draws)"
+    assert "; estimated gain: " in widget.result_label.text() and "(SURE, no clean data" in widget.result_label.text()
+    if check["consistent"] and check["mse"] >= 0.1 * check["noise_var"]:  # a resolved estimate: near the true gain
+        assert abs(check["gain_db"] - (fit_db - noisy_db)) < 3.0, (check["gain_db"], fit_db - noisy_db)
     for picker in (widget.model_picker, other.model_picker):
         assert picker.combo.findText("cells-fit") >= 0
     _screenshot(viewer, qtbot)

@@ -46,3 +46,25 @@ def test_fit_self_check_can_be_skipped(fitted):
                             device="cpu", self_check=False)
     assert again.self_check is None
     np.testing.assert_array_equal(again.scan.array, result.scan.array)  # the check does not change the result
+
+
+@pytest.mark.parametrize("by_clock, given, says", [(True, False, "train longer (a larger --fit-minutes than 2)"),
+                                                   (False, True, "train longer (more --fit-steps than 40)")])
+def test_fit_warning_suggests_training_longer_or_the_noise_level(by_clock, given, says):
+    import dataclasses
+
+    from medidiff.tasks import denoise_selfcheck as selfcheck
+    from medidiff.tasks.fit import fit_advice
+
+    low = selfcheck.SelfCheck(0.2, 0.95, 1.0, True, 0.1, "fit (8 draws)", "foreground", 100, 100)
+    wording = fit_advice(by_clock, 2.0, 40, given)
+    with pytest.warns(UserWarning) as caught:
+        small = selfcheck.warn_if_unhelpful(low, "cells.tif", **wording)
+        bad = selfcheck.warn_if_unhelpful(dataclasses.replace(low, mse=-0.5, consistent=False), "cells.tif", **wording)
+    assert len(caught) == 2 and "try --fit" not in small.warning + bad.warning
+    assert small.warning.startswith("cells.tif: the fitted model is unlikely to help this scan (estimated +0.2 dB")
+    assert says in small.warning and "--sigma" in small.warning
+    assert bad.warning.endswith("check --sigma" if given else "give the noise level with --sigma")
+    # a pretrained model's warning is unchanged
+    with pytest.warns(UserWarning, match=r"the model is unlikely to help this scan .*; try --fit \(trains on"):
+        selfcheck.warn_if_unhelpful(dataclasses.replace(low, denoiser="tweedie"), "cells.tif")
