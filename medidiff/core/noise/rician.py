@@ -208,9 +208,10 @@ def _vst_signal(values: np.ndarray, sigma: float) -> np.ndarray:
 def domain(sigma: np.ndarray, transform: str | None = None) -> NoiseDomain:
     """The Rician domain of items with per-channel noise std ``sigma[i]``.
 
-    ``transform="vst"`` (the default, :data:`DEFAULT_TRANSFORM`): denoise ``sigma F(m / sigma)``
-    (:mod:`.rician_vst`), noise std ``sigma``, background at 0; invert with the exact unbiased
-    inverse. ``"mean"``: denoise the magnitude as it is and invert the Rician mean.
+    ``"vst-mmse"`` (the default, :data:`DEFAULT_TRANSFORM`) and ``"vst"``: denoise
+    ``sigma F(m / sigma)`` (:mod:`.rician_vst`), noise std ``sigma``, background at 0; invert near
+    the floor by the posterior mean (``"vst-mmse"``) or everywhere by the exact unbiased inverse
+    (``"vst"``). ``"mean"``: denoise the magnitude as it is and invert the Rician mean.
     """
     transform = DEFAULT_TRANSFORM if transform is None else transform
     if transform not in TRANSFORMS:
@@ -232,7 +233,7 @@ def domain(sigma: np.ndarray, transform: str | None = None) -> NoiseDomain:
         arr = np.asarray(items, dtype=np.float64)
         out = np.empty(arr.shape, dtype=np.float32)
         for i, item in enumerate(arr):
-            s = float(values[i]) if values.size > 1 else pooled
+            s = float(values[i])
             out[i] = item if s <= 0 else s * rician_vst.forward(item / s)
         return out
 
@@ -249,4 +250,5 @@ def domain(sigma: np.ndarray, transform: str | None = None) -> NoiseDomain:
         return _vst_signal(mean_signal(x), pooled)
 
     return NoiseDomain("rician", values, forward, vst_inverse, signal_of_mean=vst_signal,
-                       note="Rician variance-stabilising transform, exact unbiased inverse")
+                       note="Rician variance-stabilising transform, " + (
+                           "posterior-mean inverse at the noise floor" if transform == "vst-mmse" else "exact unbiased inverse"))
