@@ -167,9 +167,8 @@ def calibrate_intervals_steps(
     if scale == "sure":
         from medidiff.tasks.denoise_selfcheck import available_on
 
-        if not available_on(model.device):
-            raise iv.IntervalError(f"--scale sure needs the SURE self-check, which cannot run under bf16 autocast on "
-                                   f"{model.device}; calibrate with --device cpu")
+        iv.require_sure(available_on(model.device), f"--scale sure on {model.device}: its intervals",
+                        "calibrate with --device cpu")
     noise_model = _noise_model(model, loaded, noise)
     runs = yield from _runs(model, loaded, lv, draws, noise_model, scale, method, ensemble, samples, steps, seed, device,
                             region_min)

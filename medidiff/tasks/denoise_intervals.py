@@ -84,9 +84,10 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from medidiff.errors import InvalidScanError, MedidiffError, ModelError
+from medidiff.tasks.denoise_selfcheck import REGIONS
 
 __all__ = ["SCALES", "COVERAGES", "MIN_COVERAGE", "MAX_COVERAGE", "IntervalCalibration", "IntervalError",
-           "check_coverage", "calibrations", "find_calibration", "needs_sure", "local_noise", "sure_rmse", "scale_of",
+           "check_coverage", "calibrations", "find_calibration", "require_sure", "needs_sure", "local_noise", "sure_rmse", "scale_of",
            "region_mask", "interval_items", "scores", "parse_interval_option"]
 
 SCALES = ("noise", "signal", "texture", "posterior", "sure")
@@ -164,7 +165,7 @@ class IntervalCalibration:
         if (q.shape != (levels.size, len(COVERAGES)) or levels.size < 1 or np.any(np.diff(levels) <= 0)
                 or not np.all(np.isfinite(q)) or cal.scale not in SCALES
                 or (cal.region_min is not None and not np.isfinite(cal.region_min))
-                or cal.sure_region not in ("signal", "foreground", "all")):
+                or cal.sure_region not in REGIONS):
             raise ModelError(f"{where}: the intervals calibration is damaged (levels/quantiles do not fit); recalibrate")
         return cal
 
@@ -222,13 +223,17 @@ def find_calibration(model, method: str, ensemble: int, noise_model: str | None 
     return match[0]
 
 
+def require_sure(available: bool, what: str, fix: str) -> None:
+    """Refuse in one line a ``sure``-scale use where the SURE self-check cannot run (``available`` false)."""
+    if not available:
+        raise IntervalError(f"{what} need the SURE self-check, which cannot run under this device's bf16 autocast; {fix}")
+
+
 def needs_sure(cal: IntervalCalibration | None, available: bool, source: str) -> bool:
     """True when ``cal`` scales by the SURE self-check; refuse in one line where it cannot run (``available``)."""
     if cal is None or cal.scale != "sure":
         return False
-    if not available:
-        raise IntervalError(f"{source}: these intervals (scale 'sure') need the SURE self-check, which cannot run "
-                            "under this device's bf16 autocast; denoise with --device cpu for intervals")
+    require_sure(available, f"{source}: these intervals (scale 'sure')", "denoise with --device cpu for intervals")
     return True
 
 
