@@ -90,10 +90,9 @@ def _geometry(model: Any, rows: Sequence[dict[str, str]]) -> tuple[Any, Any, str
 
 def _option(rows: Sequence[dict[str, str]], key: str) -> str | None:
     """The value of ``key=`` in the first manifest row's ``options`` (``None`` where not recorded)."""
-    for part in str((rows[0] if rows else {}).get("options") or "").split(";"):
-        if part.startswith(key + "="):
-            return part[len(key) + 1:]
-    return None
+    from medidiff.io.manifest import option_parts
+
+    return option_parts((rows[0] if rows else {}).get("options")).get(key)
 
 
 def _latent_field(rows: Sequence[dict[str, str]]) -> str:
