@@ -40,6 +40,7 @@ from .results import input_scan
 from .run_controls import RunControls
 from .slice_axis import SliceAxisControl, along_axis
 from .worker import ModelCache, TaskRunner, watch_network
+from .wording import in_widget_words
 
 __all__ = ["TaskWidget"]
 
@@ -75,7 +76,7 @@ class TaskWidget(QWidget):
         layout.addWidget(self.result_label)
         layout.addStretch(1)
         self.model_cache = ModelCache()
-        self.runner = TaskRunner(self.title, self)
+        self.runner = TaskRunner(self.title, self, words=lambda text: in_widget_words(text, self.title))
         self.job_model: Any | None = None  # the model of the last run (set in the worker)
         self._options: dict[str, Any] = {}
         self._remembered: dict[str, QWidget] = {}
@@ -295,6 +296,7 @@ class TaskWidget(QWidget):
             if not isinstance(exc, (MedidiffError, ValueError)):
                 LOG.exception("%s: could not start", self.title)
             message = str(exc) if isinstance(exc, (MedidiffError, ValueError)) else error_message(self.title, exc)
+            message = in_widget_words(message, self.title)
             self.controls.status.setText(message)
             show_error(message)
             return
@@ -314,7 +316,7 @@ class TaskWidget(QWidget):
     def _show_warning(self, message: str) -> None:
         from napari.utils.notifications import show_warning
 
-        show_warning(f"{self.title}: {message}")
+        show_warning(f"{self.title}: {in_widget_words(message, self.title)}")
 
     def _on_succeeded(self, result: Any) -> None:
         if isinstance(result, BatchOutcome):

@@ -15,7 +15,42 @@ from medidiff.choices import DenoiseMethod, NoiseChoice, Sampler
 
 __all__ = ["AXIS_NAMES", "PLANE_NAMES", "SLICE_AXIS_TIP", "RUN_ON", "RUN_ON_TIPS", "FIT_TIPS", "METHOD_TIPS", "NOISE_TIPS", "SAMPLER_TIPS", "NOISE_NAMES", "MODALITIES", "FAMILY_CODES", "ENSEMBLE_CHOICES",
            "ENSEMBLE_TIP", "COVERAGE_CHOICES", "COVERAGE_TIP", "FDR_TIP", "FDR_METHOD_CHOICES", "FDR_METHOD_TIP",
-           "percent", "noise_summary", "number"]
+           "WIDGET_WORDS", "in_widget_words", "percent", "noise_summary", "number"]
+
+# The tasks' messages name command-line options (the CLI prints them as they are, and they say
+# what to change); in a widget they must name its own controls. Per widget title: (CLI phrase,
+# widget phrase), applied in order, so longer phrases come before the flags they contain.
+WIDGET_WORDS: dict[str, tuple[tuple[str, str], ...]] = {
+    "Denoise": (
+        ("try --fit (trains on the scan itself)", "try the Fit to this scan widget (it learns from the scan itself)"),
+        ("try --fit", "try the Fit to this scan widget"),
+        ("--sigma", "Noise level"),
+        ("--strength", "Strength"),
+        ("--ensemble", "Average over flips"),
+        ("--coverage", "Interval coverage"),
+        ("denoise with --device cpu", "choose the CPU under Device"),
+    ),
+    "Fit to this scan": (
+        ("a larger --fit-minutes than", "a larger Time budget (minutes) than"),
+        ("more --fit-steps than", "a higher Step limit than"),
+        # the Fit widget estimates the noise level; a level by hand is the Denoise widget's
+        ("check the noise level (give --sigma)", "check the Noise model (or give the noise level by hand "
+                                                 "in the Denoise widget)"),
+        ("give the noise level with --sigma", "check the Noise model (or give the noise level by hand "
+                                              "in the Denoise widget)"),
+        ("--fit-minutes", "Time budget"),
+        ("--fit-steps", "Step limit"),
+        ("--sigma", "the noise level"),
+    ),
+}
+
+
+def in_widget_words(message: str, title: str) -> str:
+    """``message`` with the command-line options it names replaced by the controls of widget ``title``."""
+    for cli, widget in WIDGET_WORDS.get(title, ()):
+        message = message.replace(cli, widget)
+    return message
+
 
 METHOD_TIPS: dict[str, str] = {
     DenoiseMethod.TWEEDIE.value: "Fastest: removes the noise in one pass; usually the most faithful result",

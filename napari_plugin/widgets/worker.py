@@ -30,7 +30,7 @@ import inspect
 import logging
 import threading
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -126,10 +126,12 @@ class TaskRunner(QObject):
     network_call = Signal(int)  # network calls so far (from watch_network; emitted in the worker thread)
     warned = Signal(str)  # a medidiff warning logged by the job's thread
 
-    def __init__(self, title: str, parent: QObject | None = None, notify: bool = True) -> None:
+    def __init__(self, title: str, parent: QObject | None = None, notify: bool = True,
+                 words: Callable[[str], str] | None = None) -> None:
         super().__init__(parent)
         self.title = title
         self.notify = notify
+        self.words = words or (lambda text: text)  # the message in the widget's words (wording.in_widget_words)
         self.worker: Any | None = None
         self.job: Generator[Any, None, Any] | None = None
         self._driver: Generator[Any, None, Any] | None = None
@@ -237,7 +239,7 @@ class TaskRunner(QObject):
         from medidiff.errors import MedidiffError
 
         self._outcome = "failed"
-        message = error_message(self.title, exc)
+        message = self.words(error_message(self.title, exc))
         if not isinstance(exc, MedidiffError):  # a bug or an environment problem: keep the traceback
             LOG.error("%s failed", self.title, exc_info=(type(exc), exc, exc.__traceback__))
         if self.notify:

@@ -145,3 +145,63 @@ def test_a_model_for_another_modality_is_a_warning(make_napari_viewer, qtbot, pl
     assert run_widget(qtbot, widget) in ("succeeded", "failed")  # the warning comes first either way
     warned = [str(n.message) for n in notifications if n.severity == NotificationSeverity.WARNING]
     assert any("micro2d is for microscopy images but this scan is MR" in m for m in warned), warned
+
+
+def _unhelpful(**advice):
+    """The self-check's real warning text for a scan it estimates at -0.5 dB (``advice``: fit_advice's)."""
+    import warnings
+
+    from medidiff.tasks.denoise_selfcheck import SelfCheck, warn_if_unhelpful
+
+    check = SelfCheck(gain_db=-0.5, mse=1.1, noise_var=1.0, consistent=True, stderr_db=0.1, denoiser="tweedie",
+                      region="foreground", voxels=10, total=10)
+    bad = SelfCheck(**{**check.to_dict(), "mse": -0.5, "consistent": False})  # SURE below zero: noise level too high
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for c in (check, bad):
+            warn_if_unhelpful(c, "scan.nii", **advice)
+    return [str(w.message) for w in caught]
+
+
+def test_every_task_advice_is_in_the_widgets_own_words():
+    """The self-check's advice names CLI options; each widget's table must cover every variant it can get."""
+    from medidiff.tasks.fit import fit_advice
+    from napari_medidiff.widgets.wording import in_widget_words
+
+    denoise = _unhelpful()
+    fit = [m for clock in (True, False) for m in _unhelpful(**fit_advice(clock, 5.0, 80, False))]  # no sigma control
+    assert len(denoise) == 2 and len(fit) == 4 and all("--" in m for m in denoise + fit)  # they do name options
+    for title, messages in (("Denoise", denoise), ("Fit to this scan", fit)):
+        for message in messages:
+            plain = in_widget_words(message, title)
+            assert "--" not in plain and plain.startswith("scan.nii: "), (title, plain)
+    assert "the Fit to this scan widget" in in_widget_words(denoise[0], "Denoise")
+    assert "Time budget" in in_widget_words(fit[0], "Fit to this scan")
+    assert "Step limit" in in_widget_words(fit[2], "Fit to this scan")
+
+
+@pytest.mark.filterwarnings("default")
+def test_task_warnings_and_errors_name_the_widgets_controls(make_napari_viewer, qtbot, notifications):
+    """A warning and an error raised inside a running job reach the viewer in the widget's words."""
+    import warnings
+
+    from medidiff.core.progress import Progress
+    from medidiff.errors import InvalidScanError
+
+    widget = _denoise(make_napari_viewer())
+    [advice, _] = _unhelpful()
+
+    def job():
+        warnings.warn(advice, UserWarning)
+        yield Progress(1, 2, "denoising")
+        raise InvalidScanError("scan.nii", "its noise is beyond the noisiest level the model was trained on; "
+                                           "lower --strength or --sigma, or use a model trained for this noise")
+
+    with qtbot.waitSignal(widget.runner.finished, timeout=30_000):
+        widget.runner.start(job())
+    qtbot.wait(50)
+    shown = [m for m in notifications.messages() if "scan.nii" in m]
+    assert any("try the Fit to this scan widget" in m for m in shown), shown
+    assert any("lower Strength or Noise level" in m for m in shown), shown
+    assert "lower Strength or Noise level" in widget.controls.status.text()
+    assert not any("--" in m for m in shown), shown
