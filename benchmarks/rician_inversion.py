@@ -10,7 +10,8 @@ the whole image and inside ``x > 0.1 max``, the mean of the output on the clean 
 (``x == 0``), for medidiff ``tweedie`` / ``ddim`` / ``posterior`` with ``transform`` ``mean``
 (denoise the magnitude, invert ``E[m]``) and ``vst`` (:mod:`medidiff.core.noise.rician_vst`), beside
 BM3D+Rician (``benchmarks/denoise.py``'s ``bm3d_rician``: BM3D at the same sigma estimate, then the
-mean inversion), BM3D+VST-MMSE (BM3D in the same default domain as medidiff, to see how much of
+mean inversion), BM3D+VST-MMSE (``bm3d_rician_vst`` there, its "BM3D+VST" on Rician rows: BM3D in
+the same default domain as medidiff, to see how much of
 the gain is the domain rather than the prior) and the noisy input. Writes OUT/rician_table.md.
 """
 
@@ -24,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from denoise import bm3d_rician, have_bm3d  # noqa: E402  (the peer of benchmarks/denoise.py, reused)
+from denoise import bm3d_rician, bm3d_rician_vst, have_bm3d  # noqa: E402  (the peers of benchmarks/denoise.py, reused)
 
 import medidiff.core.noise.rician as rician  # noqa: E402
 from medidiff.core import noise as noise_lib  # noqa: E402
@@ -44,19 +45,6 @@ def scores(clean: np.ndarray, out: np.ndarray) -> tuple[float, float, float]:
     return float(whole), float(inside), float(out[clean <= 0].mean())
 
 
-def bm3d_vst_mmse(noisy: np.ndarray) -> np.ndarray:
-    """BM3D in medidiff's default Rician domain (VST, posterior-mean inverse) at the same sigma estimate."""
-    import bm3d
-
-    out = []
-    for s in noisy:
-        sigma = noise_lib.estimate_sigma_rician(s)
-        dom = rician.domain(np.array([sigma]), transform="vst-mmse")
-        z = dom.to_gaussian(s[None].astype(np.float64))[0]
-        out.append(dom.from_gaussian(bm3d.bm3d(z.astype(np.float64), sigma_psd=sigma), 0))
-    return np.stack(out)
-
-
 def run(model, sample: Scan, level: float, seed: int) -> dict[str, tuple[float, float, float, float]]:
     """Every column at one (level, noise seed): (whole, inside, background mean, seconds)."""
     from medidiff.tasks.denoise import denoise
@@ -69,7 +57,8 @@ def run(model, sample: Scan, level: float, seed: int) -> dict[str, tuple[float, 
         t0 = time.perf_counter()
         row["BM3D+Rician"] = (*scores(clean, np.stack([bm3d_rician(s) for s in noisy])), time.perf_counter() - t0)
         t0 = time.perf_counter()
-        row["BM3D+VST-MMSE"] = (*scores(clean, bm3d_vst_mmse(noisy)), time.perf_counter() - t0)
+        row["BM3D+VST-MMSE"] = (*scores(clean, np.stack([bm3d_rician_vst(s) for s in noisy])),
+                                 time.perf_counter() - t0)
     for transform in rician.TRANSFORMS:
         rician.DEFAULT_TRANSFORM = transform
         for name, kw in METHODS.items():
