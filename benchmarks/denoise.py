@@ -66,17 +66,17 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-# -- data: (training Scan, validation stack, test stack, slice spacing) --------------------------------
-def mr_data() -> tuple[Scan, np.ndarray, np.ndarray, float]:
+# -- data: (training Scan, validation stack, test stack, (slice, row, column) spacing of the stacks, mm) -------
+def mr_data() -> tuple[Scan, np.ndarray, np.ndarray, tuple[float, float, float]]:
     import nibabel as nib
 
     img = nib.load(Path(os.path.dirname(nib.__file__)) / "tests" / "data" / "example4d.nii.gz")
     vol = np.asarray(img.dataobj)[..., 0].astype(np.float32).T  # (z, y, x)
     spacing = tuple(float(z) for z in reversed(img.header.get_zooms()[:3]))
-    return Scan(vol[:16], spacing, img.affine, "MR"), vol[16:18], vol[18:24], 2.0
+    return Scan(vol[:16], spacing, img.affine, "MR"), vol[16:18], vol[18:24], spacing
 
 
-def ct_data() -> tuple[Scan, np.ndarray, np.ndarray, float]:
+def ct_data() -> tuple[Scan, np.ndarray, np.ndarray, tuple[float, float, float]]:
     from pydicom.data import get_testdata_file
 
     train = load_scan(get_testdata_file("693_J2KI.dcm"))
@@ -85,16 +85,16 @@ def ct_data() -> tuple[Scan, np.ndarray, np.ndarray, float]:
     c0, c1 = half.shape[0] // 2 - 64, half.shape[1] // 2 - 64
     val = half[c0:c0 + 128, c1:c1 + 128].astype(np.float32)
     test = load_scan(get_testdata_file("CT_small.dcm"))
-    return train, val[None], test.array[None], test.spacing[0]
+    return train, val[None], test.array[None], (1.0, *map(float, test.spacing[-2:]))  # one slice: its own grid
 
 
-def cell_data() -> tuple[Scan, np.ndarray, np.ndarray, float]:
+def cell_data() -> tuple[Scan, np.ndarray, np.ndarray, tuple[float, float, float]]:
     import skimage.data
 
     cell = skimage.data.cell().astype(np.float32)
     half = cell.shape[1] // 2
     train = Scan(cell[:, :half], (1.0, 1.0), affine_from_spacing((1.0, 1.0)), "SM")
-    return train, cell[None, :128, half:], cell[None, 128:, half:], 1.0
+    return train, cell[None, :128, half:], cell[None, 128:, half:], (1.0, 1.0, 1.0)
 
 
 DATASETS = {"MR": (mr_data, ("gaussian", "rician")), "CT": (ct_data, ("gaussian",)),
@@ -196,8 +196,9 @@ def estimate_text(result, noise: str, level: float, span: float) -> str:
     return f"{float(np.median(result.sigma)):.3g}/{level * span:.3g}"
 
 
-def as_scan(arr: np.ndarray, name: str, spacing: float) -> Scan:
-    return Scan(arr, (spacing, 1.0, 1.0), affine_from_spacing((spacing, 1.0, 1.0)), MODALITY[name])
+def as_scan(arr: np.ndarray, name: str, spacing: tuple[float, float, float]) -> Scan:
+    """A stack of the dataset's slices with their true voxel size (a wrong one only triggers the spacing warning)."""
+    return Scan(arr, tuple(spacing), affine_from_spacing(tuple(spacing)), MODALITY[name])
 
 
 def run_medidiff(model, scan: Scan, clean: np.ndarray, noise: str, seed: int, args) -> tuple[dict, object]:
