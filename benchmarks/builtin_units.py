@@ -5,10 +5,12 @@ and foreign real images (issue 12 §5): what each model card's "Units and noise 
 
 Images (none trained on): each model's shipped held-out sample, and a *foreign* image of the same
 kind from another source -- ``mr2d`` (EPI): nibabel's ``anatomical.nii`` (a T1 brain of another
-subject, the napari sample, ``data_cards/napari-sample-brain-mri.md``); ``micro2d`` (phase-contrast
-cells): scikit-image's ``immunohistochemistry()`` (a bright-field IHC stain, its gray level,
-``data_cards/skimage-sample-images.md``); ``ct2d``: no second CT source ships, so only its held-out
-slice (a third patient). Noise (seed 0) at 2.5 / 5 / 10 % of the image's range, the model card's
+subject, the napari sample, ``data_cards/napari-sample-brain-mri.md``); ``micro2d`` (trained on the
+left halves of a phase-contrast cell image and a bright-field IHC stain): the IHC image's right half
+(``immunohistochemistry()`` as gray, x >= 256: the same slide, never trained on) and, as the foreign
+image, scikit-image's ``microaneurysms()`` (the green channel of a retinal fundus photograph: not
+microscopy, but the only other gray medical-like image that ships; ``data_cards/skimage-sample-images.md``);
+``ct2d``: no second CT source ships, so only its held-out slice (a third patient). Noise (seed 0) at 2.5 / 5 / 10 % of the image's range, the model card's
 noise model; scalings x 1e-3, x 1, x 4.1 of the *clean* image before the noise (MR and
 microscopy have no absolute units); CT stays in HU (other scalings are refused, which is tested).
 Gain = PSNR(denoised) - PSNR(noisy), both over the whole image, ``medidiff denoise`` defaults.
@@ -38,18 +40,26 @@ def _foreign_mr() -> Scan:
     return load_scan(ROOT / "napari_plugin" / "sample_data" / "brain_mri.nii.gz")
 
 
+def _ihc_heldout() -> Scan:
+    from prepare_builtin_data import IHC_HALF, ihc_gray  # micro2d trains on x < IHC_HALF
+
+    gray = np.ascontiguousarray(ihc_gray()[:, IHC_HALF:])
+    return Scan(gray, (1.0, 1.0), affine_from_spacing((1.0, 1.0)), "microscopy")
+
+
 def _foreign_micro() -> Scan:
     import skimage.data
 
-    gray = skimage.data.immunohistochemistry().astype(np.float32).mean(axis=2)
-    return Scan(gray, (1.0, 1.0), affine_from_spacing((1.0, 1.0)), "microscopy")
+    return Scan(skimage.data.microaneurysms().astype(np.float32), (1.0, 1.0), affine_from_spacing((1.0, 1.0)),
+                "microscopy")
 
 
 IMAGES = {
     "mr2d": [("held-out (example4d z 18-23)", lambda: load_scan(BUILTIN / "samples" / "mr_heldout.nii.gz")),
              ("foreign (anatomical.nii, T1, another subject)", _foreign_mr)],
     "micro2d": [("held-out (cell.png right half)", lambda: load_scan(BUILTIN / "samples" / "cell_heldout.tif")),
-                ("foreign (IHC bright-field, gray)", _foreign_micro)],
+                ("held-out (IHC right half, gray; left half trained on)", _ihc_heldout),
+                ("foreign (microaneurysms: retinal fundus, not microscopy)", _foreign_micro)],
     "ct2d": [("held-out (CT_small.dcm, a third patient)", lambda: load_scan(BUILTIN / "samples" / "ct_heldout.nii.gz"))],
 }
 

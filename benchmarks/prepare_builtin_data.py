@@ -4,7 +4,9 @@ with installed packages (nibabel's example4d.nii.gz, scikit-image's cell.png, py
     python benchmarks/prepare_builtin_data.py OUT_DIR
 
 writes OUT_DIR/mr_train.nii.gz (example4d volume 0, slices z < 16),
-OUT_DIR/cell_train.png (left half of cell.png) and OUT_DIR/ct_train/ (pydicom's two 512 x 512 CT
+OUT_DIR/cell_train.png (left half of cell.png), OUT_DIR/ihc_train.tif (left half, x < 256, of
+scikit-image's bright-field ``immunohistochemistry()`` image as gray, the mean of its three
+channels: ``ihc_gray``; micro2d's second training image) and OUT_DIR/ct_train/ (pydicom's two 512 x 512 CT
 slices of two patients, ``693_J2KI.dcm`` and ``J2K_pixelrep_mismatch.dcm``, copied as they are),
 and refreshes the held-out samples that ship in medidiff/builtin/samples/ (example4d volume 0
 slices z >= 18; right half of cell.png; ``CT_small.dcm``, a third patient, as ct_heldout.nii.gz).
@@ -23,8 +25,14 @@ import skimage.data
 import skimage.io
 
 SAMPLES = Path(__file__).resolve().parents[1] / "medidiff" / "builtin" / "samples"
+IHC_HALF = 256  # ihc.png is 512 x 512: x < 256 trains micro2d, x >= 256 is held out (benchmarks/micro2d_retrain.py)
 CT_TRAIN = ("693_J2KI.dcm", "J2K_pixelrep_mismatch.dcm")  # two patients, 512 x 512 each
 CT_HELDOUT = "CT_small.dcm"  # a third patient, 128 x 128
+
+
+def ihc_gray() -> np.ndarray:
+    """scikit-image's bright-field IHC image (ihc.png, shipped) as gray: the mean of R, G, B, float32."""
+    return skimage.data.immunohistochemistry().astype(np.float32).mean(axis=2)
 
 
 def main(out: Path) -> None:
@@ -47,6 +55,10 @@ def main(out: Path) -> None:
     skimage.io.imsave(out / "cell_train.png", cell[:, :half], check_contrast=False)
     from medidiff.io import affine_from_spacing
 
+    # float TIFF: the channel mean is not an integer, and TIFF carries the modality
+    ihc = np.ascontiguousarray(ihc_gray()[:, :IHC_HALF])
+    save_scan(Scan(ihc, (1.0, 1.0), affine_from_spacing((1.0, 1.0)), "microscopy"), out / "ihc_train.tif", overwrite=True)
+
     # microscopy sample as TIFF so it carries its modality (PNG cannot)
     right = cell[:, half:].astype(np.float32)
     save_scan(Scan(right, (1.0, 1.0), affine_from_spacing((1.0, 1.0)), "microscopy"), SAMPLES / "cell_heldout.tif", overwrite=True)
@@ -61,7 +73,7 @@ def main(out: Path) -> None:
         shutil.copyfile(get_testdata_file(name), out / "ct_train" / name)
     ct = load_scan(get_testdata_file(CT_HELDOUT))  # HU, modality CT
     save_scan(ct, SAMPLES / "ct_heldout.nii.gz", overwrite=True)
-    print(f"wrote {out}/mr_train.nii.gz, {out}/cell_train.png, {out}/ct_train/ and samples in {SAMPLES}")
+    print(f"wrote {out}/mr_train.nii.gz, {out}/cell_train.png, {out}/ihc_train.tif, {out}/ct_train/ and samples in {SAMPLES}")
 
 
 if __name__ == "__main__":
