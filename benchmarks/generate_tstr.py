@@ -36,8 +36,8 @@ Patches and what the features can see
 Split (the built-in models' own: no held-out pixel was trained on)
     training, real: the images each model trained on (``benchmarks/prepare_builtin_data.py``'s
     sources, read from the installed packages in memory: nibabel example4d volume 0 slices
-    z < 16, pydicom's 693_J2KI.dcm and J2K_pixelrep_mismatch.dcm, the left half of skimage's
-    cell.png). Held-out: ``medidiff/builtin/samples/`` (mr_heldout.nii.gz = example4d slices
+    z < 16, pydicom's 693_J2KI.dcm and J2K_pixelrep_mismatch.dcm, the left halves of skimage's
+    cell.png and of its IHC image in gray, the micro2d split). Held-out: ``medidiff/builtin/samples/`` (mr_heldout.nii.gz = example4d slices
     z = 18..23; ct_heldout.nii.gz = pydicom's CT_small.dcm, a third patient and a *chest* slice,
     where the training CTs are heads; cell_heldout.tif = the right half of cell.png), each image cut
     into a checkerboard of whole blocks (MR 48 x 64, CT and cell 64 x 64; partial edge blocks
@@ -67,14 +67,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from prepare_builtin_data import CT_TRAIN, IHC_HALF, SAMPLES, ihc_gray  # noqa: E402 (the built-ins' own data split)
+
 ROOT = Path(__file__).resolve().parents[1]
-SAMPLES = ROOT / "medidiff" / "builtin" / "samples"
 CLASSES = ("MR", "CT", "microscopy")
 MODELS = {"MR": "mr2d", "CT": "ct2d", "microscopy": "micro2d"}
 PATCH = 32
 MIN_FOREGROUND = 0.5
 MIN_RANGE = 0.01  # network units (CT: 10 HU); clipped bone, saturated nuclei and smooth lossy CT can be flat
-CT_TRAIN = ("693_J2KI.dcm", "J2K_pixelrep_mismatch.dcm")  # as benchmarks/prepare_builtin_data.py
 BLOCKS = {"MR": (48, 64), "CT": (64, 64), "microscopy": (64, 64)}  # held-out checkerboard blocks
 
 
@@ -131,7 +131,8 @@ def load_real(models: dict) -> dict[str, Images]:
     mi = models["microscopy"]
     cell = skimage.data.cell().astype(np.float32)
     cell_held = load_scan(SAMPLES / "cell_heldout.tif").array.astype(np.float32)  # 660 x 275
-    out["microscopy"] = Images(_units(mi, [cell[:, : cell.shape[1] // 2]]),
+    train_images = _units(mi, [cell[:, : cell.shape[1] // 2]]) + _units(mi, [ihc_gray()[:, :IHC_HALF]])  # two scans
+    out["microscopy"] = Images(train_images,
                                *checkerboard(_units(mi, [cell_held]), BLOCKS["microscopy"]),
                                int(mi.config.image_size[0]))
     return out
