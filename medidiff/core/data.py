@@ -105,6 +105,7 @@ class TrainingData:
     slice_axis: int | None = None
     sources: list[str] = field(default_factory=list)
     augment: bool = True
+    contrast: float = 1.0
 
     def __len__(self) -> int:
         return len(self.images)
@@ -123,7 +124,7 @@ class TrainingData:
                 img = parts[0]
                 mask = parts[1] if mask is not None else None
             if self.augment:
-                img, mask = augment(img, mask, srng)
+                img, mask = augment(img, mask, srng, contrast=self.contrast)
             xs.append(img[None])
             if mask is not None:
                 ms.append(mask[None])
@@ -135,8 +136,17 @@ class TrainingData:
         return out
 
 
-def augment(img: np.ndarray, mask: np.ndarray | None, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray | None]:
-    """Flips, a small affine and intensity jitter (MONAI transforms), seeded by ``rng``."""
+def augment(img: np.ndarray, mask: np.ndarray | None, rng: np.random.Generator,
+            contrast: float = 1.0) -> tuple[np.ndarray, np.ndarray | None]:
+    """Flips, a small affine and intensity jitter (MONAI transforms), seeded by ``rng``.
+
+    ``contrast < 1`` adds contrast augmentation: half the images are compressed by a factor drawn
+    log-uniformly from ``[contrast, 1]`` about a level drawn uniformly from ``[-1, 1]`` (a
+    compressed image stays inside the normalised range). Why: a per-scan normaliser maps each
+    scan's own dark and bright ends to -1 and 1, so a scan with brighter structures than the
+    training scans (a bright cell, a vessel, a marker) shows its other tissue at a lower
+    contrast than the model ever saw; the prior then has to know lower-contrast tissue too.
+    """
     from monai.transforms import RandAffine, RandFlip
 
     seed = int(rng.integers(0, 2**31 - 1))
@@ -158,7 +168,13 @@ def augment(img: np.ndarray, mask: np.ndarray | None, rng: np.random.Generator) 
     # intensity jitter: small scale and shift in network units
     scale = 1.0 + rng.uniform(-0.05, 0.05)
     shift = rng.uniform(-0.05, 0.05)
-    return (x[0] * scale + shift).astype(np.float32), m
+    out = x[0] * scale + shift
+    if contrast < 1.0:
+        # drawn after the jitter, so a model trained without it keeps its exact batches
+        squeeze, level, factor = rng.uniform(), rng.uniform(-1.0, 1.0), float(np.exp(rng.uniform(np.log(contrast), 0.0)))
+        if squeeze < 0.5:
+            out = level + factor * (out - level)
+    return out.astype(np.float32), m
 
 
 def prepare_training_data(
@@ -175,10 +191,12 @@ def prepare_training_data(
     target_spacing: Sequence[float] | None = None,
     augment: bool = True,
     modality: str | None = None,
+    contrast: float = 1.0,
 ) -> TrainingData:
     """Load, optionally resample, normalise and slice (2D) or keep whole (3D) the training scans.
 
     ``labels`` gives one class per scan; ``masks`` one label map per scan (same shape).
+    ``contrast``: the smallest factor of the contrast augmentation (1: none; see :func:`augment`).
     """
     scans = expand_inputs(data)
     mask_scans = expand_inputs(masks) if masks is not None else None
@@ -243,7 +261,7 @@ def prepare_training_data(
         images=images, normaliser=normaliser, spatial_dims=spatial_dims, image_size=size,
         labels=out_labels, masks=out_masks, spacing=spacing, orientation=ref.orientation if ref.ndim == 3 else "",
         modality=modality, slice_axis=axis_used, sources=[str(s.meta.get("source_path", "<memory>")) for s in scans],
-        augment=augment,
+        augment=augment, contrast=contrast,
     )
 
 

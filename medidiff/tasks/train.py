@@ -183,7 +183,7 @@ def _run(data, run_dir: Path | None, cfg: TrainConfig, labels, masks, meta, rank
     steps, seed = cfg.total_steps, cfg.seed
     td = data if isinstance(data, TrainingData) else prepare_training_data(
         data, spatial_dims=cfg.dims, image_size=cfg.image_size, slice_axis=cfg.slice_axis, ct_window=cfg.ct_window,
-        labels=labels, masks=masks, augment=cfg.augment, modality=cfg.modality,
+        labels=labels, masks=masks, augment=cfg.augment, modality=cfg.modality, contrast=cfg.contrast,
     )
     n_classes = (max(td.labels) + 1 if td.labels else 0) if labels is not None else 0
     n_classes = max(n_classes, len(cfg.class_names))

@@ -23,6 +23,7 @@ class TrainConfig:
     by default they are recorded relative to the data folder they came from.
     ``noise`` is the training noise (white, simplex, coarse) and ``timestep_sampling`` how
     noise levels are drawn (uniform, low-noise, log-normal; :mod:`medidiff.tasks.train_noise`).
+    ``contrast < 1`` adds contrast augmentation down to that factor (:func:`medidiff.core.data.augment`).
     ``noisy=True`` treats the scans as noisy data (no clean copy): the objective of ``--fit``
     (:mod:`medidiff.tasks.train_noisy`), each scan at its own estimated noise level.
     """
@@ -48,6 +49,7 @@ class TrainConfig:
     ct_window: str | None = None
     modality: str | None = None
     augment: bool = True
+    contrast: float = 1.0
     checkpoint_every: int = 500
     checkpoint_minutes: float = 5.0
     sample_every: int = 0
@@ -108,6 +110,8 @@ def check_config(cfg: TrainConfig) -> None:
         value = getattr(cfg, name)
         if value is not None and (not isinstance(value, int) or value < low):
             raise MedidiffError(f"{name} must be an integer >= {low}, got {value!r}")
+    if not (isinstance(cfg.contrast, (int, float)) and 0 < cfg.contrast <= 1):
+        raise MedidiffError(f"--contrast-augment {cfg.contrast!r}: give a factor in (0, 1] (1: none)")
     for name in ("lr", "checkpoint_minutes", "weight_decay", "grad_clip"):
         value = getattr(cfg, name)
         if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:

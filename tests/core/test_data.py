@@ -131,3 +131,33 @@ def test_given_modality_ct_picks_the_ct_window(mr_train_scan):
     ct_like = Scan(mr_train_scan.array - 1000.0, mr_train_scan.spacing, mr_train_scan.affine, "OT")
     td = prepare_training_data([ct_like], image_size=32, modality="CT")
     assert td.modality == "CT" and td.normaliser.kind == "ct-window"
+
+
+def test_contrast_augmentation_compresses_half_the_images_and_keeps_the_rest(mr_train_scan):
+    """``contrast=0.1``: the same crops as without it, about half of them squeezed towards a level,
+    by factors within [0.1, 1], never outside the image's own range."""
+    from medidiff.core.data import augment
+
+    plain = prepare_training_data([mr_train_scan], image_size=32)
+    squeezed = prepare_training_data([mr_train_scan], image_size=32, contrast=0.1)
+    factors = []
+    for step in range(8):
+        a = plain.batch(seed=3, step=step, batch_size=8)["images"][:, 0]
+        b = squeezed.batch(seed=3, step=step, batch_size=8)["images"][:, 0]
+        for x, y in zip(a, b):
+            assert y.min() >= min(x.min(), -1.0) - 1e-5 and y.max() <= max(x.max(), 1.0) + 1e-5
+            # y = level + f (x - level): f is the ratio of the centred spreads
+            f = float(np.std(y) / max(np.std(x), 1e-8))
+            if np.array_equal(x, y):
+                factors.append(1.0)
+            else:
+                assert 0.1 - 1e-3 <= f < 1.0
+                np.testing.assert_allclose(y - y.mean(), f * (x - x.mean()), atol=1e-4)
+                factors.append(f)
+    squeezed_share = np.mean([f < 1.0 for f in factors])
+    assert 0.3 < squeezed_share < 0.7
+    assert min(factors) < 0.3  # the range is used, not only its top end
+    # off by default: augment() without contrast is the old transform, draw for draw
+    img = plain.images[0][:32, :32]
+    one = augment(img, None, np.random.default_rng(5))[0]
+    np.testing.assert_array_equal(one, augment(img, None, np.random.default_rng(5), contrast=1.0)[0])
