@@ -175,6 +175,14 @@ def _trained(cfg, run: Path) -> tuple[int, float, str]:
     return len(log), seconds, note
 
 
+# a model trained with contrast augmentation learnt fainter copies of its images too: that is what
+# denoising wants, but generation draws from the same prior (benchmarks/contrast_generation.py)
+CONTRAST_USES = ("denoising (tweedie); trained with `--contrast-augment`, so about half of its generated patches "
+                 "come out at lower contrast than real ones (median per-patch spread 0.07 against 0.18 for the same "
+                 "run without it and 0.28 for real training crops, 64 each; benchmarks/contrast_generation.py): "
+                 "not a model for synthetic data sets")
+
+
 def card(name: str, model, run: Path, rows: list[dict], calibration: dict | None, choice: str = "") -> str:
     """The model card: what it is, the exact command, data, time and the measured held-out gain."""
     cfg = model.config
@@ -184,7 +192,8 @@ def card(name: str, model, run: Path, rows: list[dict], calibration: dict | None
     lines = [
         f"# {name}: built-in medidiff model ({kind})",
         "",
-        f"- intended scans: {kind}; denoising (tweedie), synthetic patches, anomaly detection on similar scans",
+        f"- intended scans: {kind}; " + (CONTRAST_USES if "--contrast-augment" in str(cfg.training.get("command", ""))
+                                          else "denoising (tweedie), synthetic patches, anomaly detection on similar scans"),
         f"- network: MONAI DiffusionModelUNet, preset {cfg.preset}, {model.num_parameters():,} parameters, "
         f"{cfg.schedule['kind']} ({cfg.schedule['prediction']}), training size {cfg.image_size}",
         f"- normaliser: {cfg.normaliser['kind']} [{cfg.normaliser['low']:.4g}, {cfg.normaliser['high']:.4g}]",
