@@ -96,6 +96,7 @@ TRAINING_RECORD = {
                 "data_card": "skimage-sample-images (data_cards/skimage-sample-images.md in the medidiff source repository)",
                 "licence": "cell.png: CC0 (the skimage.data.cell docstring: dedicated to the public domain); ihc.png: "
                            "'No known copyright restrictions' (the skimage.data.immunohistochemistry docstring)",
+                "contrast_augment": 0.1,  # the run's setting; trained before the record kept it
                 "command": "medidiff train DATA/cell_train.png DATA/ihc_train.tif --out micro2d --dims 2 --preset tiny "
                            "--image-size 32 --steps 5000 --batch-size 32 --lr 2e-3 --seed 0 --device cpu "
                            "--checkpoint-every 1000 --checkpoint-minutes 0 "

@@ -265,6 +265,31 @@ def _make_jobs(model: AnyModel, indices: Sequence[int], n: int, seed: int, label
     return jobs
 
 
+class DenoisingPriorWarning(UserWarning):
+    """The model was trained for denoising in a way that makes its samples unlike its training images."""
+
+
+def denoising_only(model) -> str | None:
+    """Why ``model``'s samples will not look like its training images, or ``None``.
+
+    Two training options serve denoising at generation's expense (``benchmarks/README.md``): contrast
+    augmentation (the prior also holds fainter copies of the images, so samples come out fainter)
+    and log-normal noise levels (the high-noise end, where a sample's layout is decided, is hardly
+    trained).
+    """
+    training = getattr(getattr(model, "config", None), "training", None) or {}
+    contrast = float(training.get("contrast_augment", 1.0))
+    notes = []
+    if contrast < 1.0:
+        notes.append(f"with --contrast-augment {contrast:g} (about half its samples come out at lower contrast)")
+    if training.get("timestep_sampling") == "log-normal":
+        notes.append("with log-normal noise levels (its high-noise end, which shapes a sample, is hardly trained)")
+    if not notes:
+        return None
+    return ("the model was trained for denoising " + " and ".join(notes) +
+            "; its samples will not look like its training images: train a generation model without these options")
+
+
 def generate_steps(
     model: AnyModel | str | Path,
     n: int | None = None,
@@ -306,6 +331,9 @@ def generate_steps(
     if not isinstance(batch_size, int) or batch_size < 1:
         raise MedidiffError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     model = load_generator(model, device)
+    reason = denoising_only(model)
+    if reason:
+        warnings.warn(reason, DenoisingPriorWarning, stacklevel=2)
     field = sample_field(model, image_size, clip_x0)
     yield Progress(step=0, total=int(n) * int(steps), message="preparing")
     indices = list(range(int(start), int(start) + int(n)))

@@ -299,7 +299,7 @@ def _training_record(cfg: TrainConfig, td: TrainingData, sources: list[str], wor
         "preset": cfg.preset, "processes": world, "device": str(dev), "training_images": len(td),
         "sources": sources[:20], "data_card": cfg.data_card or "", "licence": cfg.licence or "",
         "command": cfg.command or "",
-        "noise": cfg.noise, "timestep_sampling": cfg.timestep_sampling,
+        "noise": cfg.noise, "timestep_sampling": cfg.timestep_sampling, "contrast_augment": cfg.contrast,
         "ema_decay": cfg.ema_decay, "image_size": [int(v) for v in td.image_size],
     }
 

@@ -470,3 +470,26 @@ def test_evaluate_sheet_draws_samples_and_real_on_one_intensity_window(mr_heldou
     top = slice(0, height // 2)  # the samples' row
     # (a window per image would draw both rows identically)
     assert sheets["bright"][top].mean() > sheets["same"][top].mean() + 0.01
+
+
+def test_denoising_only_models_warn_when_asked_to_generate(mr_train_scan):
+    """A model trained with contrast augmentation (or log-normal noise levels) records it, and
+    generating from it warns in one line; the same run without either stays silent."""
+    import warnings
+
+    from medidiff.tasks.generate import DenoisingPriorWarning
+    from medidiff.tasks.train import train
+
+    for contrast, levels, expected in ((0.2, "uniform", "--contrast-augment 0.2"), (1.0, "log-normal", "log-normal"),
+                                        (1.0, "uniform", None)):
+        result = train([mr_train_scan], None, steps=1, image_size=16, batch_size=2, preset="tiny",
+                       device="cpu", seed=0, contrast=contrast, timestep_sampling=levels)
+        assert result.model.config.training["contrast_augment"] == contrast
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            generate(result.model, 1, steps=1, device="cpu")
+        lines = [str(w.message) for w in caught if issubclass(w.category, DenoisingPriorWarning)]
+        if expected:
+            assert len(lines) == 1 and expected in lines[0] and "\n" not in lines[0]
+        else:
+            assert lines == []
