@@ -119,8 +119,11 @@ def test_ctrl_c_during_generate_says_what_is_kept(tiny_mr_model, tmp_path):
     out = tmp_path / "synth"
     cmd = [sys.executable, "-m", "medidiff", "generate", str(tiny_mr_model.path), "--n", "400", "--steps", "50",
            "--out", str(out), "--device", "cpu"]
+    # a suite started in the background by a shell without job control inherits SIGINT ignored, and
+    # Python keeps it so: give the child the default disposition, as a terminal would
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+                            env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 120
         while not any(out.glob(".medidiff-lock*")):
