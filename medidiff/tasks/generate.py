@@ -281,7 +281,7 @@ def denoising_only(model) -> str | None:
     contrast = float(training.get("contrast_augment", 1.0))
     notes = []
     if contrast < 1.0:
-        notes.append(f"with --contrast-augment {contrast:g} (about half its samples come out at lower contrast)")
+        notes.append(f"with --contrast-augment {contrast:g} (its samples come out at lower contrast)")
     if training.get("timestep_sampling") == "log-normal":
         notes.append("with log-normal noise levels (its high-noise end, which shapes a sample, is hardly trained)")
     if not notes:
