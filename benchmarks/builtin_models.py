@@ -178,7 +178,7 @@ def _trained(cfg, run: Path) -> tuple[int, float, str]:
 
 # a model trained with contrast augmentation learnt fainter copies of its images too: that is what
 # denoising wants, but generation draws from the same prior (benchmarks/contrast_generation.py)
-CONTRAST_USES = ("denoising (tweedie); trained with `--contrast-augment`, so about half of its generated patches "
+CONTRAST_USES = ("denoising (tweedie); trained with `--contrast-augment`, so its generated patches "
                  "come out at lower contrast than real ones (median per-patch spread 0.07 against 0.18 for the same "
                  "run without it and 0.28 for real training crops, 64 each; benchmarks/contrast_generation.py): "
                  "not a model for synthetic data sets")
