@@ -193,7 +193,7 @@ def card(name: str, model, run: Path, rows: list[dict], calibration: dict | None
     lines = [
         f"# {name}: built-in medidiff model ({kind})",
         "",
-        f"- intended scans: {kind}; " + (CONTRAST_USES if "--contrast-augment" in str(cfg.training.get("command", ""))
+        f"- intended scans: {kind}; " + (CONTRAST_USES if float(cfg.training.get("contrast_augment", 1.0)) < 1.0
                                           else "denoising (tweedie), synthetic patches, anomaly detection on similar scans"),
         f"- network: MONAI DiffusionModelUNet, preset {cfg.preset}, {model.num_parameters():,} parameters, "
         f"{cfg.schedule['kind']} ({cfg.schedule['prediction']}), training size {cfg.image_size}",

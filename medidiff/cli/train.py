@@ -162,10 +162,11 @@ def train(
     modality: str = typer.Option(None, "--modality", help="Record this modality (MR, CT, microscopy, ...) when the files do not "
                                  "(NIfTI, PNG); it picks the noise model and the built-in default."),
     no_augment: bool = typer.Option(False, "--no-augment", help="Turn off flips, small affine and intensity jitter."),
-    contrast_augment: float = typer.Option(1.0, "--contrast-augment", help="Also train on copies of the images at lower "
-                                           "contrast, down to this factor (e.g. 0.1; 1: off): for scans whose brightest "
-                                           "structures make their other tissue fainter than in the training scans. For denoising models: "
-                                           "samples drawn from the model come out at lower contrast too."),
+    contrast_augment: float = typer.Option(
+        1.0, "--contrast-augment",
+        help="Also train on copies of the images at lower contrast, down to this factor (e.g. 0.1; 1: off): for "
+             "scans whose brightest structures make their other tissue fainter than in the training scans. For "
+             "denoising models: samples drawn from the model come out at lower contrast too."),
     checkpoint_every: int = typer.Option(500, "--checkpoint-every", min=0, help="Write RUN/model and RUN/state every N steps (0: not by steps)."),
     checkpoint_minutes: float = typer.Option(5.0, "--checkpoint-minutes", min=0.0, help="Also checkpoint every M minutes of wall time (0: not by time)."),
     sample_every: int = typer.Option(0, "--sample-every", min=0, help="Save a grid of samples to RUN/samples every N steps (0: never)."),

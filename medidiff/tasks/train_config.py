@@ -10,7 +10,8 @@ from medidiff.errors import MedidiffError
 
 DEFAULT_STEPS = 1000
 # settings a resumed run must share with the run it continues (they shape the model or the data order)
-SAME_ON_RESUME = ("batch_size", "seed", "dims", "preset", "image_size", "schedule", "prediction", "noise", "noisy")
+SAME_ON_RESUME = ("batch_size", "seed", "dims", "preset", "image_size", "schedule", "prediction", "noise", "noisy",
+                  "contrast")
 
 
 @dataclass
