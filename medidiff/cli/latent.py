@@ -51,6 +51,11 @@ def train_autoencoder_cmd(
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Images per step."),
     lr: float = typer.Option(1e-3, "--lr", min=0.0, help="Learning rate (Adam)."),
     kl_weight: float = typer.Option(1e-6, "--kl-weight", min=0.0, help="Weight of the KL term against the L1 reconstruction loss."),
+    adversarial_weight: float = typer.Option(
+        0.0, "--adversarial-weight", min=0.0,
+        help="Weight of a patch-adversarial term (MONAI PatchDiscriminator, least squares; 0: off)."),
+    adversarial_start: int = typer.Option(
+        0, "--adversarial-start", min=0, help="Step at which the adversarial term starts (L1 alone before it)."),
     minutes: float = typer.Option(None, "--minutes", min=0.0, help="Stop after this much wall time (at a step boundary)."),
     slice_axis: int = typer.Option(None, "--slice-axis", min=0, max=2, help="2D from volumes: array axis to slice (default: coarsest)."),
     modality: str = typer.Option(None, "--modality", help="Record this modality when the files do not (NIfTI, PNG)."),
@@ -58,7 +63,7 @@ def train_autoencoder_cmd(
     device: str = DEVICE,
     overwrite: bool = OVERWRITE,
 ) -> None:
-    """Train the autoencoder of a latent model (L1 + a small KL term).
+    """Train the autoencoder of a latent model (L1 + a small KL term, optionally a patch-adversarial term).
 
     Example:  medidiff latent train-autoencoder scans/ --out ae/ --image-size 64 --steps 2000
     """
@@ -69,7 +74,8 @@ def train_autoencoder_cmd(
     files = scan_paths(data)
     result = run_to_end(train_autoencoder_steps(
         files, out, dims=dims, preset=preset, image_size=_size(image_size, dims), steps=steps, batch_size=batch_size,
-        lr=lr, kl_weight=kl_weight, minutes=minutes if minutes else None, slice_axis=slice_axis, modality=modality,
+        lr=lr, kl_weight=kl_weight, adversarial_weight=adversarial_weight, adversarial_start=adversarial_start,
+        minutes=minutes if minutes else None, slice_axis=slice_axis, modality=modality,
         seed=seed, device=device, overwrite=overwrite), show=True, desc="autoencoder")
     ae = result.autoencoder
     typer.echo(f"autoencoder: {out} ({ae.num_parameters():,} parameters, {ae.config.spatial_dims}D, {ae.factor}x per axis)")

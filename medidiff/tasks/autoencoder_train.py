@@ -7,9 +7,19 @@ Loss (as in MONAI's latent-diffusion tutorials, minus the parts that need downlo
 The L1 term makes the reconstruction sharp where L2 would blur; the KL term (weight ~1e-6,
 "barely regularised" as in Rombach et al.) keeps the latent space smooth and bounded so a
 diffusion model can learn it, without pulling latents to zero. No perceptual loss (LPIPS would
-need downloaded network weights) and no patch-adversarial loss in this first version: on the
-CPU budgets medidiff targets the adversarial term only starts to help after thousands of steps
-(the tutorials switch it on after the autoencoder has converged).
+need downloaded network weights).
+
+Optional patch-adversarial term (``adversarial_weight > 0``, from step ``adversarial_start``), the
+least-squares GAN of MONAI's tutorials: a MONAI ``PatchDiscriminator`` D scores every receptive-field
+patch as real (1) or reconstructed (0) and is trained on
+
+    L_D = 1/2 [ mean (D(x) - 1)^2 + mean D(D(z))^2 ]      (the reconstruction detached)
+
+while the autoencoder gets ``adversarial_weight * mean (D(D(z)) - 1)^2`` added to its loss: L1 alone
+pays for the mean of what a blurred latent leaves uncertain (a blur); the adversarial term pays for
+looking unlike a real patch, i.e. for missing texture. D is trained alongside, from its own seeded
+initialisation, and is not saved (the model folder is unchanged). Off by default: whether it pays on
+a CPU budget is measured in ``benchmarks/README.md`` (Latent diffusion).
 
 Batches are :class:`medidiff.core.data.TrainingData` batches (random crops of ``image_size``,
 flips, small affine, intensity jitter), a pure function of ``(seed, step)``; the
@@ -49,6 +59,8 @@ class AutoencoderTrainConfig:
     batch_size: int = 8
     lr: float = 1e-3
     kl_weight: float = 1e-6
+    adversarial_weight: float = 0.0
+    adversarial_start: int = 0
     seed: int = 0
     device: str = "auto"
     minutes: float | None = None
@@ -87,10 +99,12 @@ def check_autoencoder_config(cfg: AutoencoderTrainConfig) -> None:
         value = getattr(cfg, name)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise MedidiffError(f"{name} must be an integer >= 1, got {value!r}")
-    for name in ("lr", "kl_weight"):
+    for name in ("lr", "kl_weight", "adversarial_weight"):
         value = getattr(cfg, name)
         if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
             raise MedidiffError(f"{name} must be a finite number >= 0, got {value!r}")
+    if not isinstance(cfg.adversarial_start, int) or isinstance(cfg.adversarial_start, bool) or cfg.adversarial_start < 0:
+        raise MedidiffError(f"adversarial_start must be an integer >= 0, got {cfg.adversarial_start!r}")
     if cfg.minutes is not None and not (isinstance(cfg.minutes, (int, float)) and cfg.minutes > 0):
         raise MedidiffError(f"minutes must be a number > 0 (or None), got {cfg.minutes!r}")
 
@@ -141,6 +155,7 @@ def train_autoencoder_steps(
                             orientation=td.orientation, modality=td.modality, slice_axis=td.slice_axis, seed=cfg.seed)
     ae.network.to(dev).train()
     opt = torch.optim.Adam(ae.network.parameters(), lr=cfg.lr)
+    critic = _Critic.create(cfg, dev) if cfg.adversarial_weight > 0 else None
     losses: list[float] = []
     t0 = time.perf_counter()
 
@@ -148,7 +163,8 @@ def train_autoencoder_steps(
         ae.network.eval()
         ae.config.training = {
             "steps": cfg.steps, "steps_done": done, "batch_size": cfg.batch_size, "learning_rate": cfg.lr,
-            "kl_weight": cfg.kl_weight, "seed": cfg.seed, "device": str(dev), "training_images": len(td),
+            "kl_weight": cfg.kl_weight, "adversarial_weight": cfg.adversarial_weight,
+            "adversarial_start": cfg.adversarial_start if cfg.adversarial_weight > 0 else None, "seed": cfg.seed, "device": str(dev), "training_images": len(td),
             "minutes": cfg.minutes, "seconds": round(time.perf_counter() - t0, 1),
             "final_l1": round(float(np.mean(losses[-20:])), 5) if losses else None,
             "sources": [Path(s).name for s in td.sources[:20]],
@@ -158,11 +174,11 @@ def train_autoencoder_steps(
 
     try:
         for step in range(cfg.steps):
-            l1, kl = _step(ae, opt, td, cfg, step, dev)
-            losses.append(l1)
+            values = _step(ae, opt, td, cfg, step, dev, critic)
+            losses.append(values["l1"])
             elapsed = time.perf_counter() - t0
             yield Progress(step=step + 1, total=cfg.steps, message="train autoencoder",
-                           values={"l1": l1, "kl": kl, "it/s": (step + 1) / max(elapsed, 1e-9)})
+                           values={**values, "it/s": (step + 1) / max(elapsed, 1e-9)})
             if cfg.minutes is not None and elapsed >= 60 * cfg.minutes:
                 break
     except GeneratorExit:
@@ -173,9 +189,32 @@ def train_autoencoder_steps(
     return AutoencoderResult(autoencoder=ae, out=out_path, losses=losses, seconds=time.perf_counter() - t0)
 
 
+@dataclass
+class _Critic:
+    """The patch discriminator of the adversarial term, its optimiser and the least-squares loss."""
+
+    network: torch.nn.Module
+    opt: torch.optim.Optimizer
+    loss: Any
+
+    @classmethod
+    def create(cls, cfg: AutoencoderTrainConfig, dev: torch.device) -> _Critic:
+        from monai.losses import PatchAdversarialLoss
+        from monai.networks.nets import PatchDiscriminator
+
+        with torch.random.fork_rng(devices=[]):  # its own seeded start; the global RNG is left alone
+            torch.manual_seed(int(np.random.SeedSequence([cfg.seed, 11]).generate_state(1)[0]))
+            net = PatchDiscriminator(spatial_dims=cfg.dims, channels=32, in_channels=1, out_channels=1,
+                                     num_layers_d=3).to(dev).train()
+        return cls(net, torch.optim.Adam(net.parameters(), lr=cfg.lr), PatchAdversarialLoss(criterion="least_squares"))
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.network(x)[-1]  # the last output is the patch logits (the others are features)
+
+
 def _step(ae: Autoencoder, opt: torch.optim.Optimizer, td: TrainingData, cfg: AutoencoderTrainConfig, step: int,
-          dev: torch.device) -> tuple[float, float]:
-    """One optimiser step on the (seed, step) batch; returns (L1, KL)."""
+          dev: torch.device, critic: _Critic | None = None) -> dict[str, float]:
+    """One optimiser step on the (seed, step) batch; returns the losses (l1, kl, and gen / disc when adversarial)."""
     batch = td.batch(cfg.seed, step, cfg.batch_size)
     x = torch.from_numpy(batch["images"]).to(dev)
     gen = torch.Generator().manual_seed(int(np.random.SeedSequence([cfg.seed, step, 7]).generate_state(1)[0]))
@@ -186,11 +225,26 @@ def _step(ae: Autoencoder, opt: torch.optim.Optimizer, td: TrainingData, cfg: Au
     l1 = torch.nn.functional.l1_loss(rec.float(), x.float())
     kl = kl_loss(z_mu.float(), z_sigma.float())
     loss = l1 + cfg.kl_weight * kl
+    adversarial = critic is not None and step >= cfg.adversarial_start
+    if adversarial:
+        critic.network.requires_grad_(False)  # the generator's term must not train D
+        g_adv = critic.loss(critic.logits(rec.float()), target_is_real=True, for_discriminator=False)
+        critic.network.requires_grad_(True)
+        loss = loss + cfg.adversarial_weight * g_adv
     opt.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
     opt.step()
-    return float(l1.detach()), float(kl.detach())
+    out = {"l1": float(l1.detach()), "kl": float(kl.detach())}
+    if adversarial:
+        fake = critic.loss(critic.logits(rec.detach().float()), target_is_real=False, for_discriminator=True)
+        real = critic.loss(critic.logits(x.float()), target_is_real=True, for_discriminator=True)
+        d_loss = 0.5 * (fake + real)
+        critic.opt.zero_grad(set_to_none=True)
+        d_loss.backward()
+        critic.opt.step()
+        out.update({"gen": float(g_adv.detach()), "disc": float(d_loss.detach())})
+    return out
 
 
 train_autoencoder = plain_twin(train_autoencoder_steps, "train autoencoder")
