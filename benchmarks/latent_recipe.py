@@ -14,7 +14,7 @@ Data: nibabel's example4d.nii.gz volume 0, whole axial slices 96 x 128 (the spli
    learning-rate schedule still completes (a run stopped by the clock would end mid-schedule).
    The seconds actually spent are reported. The ``pixel`` row trains the same tiny network directly
    on the 96 x 128 slices for the same budget (no autoencoder).
-3. Each model draws ``--samples`` samples twice (dpm++2m, 25 steps): seeds from 100 (the
+3. Each model draws ``--samples`` samples twice (dpm++2m, 25 steps; euler for rflow): seeds from 100 (the
    **validation** draw, on which the recipe is chosen: KID against the 16 training slices, the
    distribution the prior is asked to match) and from 200 (the **test** draw: KID against the 6
    held-out slices, never used for a choice). KID on medidiff's hand-made features with a
@@ -25,10 +25,10 @@ Data: nibabel's example4d.nii.gz volume 0, whole axial slices 96 x 128 (the spli
    (highest, and how many samples reach the rule's threshold).
 5. ``--ae-variants``: other autoencoders (a longer L1 run; the patch-adversarial term for the same
    wall time), each measured (held-out PSNR, share of high-frequency power kept) and then given the
-   ``base`` prior, rows ``ae:NAME``.
+   ``--ae-prior`` prior (default ``base``), rows ``ae:NAME``.
 
-Prints a Markdown table and writes OUT/results.json, OUT/best-samples.png (the validation pick's
-test draw beside real slices).
+Prints a Markdown table and writes OUT/results-VARIANTS.json and, per row, OUT/samples-NAME.png
+(8 samples of the test draw beside real slices) and OUT/samples-NAME.npy (the whole test draw).
 """
 
 from __future__ import annotations
@@ -60,6 +60,7 @@ VARIANTS: dict[str, dict] = {
     "rflow": {"schedule": "rflow", "prediction": "flow"},
     "no-ema": {"ema_decay": 0.0},
     "small": {"preset": "small"},
+    "small-v": {"preset": "small", "prediction": "v_prediction"},  # the two best single changes together
     "pixel": {"pixel": True},                     # the same tiny network on the 96 x 128 pixels
 }
 
@@ -143,10 +144,11 @@ def run_variant(name: str, train, ae_dir: Path, minutes: float) -> tuple[dict, o
             "final_loss": round(float(np.mean(res.losses[-50:])), 4)}, res.model
 
 
-def draw(model, n: int, seed: int) -> np.ndarray:
+def draw(model, n: int, seed: int, settings: dict) -> np.ndarray:
     from medidiff.tasks.generate import generate
 
-    res = generate(model, n, seed=seed, steps=25, sampler=SAMPLER, device="cpu")
+    sampler = "euler" if settings.get("schedule") == "rflow" else SAMPLER  # the one sampler rflow has
+    res = generate(model, n, seed=seed, steps=25, sampler=sampler, device="cpu")
     return np.stack([np.asarray(s.array, np.float32) for s in res.scans])
 
 
@@ -167,15 +169,26 @@ def memorisation(samples: np.ndarray, train_slices: np.ndarray) -> dict:
             "flagged": int(sum(s >= DEFAULT_RULE.threshold for s in scores))}
 
 
+def sheet(samples: np.ndarray, real: np.ndarray, train, path: Path, title: str) -> None:
+    """8 test-draw samples (top) beside 8 real training slices (bottom), radiological view."""
+    from medidiff.reporting.figures import radiological, save_grid
+
+    show = [radiological(x, train.affine, "MR") for x in samples[:8]] + [radiological(r, train.affine, "MR")
+                                                                         for r in real[::2][:8]]
+    save_grid(show, path, titles=[f"sample {k}" for k in range(8)] + [f"real z={2 * k}" for k in range(8)], ncols=8,
+              suptitle=f"{title}: samples (top) vs real training slices (bottom)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("/tmp/medidiff-bench-latent-recipe"))
     ap.add_argument("--ae", type=Path, default=None, help="reuse this autoencoder folder instead of training one")
     ap.add_argument("--ae-steps", type=int, default=1000)
     ap.add_argument("--minutes", type=float, default=4.0, help="prior training budget per variant")
-    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--ae-variants", nargs="*", default=[], choices=list(AE_VARIANTS),
-                    help="also train these autoencoders and the base prior on each (rows ae:NAME)")
+                    help="also train these autoencoders and the --ae-prior prior on each (rows ae:NAME)")
+    ap.add_argument("--ae-prior", default="base", choices=list(VARIANTS), help="the prior variant the ae rows use")
     ap.add_argument("--samples", type=int, default=32)
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
@@ -208,12 +221,14 @@ def main() -> None:
         results["autoencoder_quality"][name] = {**autoencoder_quality(d, heldout), "seconds": round(ae_seconds[name], 1),
                                                "steps": json.loads((d / "config.json").read_text())["training"]["steps_done"]}
         print(name, results["autoencoder_quality"][name], flush=True)
-        jobs.append((f"ae:{name}", "base", d))
+        jobs.append((f"ae:{name}", args.ae_prior, d))
     for name, variant, ae in jobs:
         print(f"== {name}", flush=True)
         row, model = run_variant(variant, train, ae, args.minutes)
-        val, test = draw(model, args.samples, 100), draw(model, args.samples, 200)
-        np.save(args.out / f"samples-{name}.npy", test)
+        val, test = draw(model, args.samples, 100, VARIANTS[variant]), draw(model, args.samples, 200, VARIANTS[variant])
+        np.save(args.out / f"samples-{name.replace(':', '-')}.npy", test)
+        sheet(test, real, train, args.out / f"samples-{name.replace(':', '-')}.png", f"{name}: {row['steps']} prior steps, "
+              f"{row['train_seconds']:.0f} s")
         row.update({"validation_kid_vs_training": measure(val, real), "test_kid_vs_heldout": measure(test, heldout),
                     "symmetry": round(float(np.nanmean([symmetry(s) for s in test])), 3), **memorisation(test, real),
                     "settings": {**BASE, **VARIANTS[variant]}, "autoencoder": str(ae)})

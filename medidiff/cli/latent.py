@@ -15,8 +15,8 @@ from medidiff.cli.common import DEVICE, OVERWRITE, SEED, existing_path
 
 EXAMPLES = """\b
 Examples (2D slices of MR volumes; the autoencoder compresses 4x per axis):
-  medidiff latent train-autoencoder scans/ --out ae/ --image-size 64 --steps 2000
-  medidiff latent train scans/ --autoencoder ae/ --out runs/latent --steps 3000
+  medidiff latent train-autoencoder scans/ --out ae/ --image-size 64 --steps 3000 --lr 2e-3
+  medidiff latent train scans/ --autoencoder ae/ --out runs/latent --steps 3000 --prediction v_prediction --lr 2e-3
   medidiff latent generate runs/latent/model --n 16 --out synth/
   medidiff generate runs/latent/model --n 100 --out synth/ --real real/ --training scans/
 \b
@@ -65,7 +65,7 @@ def train_autoencoder_cmd(
 ) -> None:
     """Train the autoencoder of a latent model (L1 + a small KL term, optionally a patch-adversarial term).
 
-    Example:  medidiff latent train-autoencoder scans/ --out ae/ --image-size 64 --steps 2000
+    Example:  medidiff latent train-autoencoder scans/ --out ae/ --image-size 64 --steps 3000 --lr 2e-3
     """
     from medidiff.core.data import scan_paths
     from medidiff.core.progress import run_to_end
@@ -106,7 +106,7 @@ def train_cmd(
 ) -> None:
     """Encode the training scans and train a diffusion prior on their latents.
 
-    Example:  medidiff latent train scans/ --autoencoder ae/ --out runs/latent --steps 3000
+    Example:  medidiff latent train scans/ --autoencoder ae/ --out runs/latent --steps 3000 --prediction v_prediction --lr 2e-3
     """
     from medidiff.core.autoencoder import Autoencoder
     from medidiff.core.data import scan_paths
