@@ -10,16 +10,17 @@ diffusion model can learn it, without pulling latents to zero. No perceptual los
 need downloaded network weights).
 
 Optional patch-adversarial term (``adversarial_weight > 0``, from step ``adversarial_start``), the
-least-squares GAN of MONAI's tutorials: a MONAI ``PatchDiscriminator`` D scores every receptive-field
-patch as real (1) or reconstructed (0) and is trained on
+least-squares GAN of MONAI's tutorials: a MONAI ``PatchDiscriminator`` C (the critic) scores every
+receptive-field patch as real (1) or reconstructed (0), and with r = Dec(z) the reconstruction it is
+trained on
 
-    L_D = 1/2 [ mean (D(x) - 1)^2 + mean D(D(z))^2 ]      (the reconstruction detached)
+    L_C = 1/2 [ mean (C(x) - 1)^2 + mean C(r)^2 ]      (r detached)
 
-while the autoencoder gets ``adversarial_weight * mean (D(D(z)) - 1)^2`` added to its loss: L1 alone
+while the autoencoder gets ``adversarial_weight * mean (C(r) - 1)^2`` added to its loss: L1 alone
 pays for the mean of what a blurred latent leaves uncertain (a blur); the adversarial term pays for
-looking unlike a real patch, i.e. for missing texture. D is trained alongside, from its own seeded
-initialisation, and is not saved (the model folder is unchanged). Off by default: whether it pays on
-a CPU budget is measured in ``benchmarks/README.md`` (Latent diffusion).
+looking unlike a real patch, i.e. for missing texture. C is trained alongside, from its own seeded
+initialisation, and is not saved (the model folder is unchanged). Off by default: at CPU budgets it
+did not pay (``benchmarks/README.md``, "Generation recipe at equal compute").
 
 Batches are :class:`medidiff.core.data.TrainingData` batches (random crops of ``image_size``,
 flips, small affine, intensity jitter), a pure function of ``(seed, step)``; the
@@ -103,7 +104,8 @@ def check_autoencoder_config(cfg: AutoencoderTrainConfig) -> None:
         value = getattr(cfg, name)
         if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
             raise MedidiffError(f"{name} must be a finite number >= 0, got {value!r}")
-    if not isinstance(cfg.adversarial_start, int) or isinstance(cfg.adversarial_start, bool) or cfg.adversarial_start < 0:
+    start = cfg.adversarial_start
+    if not isinstance(start, int) or isinstance(start, bool) or start < 0:
         raise MedidiffError(f"adversarial_start must be an integer >= 0, got {cfg.adversarial_start!r}")
     if cfg.minutes is not None and not (isinstance(cfg.minutes, (int, float)) and cfg.minutes > 0):
         raise MedidiffError(f"minutes must be a number > 0 (or None), got {cfg.minutes!r}")
@@ -164,7 +166,8 @@ def train_autoencoder_steps(
         ae.config.training = {
             "steps": cfg.steps, "steps_done": done, "batch_size": cfg.batch_size, "learning_rate": cfg.lr,
             "kl_weight": cfg.kl_weight, "adversarial_weight": cfg.adversarial_weight,
-            "adversarial_start": cfg.adversarial_start if cfg.adversarial_weight > 0 else None, "seed": cfg.seed, "device": str(dev), "training_images": len(td),
+            "adversarial_start": cfg.adversarial_start if cfg.adversarial_weight > 0 else None,
+            "seed": cfg.seed, "device": str(dev), "training_images": len(td),
             "minutes": cfg.minutes, "seconds": round(time.perf_counter() - t0, 1),
             "final_l1": round(float(np.mean(losses[-20:])), 5) if losses else None,
             "sources": [Path(s).name for s in td.sources[:20]],
@@ -227,7 +230,7 @@ def _step(ae: Autoencoder, opt: torch.optim.Optimizer, td: TrainingData, cfg: Au
     loss = l1 + cfg.kl_weight * kl
     adversarial = critic is not None and step >= cfg.adversarial_start
     if adversarial:
-        critic.network.requires_grad_(False)  # the generator's term must not train D
+        critic.network.requires_grad_(False)  # the autoencoder's term must not train the critic
         g_adv = critic.loss(critic.logits(rec.float()), target_is_real=True, for_discriminator=False)
         critic.network.requires_grad_(True)
         loss = loss + cfg.adversarial_weight * g_adv
