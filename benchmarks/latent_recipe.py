@@ -68,6 +68,9 @@ VARIANTS: dict[str, dict] = {
 # autoencoder variants (each then gets the `base` prior); `adversarial` gets the wall time `l1-long` took
 AE_VARIANTS: dict[str, dict] = {
     "l1-long": {"steps": 3000},
+    "l1-long-cosine": {"steps": 3000, "lr_schedule": "cosine"},
+    "l1-long-cosine-4e-3": {"steps": 3000, "lr_schedule": "cosine", "lr": 4e-3},
+    "l1-9000-cosine": {"steps": 9000, "lr_schedule": "cosine"},
     "adversarial": {"steps": 10**6, "adversarial_weight": 0.01, "adversarial_start": 1000, "same_time_as": "l1-long"},
 }
 
@@ -96,8 +99,8 @@ def train_ae_variant(name: str, train, out: Path, seconds: dict) -> Path:
     same = spec.pop("same_time_as", None)
     if same is not None:
         spec["minutes"] = seconds[same] / 60
-    res = train_autoencoder([train], out / f"ae-{name}", batch_size=8, image_size=64, lr=2e-3, seed=0, device="cpu",
-                            overwrite=True, **spec)
+    settings = {"batch_size": 8, "image_size": 64, "lr": 2e-3, "seed": 0, "device": "cpu", **spec}
+    res = train_autoencoder([train], out / f"ae-{name}", overwrite=True, **settings)
     seconds[name] = res.seconds
     return out / f"ae-{name}"
 

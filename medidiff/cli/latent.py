@@ -16,7 +16,7 @@ from medidiff.cli.common import DEVICE, OVERWRITE, SEED, existing_path
 EXAMPLES = """\b
 Examples (2D slices of MR volumes; the autoencoder compresses 4x per axis):
   medidiff latent train-autoencoder scans/ --out ae/ --image-size 64 --steps 3000 --lr 2e-3
-  medidiff latent train scans/ --autoencoder ae/ --out runs/latent --steps 3000 --prediction v_prediction --lr 2e-3
+  medidiff latent train scans/ --autoencoder ae/ --out runs/latent --steps 3000
   medidiff latent generate runs/latent/model --n 16 --out synth/
   medidiff generate runs/latent/model --n 100 --out synth/ --real real/ --training scans/
 \b
@@ -49,7 +49,8 @@ def train_autoencoder_cmd(
     image_size: str = typer.Option("64", "--image-size", help="Training crop in pixels (multiple of 4), e.g. 64 or 16,32,32."),
     steps: int = typer.Option(1000, "--steps", min=1, help="Optimiser steps."),
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Images per step."),
-    lr: float = typer.Option(1e-3, "--lr", min=0.0, help="Learning rate (Adam)."),
+    lr: float = typer.Option(1e-3, "--lr", min=0.0, help="Learning rate (Adam; the peak rate with --lr-schedule cosine)."),
+    lr_schedule: str = typer.Option("constant", "--lr-schedule", help="constant, or cosine (warm-up, then decay to 5%)."),
     kl_weight: float = typer.Option(1e-6, "--kl-weight", min=0.0, help="Weight of the KL term against the L1 reconstruction loss."),
     adversarial_weight: float = typer.Option(
         0.0, "--adversarial-weight", min=0.0,
@@ -74,7 +75,7 @@ def train_autoencoder_cmd(
     files = scan_paths(data)
     result = run_to_end(train_autoencoder_steps(
         files, out, dims=dims, preset=preset, image_size=_size(image_size, dims), steps=steps, batch_size=batch_size,
-        lr=lr, kl_weight=kl_weight, adversarial_weight=adversarial_weight, adversarial_start=adversarial_start,
+        lr=lr, lr_schedule=lr_schedule, kl_weight=kl_weight, adversarial_weight=adversarial_weight, adversarial_start=adversarial_start,
         minutes=minutes if minutes else None, slice_axis=slice_axis, modality=modality,
         seed=seed, device=device, overwrite=overwrite), show=True, desc="autoencoder")
     ae = result.autoencoder
@@ -92,9 +93,9 @@ def train_cmd(
     preset: str = typer.Option("tiny", "--preset", help="Prior network size: tiny, small, base."),
     steps: int = typer.Option(None, "--steps", min=1, help="Optimiser steps (default 1000)."),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="Latents per step."),
-    lr: float = typer.Option(1e-3, "--lr", min=0.0, help="Peak learning rate (warm-up, then cosine decay)."),
+    lr: float = typer.Option(None, "--lr", min=0.0, help="Peak learning rate (warm-up, then cosine decay; default 2e-3)."),
     schedule: str = typer.Option("ddpm", "--schedule", help="ddpm or rflow."),
-    prediction: str = typer.Option(None, "--prediction", help="ddpm: epsilon (default) or v_prediction; rflow: flow."),
+    prediction: str = typer.Option(None, "--prediction", help="ddpm: v_prediction (default) or epsilon; rflow: flow."),
     field: str = typer.Option(None, "--field", help="Pixel field of one sample, e.g. 96,128 (default: the training "
                               "slices' size rounded up to a multiple of 16)."),
     no_flip: bool = typer.Option(False, "--no-flip", help="Do not add mirrored copies of the training images."),
@@ -106,7 +107,7 @@ def train_cmd(
 ) -> None:
     """Encode the training scans and train a diffusion prior on their latents.
 
-    Example:  medidiff latent train scans/ --autoencoder ae/ --out runs/latent --steps 3000 --prediction v_prediction --lr 2e-3
+    Example:  medidiff latent train scans/ --autoencoder ae/ --out runs/latent --steps 3000
     """
     from medidiff.core.autoencoder import Autoencoder
     from medidiff.core.data import scan_paths
@@ -119,10 +120,11 @@ def train_cmd(
     size = _size(field, ae.config.spatial_dims)
     if isinstance(size, int):
         size = (size,) * ae.config.spatial_dims
+    given = {k: v for k, v in {"lr": lr, "prediction": prediction}.items() if v is not None}  # else the latent defaults
     result = run_to_end(train_latent_steps(
-        files, ae, out, preset=preset, steps=steps, batch_size=batch_size, lr=lr, schedule=schedule,
-        prediction=prediction, field=size, flip=not no_flip, checkpoint_every=checkpoint_every, seed=seed,
-        device=device, resume=resume, overwrite=overwrite, command="medidiff latent train DATA --autoencoder AE"),
+        files, ae, out, preset=preset, steps=steps, batch_size=batch_size, schedule=schedule, field=size,
+        flip=not no_flip, checkpoint_every=checkpoint_every, seed=seed, device=device, resume=resume,
+        overwrite=overwrite, command="medidiff latent train DATA --autoencoder AE", **given),
         show=True, desc="latent prior")
     m = result.model
     typer.echo(f"model:        {out / 'model'} (prior {m.prior.num_parameters():,} parameters on "

@@ -47,6 +47,11 @@ from medidiff.core.data import TrainingData, prepare_training_data
 from medidiff.core.progress import Progress, plain_twin
 from medidiff.errors import MedidiffError
 from medidiff.io import Scan
+from medidiff.tasks.train_config import default_warmup, warmup_cosine_lr
+
+
+# constant: Adam at ``lr`` throughout; cosine: warm-up then cosine decay to 5% (the prior's schedule)
+LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclass
@@ -59,6 +64,7 @@ class AutoencoderTrainConfig:
     steps: int = 1000
     batch_size: int = 8
     lr: float = 1e-3
+    lr_schedule: str = "constant"
     kl_weight: float = 1e-6
     adversarial_weight: float = 0.0
     adversarial_start: int = 0
@@ -104,6 +110,8 @@ def check_autoencoder_config(cfg: AutoencoderTrainConfig) -> None:
         value = getattr(cfg, name)
         if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
             raise MedidiffError(f"{name} must be a finite number >= 0, got {value!r}")
+    if cfg.lr_schedule not in LR_SCHEDULES:
+        raise MedidiffError(f"lr_schedule {cfg.lr_schedule!r}: choose one of {', '.join(LR_SCHEDULES)}")
     start = cfg.adversarial_start
     if not isinstance(start, int) or isinstance(start, bool) or start < 0:
         raise MedidiffError(f"adversarial_start must be an integer >= 0, got {cfg.adversarial_start!r}")
@@ -165,7 +173,7 @@ def train_autoencoder_steps(
         ae.network.eval()
         ae.config.training = {
             "steps": cfg.steps, "steps_done": done, "batch_size": cfg.batch_size, "learning_rate": cfg.lr,
-            "kl_weight": cfg.kl_weight, "adversarial_weight": cfg.adversarial_weight,
+            "lr_schedule": cfg.lr_schedule, "kl_weight": cfg.kl_weight, "adversarial_weight": cfg.adversarial_weight,
             "adversarial_start": cfg.adversarial_start if cfg.adversarial_weight > 0 else None,
             "seed": cfg.seed, "device": str(dev), "training_images": len(td),
             "minutes": cfg.minutes, "seconds": round(time.perf_counter() - t0, 1),
@@ -177,11 +185,14 @@ def train_autoencoder_steps(
 
     try:
         for step in range(cfg.steps):
+            if cfg.lr_schedule == "cosine":
+                for group in opt.param_groups:
+                    group["lr"] = warmup_cosine_lr(step, cfg.steps, cfg.lr, default_warmup(cfg.steps))
             values = _step(ae, opt, td, cfg, step, dev, critic)
             losses.append(values["l1"])
             elapsed = time.perf_counter() - t0
             yield Progress(step=step + 1, total=cfg.steps, message="train autoencoder",
-                           values={**values, "it/s": (step + 1) / max(elapsed, 1e-9)})
+                           values={**values, "lr": opt.param_groups[0]["lr"], "it/s": (step + 1) / max(elapsed, 1e-9)})
             if cfg.minutes is not None and elapsed >= 60 * cfg.minutes:
                 break
     except GeneratorExit:

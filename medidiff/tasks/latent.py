@@ -53,6 +53,11 @@ from medidiff.tasks.generate import GenerateResult
 from medidiff.tasks.train import train_steps
 from medidiff.tasks.train_config import TrainConfig
 
+# the prior's defaults where they differ from a pixel model's: chosen at equal CPU time in
+# benchmarks/README.md ("Generation recipe at equal compute": v-prediction KID 0.112 vs epsilon
+# 0.196; lr 1e-3, the pixel default, was the worst latent row)
+LATENT_PRIOR_DEFAULTS: dict[str, Any] = {"lr": 2e-3, "prediction": "v_prediction"}
+
 __all__ = ["AutoencoderResult", "AutoencoderTrainConfig", "LatentTrainResult", "encode_training_data",
            "generate_latent", "generate_latent_steps", "train_autoencoder", "train_autoencoder_steps",
            "train_latent", "train_latent_steps"]
@@ -136,6 +141,28 @@ def _check_run_dir(out: Path, autoencoder: Autoencoder | str | Path) -> None:
         raise OutputError(f"{out}: is (or holds) the autoencoder {ae_path}; choose a run folder outside it")
 
 
+def prior_config(config: TrainConfig | None, options: dict[str, Any], run_dir: Path | None,
+                 resume: bool) -> TrainConfig:
+    """The prior's :class:`TrainConfig`: ``config`` (as given) or :data:`LATENT_PRIOR_DEFAULTS`, then ``options``.
+
+    The defaults fill only settings not given; v-prediction only for the ddpm schedule (rflow has
+    its own). A resumed run keeps the settings it started with, so runs begun before these defaults
+    continue as they were.
+    """
+    if config is not None:
+        return dataclasses.replace(config, **options)
+    defaults = dict(LATENT_PRIOR_DEFAULTS)
+    if options.get("schedule", TrainConfig.schedule) != "ddpm":
+        defaults.pop("prediction")
+    if resume and run_dir is not None:
+        from medidiff.tasks import run_folder
+
+        if run_folder.has_checkpoint(run_dir):
+            saved = run_folder.read_meta(run_dir).get("config", {})
+            defaults = {k: saved[k] for k in defaults if k in saved}
+    return TrainConfig(**{**defaults, **options})
+
+
 def train_latent_steps(
     data: Sequence[str | Path | Scan] | str | Path | Scan,
     autoencoder: Autoencoder | str | Path,
@@ -152,8 +179,9 @@ def train_latent_steps(
 
     ``config`` / ``options`` are :class:`TrainConfig` settings of the prior (``preset``, ``steps``,
     ``batch_size``, ``lr``, ``seed``, ``device``, ...); its ``dims``, ``image_size`` and
-    ``augment`` are set from the latents. ``field``: the pixel field (default: the first training
-    image's shape, rounded up). With ``out``, RUN/model becomes a latent model folder.
+    ``augment`` are set from the latents. Without ``config``, settings not given take
+    :data:`LATENT_PRIOR_DEFAULTS` (v-prediction, lr 2e-3). ``field``: the pixel field (default: the
+    first training image's shape, rounded up). With ``out``, RUN/model becomes a latent model folder.
     """
     from medidiff.core.devices import resolve_device
     from medidiff.core.model import PRESETS
@@ -162,10 +190,10 @@ def train_latent_steps(
     unknown = sorted(set(options) - {f.name for f in dataclasses.fields(TrainConfig)})
     if unknown:
         raise MedidiffError(f"train_latent: unknown option(s) {', '.join(unknown)}; the settings are TrainConfig's fields")
-    cfg = dataclasses.replace(config or TrainConfig(), **options)
+    run_dir = Path(out).expanduser() if out is not None else None
+    cfg = prior_config(config, options, run_dir, resume)
     if cfg.preset not in PRESETS:
         raise MedidiffError(f"preset {cfg.preset!r}: choose one of {', '.join(PRESETS)}")
-    run_dir = Path(out).expanduser() if out is not None else None
     items = [data] if isinstance(data, (str, Path, Scan)) else list(data)
     if run_dir is not None:
         check_out_outside_data(run_dir, items)

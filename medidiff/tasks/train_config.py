@@ -14,6 +14,24 @@ SAME_ON_RESUME = ("batch_size", "seed", "dims", "preset", "image_size", "schedul
                   "contrast")
 
 
+def default_warmup(total_steps: int) -> int:
+    """Warm-up length when none is given: 5% of the run, at most 500 steps."""
+    return min(500, max(1, total_steps // 20))
+
+
+def warmup_cosine_lr(step: int, total_steps: int, lr: float, warmup: int) -> float:
+    """Learning rate at 0-based ``step``: linear warm-up over ``warmup`` steps, then cosine decay to 5% of ``lr``.
+
+    Adam's early steps are the noisiest (its moment estimates start at zero), hence the warm-up;
+    the decay lets the last steps settle into a minimum instead of rattling around it at full step
+    size.
+    """
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total_steps - warmup)
+    return lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+
+
 @dataclass
 class TrainConfig:
     """Every setting of a training run (stored in ``RUN/state/train.json``).
@@ -68,15 +86,11 @@ class TrainConfig:
 
     @property
     def warmup_steps(self) -> int:
-        return self.warmup if self.warmup is not None else min(500, max(1, self.total_steps // 20))
+        return self.warmup if self.warmup is not None else default_warmup(self.total_steps)
 
     def lr_at(self, step: int) -> float:
-        """Linear warm-up, then cosine decay to 5% of ``lr``."""
-        w = self.warmup_steps
-        if step < w:
-            return self.lr * (step + 1) / w
-        progress = (step - w) / max(1, self.total_steps - w)
-        return self.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+        """Linear warm-up, then cosine decay to 5% of ``lr`` (:func:`warmup_cosine_lr`)."""
+        return warmup_cosine_lr(step, self.total_steps, self.lr, self.warmup_steps)
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)

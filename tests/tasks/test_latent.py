@@ -517,3 +517,43 @@ def test_bad_adversarial_settings_are_one_line_errors(mr_train_scan, kwargs, wor
     with pytest.raises(MedidiffError) as exc:
         next(train_autoencoder_steps([mr_train_scan], None, **kwargs))
     assert words in _one_line(exc)
+
+
+def test_cosine_schedule_decays_the_autoencoder_learning_rate(mr_train_scan):
+    opts = dict(steps=40, batch_size=2, image_size=32, lr=2e-3, seed=0, device="cpu")
+    events = list(train_autoencoder_steps([mr_train_scan], None, lr_schedule="cosine", **opts))
+    rates = [e.values["lr"] for e in events if e.values and "lr" in e.values]
+    assert len(rates) == 40
+    assert rates[0] < rates[2] <= 2e-3  # warm-up (2 steps at 40) ...
+    assert rates[-1] == pytest.approx(0.05 * 2e-3, rel=0.05)  # ... then decay to 5 % of the peak
+    assert all(a >= b for a, b in zip(rates[2:], rates[3:]))
+    constant = [e.values["lr"] for e in train_autoencoder_steps([mr_train_scan], None, **opts) if e.values and "lr" in e.values]
+    assert set(constant) == {2e-3}
+    cosine = train_autoencoder([mr_train_scan], None, lr_schedule="cosine", **opts).autoencoder
+    assert cosine.config.training["lr_schedule"] == "cosine"
+    with pytest.raises(MedidiffError) as exc:
+        next(train_autoencoder_steps([mr_train_scan], None, lr_schedule="step"))
+    assert "lr_schedule" in _one_line(exc) and "cosine" in _one_line(exc)
+
+
+def test_latent_prior_defaults_to_v_prediction_and_a_resume_keeps_its_settings(tiny_ae, mr_train_scan, tmp_path):
+    from medidiff.tasks.latent import LATENT_PRIOR_DEFAULTS, prior_config
+
+    cfg = prior_config(None, {}, None, False)
+    assert (cfg.prediction, cfg.lr) == ("v_prediction", 2e-3) == (LATENT_PRIOR_DEFAULTS["prediction"],
+                                                                  LATENT_PRIOR_DEFAULTS["lr"])
+    assert prior_config(None, {"schedule": "rflow"}, None, False).prediction is None  # rflow's own
+    assert prior_config(None, {"prediction": "epsilon", "lr": 1e-3}, None, False).prediction == "epsilon"
+    # a run begun with epsilon (as before the defaults changed) resumes as epsilon, not as a mismatch
+    run = tmp_path / "run"
+    gen = train_latent_steps([mr_train_scan], tiny_ae.out, run, steps=6, batch_size=2, seed=0, device="cpu",
+                             prediction="epsilon", lr=1e-3, checkpoint_every=2)
+    for event in gen:
+        if event.message.endswith("train") and event.step >= 3:
+            break
+    gen.close()
+    resumed = train_latent([mr_train_scan], tiny_ae.out, run, batch_size=2, seed=0, device="cpu", resume=True,
+                           checkpoint_every=2)
+    assert resumed.model.prior.config.schedule["prediction"] == "epsilon"
+    fresh = train_latent([mr_train_scan], tiny_ae.out, None, steps=2, batch_size=2, seed=0, device="cpu")
+    assert fresh.model.prior.config.schedule["prediction"] == "v_prediction"
