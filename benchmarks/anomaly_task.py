@@ -47,6 +47,30 @@ def _standardised(m: np.ndarray, fg: np.ndarray, p: float) -> float:
     return (float(np.percentile(m[fg], p)) - loc) / scale
 
 
+def _largest_cluster(m: np.ndarray, fg: np.ndarray, thr: float, mass: bool) -> float:
+    """Size (or excess mass) of the largest connected region of the map above ``thr`` in the foreground."""
+    from scipy.ndimage import label
+
+    above = (m > thr) & fg
+    labels, n = label(above)
+    if n == 0:
+        return 0.0
+    weights = np.clip(m - thr, 0, None)[above] if mass else np.ones(int(above.sum()))
+    return float(np.bincount(labels[above], weights=weights).max())
+
+
+def _disc_mean_max(m: np.ndarray, fg: np.ndarray, radius: int = 4) -> float:
+    """Highest mean of the map over a disc of ``radius`` voxels inside the foreground (a lesion-sized filter)."""
+    from scipy.ndimage import convolve
+
+    yy, xx = np.mgrid[-radius:radius + 1, -radius:radius + 1]
+    disc = (yy ** 2 + xx ** 2 <= radius ** 2).astype(float)
+    total = convolve(np.where(fg, m, 0.0), disc, mode="constant")
+    count = convolve(fg.astype(float), disc, mode="constant")
+    full = count >= 0.9 * disc.sum()
+    return float((total[full] / count[full]).max()) if full.any() else float(m[fg].max())
+
+
 # scan scores from one map (``m``, foreground ``fg``), the calibrated threshold and the calibration's FDR tables
 SCAN_SCORES = {
     "p99": lambda m, fg, thr, tab: float(np.percentile(m[fg], 99.0)),  # the task's (maps.scan_score)
@@ -56,6 +80,10 @@ SCAN_SCORES = {
     "voxels above threshold": lambda m, fg, thr, tab: float((m[fg] > thr).sum()),
     "excess above threshold": lambda m, fg, thr, tab: float(np.clip(m[fg] - thr, 0, None).sum()),
     "FDR 0.1 mask size": _fdr_size,
+    "largest cluster above threshold": lambda m, fg, thr, tab: _largest_cluster(m, fg, thr, mass=False),
+    "largest cluster excess": lambda m, fg, thr, tab: _largest_cluster(m, fg, thr, mass=True),
+    "disc-mean max (r 4)": lambda m, fg, thr, tab: _disc_mean_max(m, fg, 4),
+    "top-50 mean": lambda m, fg, thr, tab: float(np.sort(m[fg])[-50:].mean()),
 }
 
 
