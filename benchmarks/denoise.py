@@ -103,7 +103,7 @@ MODALITY = {"MR": "MR", "CT": "CT", "microscopy": "SM"}
 
 
 def get_model(name: str, train: Scan, path: str | None, steps: int, out: Path, timestep_sampling: str = "uniform",
-              contrast: float = 1.0):
+              contrast: float = 1.0, crop_foreground: float = 0.0):
     from medidiff.core.model import DiffusionModel
     from medidiff.tasks.train import train as train_model
 
@@ -112,7 +112,8 @@ def get_model(name: str, train: Scan, path: str | None, steps: int, out: Path, t
     t0 = time.perf_counter()
     result = train_model([train], out / f"model_{name}", dims=2, preset="tiny", image_size=32, steps=steps,
                          batch_size=16, lr=2e-3, seed=0, device="cpu", checkpoint_every=0, overwrite=True,
-                         timestep_sampling=timestep_sampling, contrast=contrast)
+                         timestep_sampling=timestep_sampling, contrast=contrast,
+                         crop_foreground=crop_foreground)
     return result.model, time.perf_counter() - t0
 
 
@@ -278,6 +279,8 @@ def main() -> None:
                     help="training noise levels of the clean-trained models (log-normal: denoising only)")
     ap.add_argument("--contrast-augment", type=float, default=1.0,
                     help="contrast augmentation of the clean-trained models down to this factor (1: none)")
+    ap.add_argument("--crop-foreground", type=float, default=0.0,
+                    help="share of the clean-trained models' crops centred on the foreground (0: uniform)")
     ap.add_argument("--levels", type=float, nargs="+", default=list(LEVELS))
     ap.add_argument("--samples", type=int, default=4, help="posterior samples")
     ap.add_argument("--ddim-steps", type=int, default=5)
@@ -306,7 +309,7 @@ def main() -> None:
         loader, noises = DATASETS[name]
         train, val, clean, spacing = loader()
         model, secs = get_model(name, train, paths[name], args.steps, args.out, args.timestep_sampling,
-                                args.contrast_augment)
+                                args.contrast_augment, args.crop_foreground)
         log(f"{name}: model ready ({secs:.0f} s training)")
         times: dict[str, list[float]] = {c: [] for c in COLUMNS}
         fit_here = name in args.fit_datasets

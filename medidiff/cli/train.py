@@ -167,6 +167,10 @@ def train(
         help="Also train on copies of the images at lower contrast, down to this factor (e.g. 0.1; 1: off): for "
              "scans whose brightest structures make their other tissue fainter than in the training scans. For "
              "denoising models: samples drawn from the model come out at lower contrast too."),
+    crop_foreground: float = typer.Option(
+        0.0, "--crop-foreground", min=0.0, max=1.0,
+        help="Share of training crops centred on the scan's foreground instead of anywhere (0..1; 0: uniform). "
+             "For scans with much air or empty background around the body or specimen, when crops are smaller than the images."),
     checkpoint_every: int = typer.Option(500, "--checkpoint-every", min=0, help="Write RUN/model and RUN/state every N steps (0: not by steps)."),
     checkpoint_minutes: float = typer.Option(5.0, "--checkpoint-minutes", min=0.0, help="Also checkpoint every M minutes of wall time (0: not by time)."),
     sample_every: int = typer.Option(0, "--sample-every", min=0, help="Save a grid of samples to RUN/samples every N steps (0: never)."),
@@ -196,7 +200,7 @@ def train(
     config = TrainConfig(
         dims=dims, preset=preset, image_size=size, steps=steps, batch_size=batch_size, lr=lr, seed=seed, device=device,
         schedule=schedule, prediction=prediction, slice_axis=slice_axis, ct_window=ct_window, modality=modality,
-        augment=not no_augment, contrast=contrast_augment, checkpoint_every=checkpoint_every, checkpoint_minutes=checkpoint_minutes,
+        augment=not no_augment, contrast=contrast_augment, crop_foreground=crop_foreground, checkpoint_every=checkpoint_every, checkpoint_minutes=checkpoint_minutes,
         sample_every=sample_every, data_card=data_card, licence=licence, full_paths=full_paths,
         command=command_line(data, masks or [], full_paths), noise=noise, timestep_sampling=timestep_sampling,
         ema_decay=ema_decay, noisy=noisy,

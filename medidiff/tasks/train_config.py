@@ -11,7 +11,7 @@ from medidiff.errors import MedidiffError
 DEFAULT_STEPS = 1000
 # settings a resumed run must share with the run it continues (they shape the model or the data order)
 SAME_ON_RESUME = ("batch_size", "seed", "dims", "preset", "image_size", "schedule", "prediction", "noise", "noisy",
-                  "contrast")
+                  "contrast", "crop_foreground")
 
 
 def default_warmup(total_steps: int) -> int:
@@ -43,6 +43,7 @@ class TrainConfig:
     ``noise`` is the training noise (white, simplex, coarse) and ``timestep_sampling`` how
     noise levels are drawn (uniform, low-noise, log-normal; :mod:`medidiff.tasks.train_noise`).
     ``contrast < 1`` adds contrast augmentation down to that factor (:func:`medidiff.core.data.augment`).
+    ``crop_foreground`` is the share of training crops centred on the foreground (:mod:`medidiff.core.data`).
     ``noisy=True`` treats the scans as noisy data (no clean copy): the objective of ``--fit``
     (:mod:`medidiff.tasks.train_noisy`), each scan at its own estimated noise level.
     """
@@ -69,6 +70,7 @@ class TrainConfig:
     modality: str | None = None
     augment: bool = True
     contrast: float = 1.0
+    crop_foreground: float = 0.0
     checkpoint_every: int = 500
     checkpoint_minutes: float = 5.0
     sample_every: int = 0
@@ -127,6 +129,8 @@ def check_config(cfg: TrainConfig) -> None:
             raise MedidiffError(f"{name} must be an integer >= {low}, got {value!r}")
     if not (isinstance(cfg.contrast, (int, float)) and 0 < cfg.contrast <= 1):
         raise MedidiffError(f"--contrast-augment {cfg.contrast!r}: give a factor in (0, 1] (1: none)")
+    if not (isinstance(cfg.crop_foreground, (int, float)) and 0 <= cfg.crop_foreground <= 1):
+        raise MedidiffError(f"--crop-foreground {cfg.crop_foreground!r}: give a share in [0, 1] (0: uniform crops)")
     for name in ("lr", "checkpoint_minutes", "weight_decay", "grad_clip"):
         value = getattr(cfg, name)
         if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:

@@ -161,3 +161,45 @@ def test_contrast_augmentation_compresses_half_the_images_and_keeps_the_rest(mr_
     img = plain.images[0][:32, :32]
     one = augment(img, None, np.random.default_rng(5))[0]
     np.testing.assert_array_equal(one, augment(img, None, np.random.default_rng(5), contrast=1.0)[0])
+
+
+def _air_padded(scan: Scan, pad: int = 64) -> Scan:
+    """The scan inside a wide border of air (its own minimum), like a CT body inside the field of view."""
+    arr = np.pad(scan.array, ((0, 0), (pad, pad), (pad, pad)), mode="constant", constant_values=float(scan.array.min()))
+    return Scan(arr, scan.spacing, scan.affine, scan.modality, {})
+
+
+def test_foreground_crops_are_centred_on_the_body_and_seeded(mr_train_scan):
+    """``crop_foreground=1``: (almost) no crop is air; 0.5 halves the air crops; 0 keeps the old batches."""
+    padded = _air_padded(mr_train_scan)
+
+    def near_empty_share(td) -> float:
+        shares = [(td.batch(seed=0, step=s, batch_size=16)["images"][:, 0] > -0.8).mean(axis=(1, 2)) for s in range(12)]
+        return float((np.concatenate(shares) < 0.1).mean())
+
+    uniform = prepare_training_data([padded], image_size=32, augment=False)
+    half = prepare_training_data([padded], image_size=32, augment=False, crop_foreground=0.5)
+    body = prepare_training_data([padded], image_size=32, augment=False, crop_foreground=1.0)
+    u, h, b = near_empty_share(uniform), near_empty_share(half), near_empty_share(body)
+    assert u > 0.4 and b < 0.05 and b + 0.15 < h < u - 0.15
+    # a pure function of (seed, step), and another seed gives other crops
+    np.testing.assert_array_equal(body.batch(4, 9, 8)["images"], body.batch(4, 9, 8)["images"])
+    assert not np.array_equal(body.batch(4, 9, 8)["images"], body.batch(5, 9, 8)["images"])
+    # the option draws from its own stream: at 0 the batches are exactly the uniform ones
+    off = prepare_training_data([padded], image_size=32, crop_foreground=0.0)
+    np.testing.assert_array_equal(off.batch(1, 3, 8)["images"],
+                                  prepare_training_data([padded], image_size=32).batch(1, 3, 8)["images"])
+
+
+def test_foreground_start_is_inside_the_image_and_gives_up_on_pure_air():
+    from medidiff.core.data import foreground_start
+
+    rng = np.random.default_rng(0)
+    img = np.full((100, 80), -1.0, dtype=np.float32)
+    img[90:, 70:] = 1.0  # foreground only in a corner: the window is clipped to the image, not centred
+    for _ in range(20):
+        start = foreground_start(img, (32, 32), rng)
+        assert start is not None and 0 <= start[0] <= 68 and 0 <= start[1] <= 48
+        assert (img[start[0]:start[0] + 32, start[1]:start[1] + 32] > -0.8).any()
+    assert foreground_start(np.full((100, 80), -1.0, np.float32), (32, 32), rng) is None  # falls back to uniform
+    assert foreground_start(img, (128, 32), rng) is None  # smaller than the crop: padding, not a choice

@@ -83,6 +83,9 @@ def test_resume_needs_the_same_batch_and_seed(mr_train_scan, tmp_path):
     # contrast augmentation shapes the batches too: resuming without it (the CLI's default) is refused
     with pytest.raises(MedidiffError, match="contrast=1.0, not 0.5"):
         train([mr_train_scan], tmp_path / "r", steps=4, resume=True, **{**TINY, "contrast": 0.5})
+    # so do foreground crops
+    with pytest.raises(MedidiffError, match="crop_foreground=0.0, not 0.5"):
+        train([mr_train_scan], tmp_path / "r", steps=4, resume=True, **{**TINY, "crop_foreground": 0.5})
 
 
 def test_an_existing_run_folder_is_not_replaced(mr_train_scan, tmp_path):
