@@ -103,14 +103,14 @@ MODALITY = {"MR": "MR", "CT": "CT", "microscopy": "SM"}
 
 
 def get_model(name: str, train: Scan, path: str | None, steps: int, out: Path, timestep_sampling: str = "uniform",
-              contrast: float = 1.0, crop_foreground: float = 0.0):
+              contrast: float = 1.0, crop_foreground: float = 0.0, preset: str = "tiny"):
     from medidiff.core.model import DiffusionModel
     from medidiff.tasks.train import train as train_model
 
     if path:
         return DiffusionModel.load(path), 0.0
     t0 = time.perf_counter()
-    result = train_model([train], out / f"model_{name}", dims=2, preset="tiny", image_size=32, steps=steps,
+    result = train_model([train], out / f"model_{name}", dims=2, preset=preset, image_size=32, steps=steps,
                          batch_size=16, lr=2e-3, seed=0, device="cpu", checkpoint_every=0, overwrite=True,
                          timestep_sampling=timestep_sampling, contrast=contrast,
                          crop_foreground=crop_foreground)
@@ -281,6 +281,7 @@ def main() -> None:
                     help="contrast augmentation of the clean-trained models down to this factor (1: none)")
     ap.add_argument("--crop-foreground", type=float, default=0.0,
                     help="share of the clean-trained models' crops centred on the foreground (0: uniform)")
+    ap.add_argument("--preset", default="tiny", help="network preset of the clean-trained models")
     ap.add_argument("--levels", type=float, nargs="+", default=list(LEVELS))
     ap.add_argument("--samples", type=int, default=4, help="posterior samples")
     ap.add_argument("--ddim-steps", type=int, default=5)
@@ -309,7 +310,7 @@ def main() -> None:
         loader, noises = DATASETS[name]
         train, val, clean, spacing = loader()
         model, secs = get_model(name, train, paths[name], args.steps, args.out, args.timestep_sampling,
-                                args.contrast_augment, args.crop_foreground)
+                                args.contrast_augment, args.crop_foreground, args.preset)
         log(f"{name}: model ready ({secs:.0f} s training)")
         times: dict[str, list[float]] = {c: [] for c in COLUMNS}
         fit_here = name in args.fit_datasets

@@ -169,8 +169,9 @@ def train(
              "denoising models: samples drawn from the model come out at lower contrast too."),
     crop_foreground: float = typer.Option(
         0.0, "--crop-foreground", min=0.0, max=1.0,
-        help="Share of training crops centred on the scan's foreground instead of anywhere (0..1; 0: uniform). "
-             "For scans with much air or empty background around the body or specimen, when crops are smaller than the images."),
+        help="Share of training crops centred on the scan's foreground instead of anywhere (0..1; 0: uniform, the "
+             "default). For crops that would be mostly empty field or padding (sparse 3D stacks); on CT slices it "
+             "measured worse (benchmarks/README.md), as the body's edge against air needs training too."),
     checkpoint_every: int = typer.Option(500, "--checkpoint-every", min=0, help="Write RUN/model and RUN/state every N steps (0: not by steps)."),
     checkpoint_minutes: float = typer.Option(5.0, "--checkpoint-minutes", min=0.0, help="Also checkpoint every M minutes of wall time (0: not by time)."),
     sample_every: int = typer.Option(0, "--sample-every", min=0, help="Save a grid of samples to RUN/samples every N steps (0: never)."),
