@@ -103,7 +103,8 @@ MODALITY = {"MR": "MR", "CT": "CT", "microscopy": "SM"}
 
 
 def get_model(name: str, train: Scan, path: str | None, steps: int, out: Path, timestep_sampling: str = "uniform",
-              contrast: float = 1.0, crop_foreground: float = 0.0, preset: str = "tiny"):
+              contrast: float = 1.0, crop_foreground: float = 0.0, preset: str = "tiny",
+              spacing_augment: float = 1.0):
     from medidiff.core.model import DiffusionModel
     from medidiff.tasks.train import train as train_model
 
@@ -113,7 +114,7 @@ def get_model(name: str, train: Scan, path: str | None, steps: int, out: Path, t
     result = train_model([train], out / f"model_{name}", dims=2, preset=preset, image_size=32, steps=steps,
                          batch_size=16, lr=2e-3, seed=0, device="cpu", checkpoint_every=0, overwrite=True,
                          timestep_sampling=timestep_sampling, contrast=contrast,
-                         crop_foreground=crop_foreground)
+                         crop_foreground=crop_foreground, spacing_augment=spacing_augment)
     return result.model, time.perf_counter() - t0
 
 
@@ -225,6 +226,7 @@ def run_condition(model, name, val, clean, spacing, noise, level, seed, args, fi
     noisy_val = noise_lib.add_noise(val, noise, level, np.random.default_rng(seed + 500)).astype(np.float32)
     val_row, _ = run_medidiff(model, as_scan(noisy_val, name, spacing), val, noise, seed, args)
     pick = max(val_row, key=lambda k: val_row[k][0])
+    log(f"  {name} {noise} {level:g} validation PSNR: " + ", ".join(f"{k} {v[0]:.2f}" for k, v in val_row.items()))
     row, res = run_medidiff(model, as_scan(noisy, name, spacing), clean, noise, seed, args)
     row["noisy"] = (*score(clean, noisy), 0.0)
     n = clean.shape[0]
@@ -281,6 +283,8 @@ def main() -> None:
                     help="contrast augmentation of the clean-trained models down to this factor (1: none)")
     ap.add_argument("--crop-foreground", type=float, default=0.0,
                     help="share of the clean-trained models' crops centred on the foreground (0: uniform)")
+    ap.add_argument("--spacing-augment", type=float, default=1.0,
+                    help="coarser-voxel crops of the clean-trained models, up to this voxel-size factor (1: none)")
     ap.add_argument("--preset", default="tiny", help="network preset of the clean-trained models")
     ap.add_argument("--levels", type=float, nargs="+", default=list(LEVELS))
     ap.add_argument("--samples", type=int, default=4, help="posterior samples")
@@ -310,7 +314,7 @@ def main() -> None:
         loader, noises = DATASETS[name]
         train, val, clean, spacing = loader()
         model, secs = get_model(name, train, paths[name], args.steps, args.out, args.timestep_sampling,
-                                args.contrast_augment, args.crop_foreground, args.preset)
+                                args.contrast_augment, args.crop_foreground, args.preset, args.spacing_augment)
         log(f"{name}: model ready ({secs:.0f} s training)")
         times: dict[str, list[float]] = {c: [] for c in COLUMNS}
         fit_here = name in args.fit_datasets

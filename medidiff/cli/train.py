@@ -172,6 +172,10 @@ def train(
         help="Share of training crops centred on the scan's foreground instead of anywhere (0..1; 0: uniform, the "
              "default). For crops that would be mostly empty field or padding (sparse 3D stacks); on CT slices it "
              "measured worse (benchmarks/README.md), as the body's edge against air needs training too."),
+    spacing_augment: float = typer.Option(
+        1.0, "--spacing-augment", min=1.0, max=8.0,
+        help="Also train on crops at up to this many times the training scans' voxel size (e.g. 2; 1: off): "
+             "for a model that will see scans with larger voxels than its training scans."),
     checkpoint_every: int = typer.Option(500, "--checkpoint-every", min=0, help="Write RUN/model and RUN/state every N steps (0: not by steps)."),
     checkpoint_minutes: float = typer.Option(5.0, "--checkpoint-minutes", min=0.0, help="Also checkpoint every M minutes of wall time (0: not by time)."),
     sample_every: int = typer.Option(0, "--sample-every", min=0, help="Save a grid of samples to RUN/samples every N steps (0: never)."),
@@ -201,7 +205,8 @@ def train(
     config = TrainConfig(
         dims=dims, preset=preset, image_size=size, steps=steps, batch_size=batch_size, lr=lr, seed=seed, device=device,
         schedule=schedule, prediction=prediction, slice_axis=slice_axis, ct_window=ct_window, modality=modality,
-        augment=not no_augment, contrast=contrast_augment, crop_foreground=crop_foreground, checkpoint_every=checkpoint_every, checkpoint_minutes=checkpoint_minutes,
+        augment=not no_augment, contrast=contrast_augment, crop_foreground=crop_foreground,
+        spacing_augment=spacing_augment, checkpoint_every=checkpoint_every, checkpoint_minutes=checkpoint_minutes,
         sample_every=sample_every, data_card=data_card, licence=licence, full_paths=full_paths,
         command=command_line(data, masks or [], full_paths), noise=noise, timestep_sampling=timestep_sampling,
         ema_decay=ema_decay, noisy=noisy,

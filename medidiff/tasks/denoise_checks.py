@@ -17,7 +17,8 @@ grid of window-shaped blobs, a sample instead of the scan), so these inputs get 
 * not a Gaussian denoiser: a model trained with structured noise (``train --noise simplex|coarse``)
   learnt to remove that noise, not white noise (see :mod:`medidiff.tasks.train_noise`).
 
-A voxel size far (more than 1.5x) from the model's training spacing gets a one-line warning
+A voxel size far (more than 1.5x) from the model's training spacing (for a model trained with
+``--spacing-augment F``: from the range 1..F times it) gets a one-line warning
 (``UserWarning``; the CLI prints it as ``warning: ...``) saying what to expect; the scan is not
 resampled, because resampling measured no better overall. Built-in ``mr2d`` (the 64 x 64 model,
 trained at 2 mm) on its held-out sample resampled to other voxel sizes, Gaussian noise 5%, PSNR in
@@ -154,12 +155,14 @@ def warn_spacing(model, layout: SliceLayout, scan, source: str) -> str | None:
     have = layout.item_spacing(tuple(scan.spacing))
     if len(have) != len(trained) or min(have) <= 0 or min(trained) <= 0:
         return None
-    ratios = [h / t for h, t in zip(have, trained)]
+    # a model trained on coarser-voxel crops (train --spacing-augment F) knows 1..F times its spacing
+    coarsest = max(1.0, float((model.config.training or {}).get("spacing_augment") or 1.0))
+    ratios = [h / t / coarsest if h / t > coarsest else min(h / t, 1.0) for h, t in zip(have, trained)]
     worst = max(ratios, key=lambda r: max(r, 1 / r))
     if max(worst, 1 / worst) <= SPACING_TOLERANCE:
         return None
     fmt = "x".join(f"{v:.3g}" for v in have)
-    ref = "x".join(f"{v:.3g}" for v in trained)
+    ref = "x".join(f"{v:.3g}" for v in (trained if worst < 1 else [t * coarsest for t in trained]))
     factor = max(worst, 1 / worst)
     if worst > 1:
         expect = (f"expect a smaller gain than at {ref} mm (mr2d at 2x coarser: +2.7 dB instead of +4.3 dB; "
@@ -167,7 +170,8 @@ def warn_spacing(model, layout: SliceLayout, scan, source: str) -> str | None:
     else:
         expect = (f"expect less than resampling to {ref} mm first would give where the scan has no finer detail "
                   "(mr2d at 2x finer: 1.4 dB less), more where it has")
-    text = (f"{source}: voxels are {fmt} mm but the model was trained at {ref} mm ({factor:.1f}x "
+    upto = "up to " if worst > 1 and coarsest > 1 else ""
+    text = (f"{source}: voxels are {fmt} mm but the model was trained at {upto}{ref} mm ({factor:.1f}x "
             f"{'coarser' if worst > 1 else 'finer'}); {expect}")
     warnings.warn(text, UserWarning, stacklevel=3)
     return text

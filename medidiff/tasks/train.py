@@ -184,7 +184,7 @@ def _run(data, run_dir: Path | None, cfg: TrainConfig, labels, masks, meta, rank
     td = data if isinstance(data, TrainingData) else prepare_training_data(
         data, spatial_dims=cfg.dims, image_size=cfg.image_size, slice_axis=cfg.slice_axis, ct_window=cfg.ct_window,
         labels=labels, masks=masks, augment=cfg.augment, modality=cfg.modality, contrast=cfg.contrast,
-        crop_foreground=cfg.crop_foreground,
+        crop_foreground=cfg.crop_foreground, spacing_augment=cfg.spacing_augment,
     )
     n_classes = (max(td.labels) + 1 if td.labels else 0) if labels is not None else 0
     n_classes = max(n_classes, len(cfg.class_names))
@@ -301,7 +301,7 @@ def _training_record(cfg: TrainConfig, td: TrainingData, sources: list[str], wor
         "sources": sources[:20], "data_card": cfg.data_card or "", "licence": cfg.licence or "",
         "command": cfg.command or "",
         "noise": cfg.noise, "timestep_sampling": cfg.timestep_sampling, "contrast_augment": cfg.contrast,
-        "crop_foreground": cfg.crop_foreground,
+        "crop_foreground": cfg.crop_foreground, "spacing_augment": cfg.spacing_augment,
         "ema_decay": cfg.ema_decay, "image_size": [int(v) for v in td.image_size],
     }
 

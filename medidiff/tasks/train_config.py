@@ -11,7 +11,7 @@ from medidiff.errors import MedidiffError
 DEFAULT_STEPS = 1000
 # settings a resumed run must share with the run it continues (they shape the model or the data order)
 SAME_ON_RESUME = ("batch_size", "seed", "dims", "preset", "image_size", "schedule", "prediction", "noise", "noisy",
-                  "contrast", "crop_foreground")
+                  "contrast", "crop_foreground", "spacing_augment")
 
 
 def default_warmup(total_steps: int) -> int:
@@ -44,6 +44,7 @@ class TrainConfig:
     noise levels are drawn (uniform, low-noise, log-normal; :mod:`medidiff.tasks.train_noise`).
     ``contrast < 1`` adds contrast augmentation down to that factor (:func:`medidiff.core.data.augment`).
     ``crop_foreground`` is the share of training crops centred on the foreground (:mod:`medidiff.core.data`).
+    ``spacing_augment > 1`` also trains on crops at up to that many times the voxel size (:mod:`medidiff.core.data`).
     ``noisy=True`` treats the scans as noisy data (no clean copy): the objective of ``--fit``
     (:mod:`medidiff.tasks.train_noisy`), each scan at its own estimated noise level.
     """
@@ -71,6 +72,7 @@ class TrainConfig:
     augment: bool = True
     contrast: float = 1.0
     crop_foreground: float = 0.0
+    spacing_augment: float = 1.0
     checkpoint_every: int = 500
     checkpoint_minutes: float = 5.0
     sample_every: int = 0
@@ -131,6 +133,8 @@ def check_config(cfg: TrainConfig) -> None:
         raise MedidiffError(f"--contrast-augment {cfg.contrast!r}: give a factor in (0, 1] (1: none)")
     if not (isinstance(cfg.crop_foreground, (int, float)) and 0 <= cfg.crop_foreground <= 1):
         raise MedidiffError(f"--crop-foreground {cfg.crop_foreground!r}: give a share in [0, 1] (0: uniform crops)")
+    if not (isinstance(cfg.spacing_augment, (int, float)) and 1 <= cfg.spacing_augment <= 8):
+        raise MedidiffError(f"--spacing-augment {cfg.spacing_augment!r}: give a voxel-size factor in [1, 8] (1: none)")
     for name in ("lr", "checkpoint_minutes", "weight_decay", "grad_clip"):
         value = getattr(cfg, name)
         if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:

@@ -203,3 +203,42 @@ def test_foreground_start_is_inside_the_image_and_gives_up_on_pure_air():
         assert (img[start[0]:start[0] + 32, start[1]:start[1] + 32] > -0.8).any()
     assert foreground_start(np.full((100, 80), -1.0, np.float32), (32, 32), rng) is None  # falls back to uniform
     assert foreground_start(img, (128, 32), rng) is None  # smaller than the crop: padding, not a choice
+
+
+def test_spacing_augment_draws_coarser_voxels_of_the_same_anatomy(mr_train_scan):
+    """``spacing_augment=F``: half the crops show the scan at 1..F times its voxel size (shrunk, never
+    enlarged), the others are exactly the plain crops; seeded; 1 keeps the old batches."""
+    plain = prepare_training_data([mr_train_scan], image_size=32, augment=False)
+    coarse = prepare_training_data([mr_train_scan], image_size=32, augment=False, spacing_augment=3.0)
+    a = np.concatenate([plain.batch(0, s, 16)["images"][:, 0] for s in range(8)])
+    b = np.concatenate([coarse.batch(0, s, 16)["images"][:, 0] for s in range(8)])
+    same = np.array([np.array_equal(x, y) for x, y in zip(a, b)])
+    assert 0.3 < same.mean() < 0.7  # about half the crops are drawn at another voxel size
+    # a grating of period 16 voxels: at s times the voxel size its period is 16 / s, s in [1, 3]
+    x = np.arange(400, dtype=np.float32)
+    grating = np.broadcast_to(100 + 50 * np.sin(2 * np.pi * x / 16), (400, 400)).copy()
+    g = Scan(grating, (1.0, 1.0), np.eye(4), "MR", {})
+    for spacing_augment, low, high in ((1.0, 2, 2), (3.0, 2, 6)):
+        td = prepare_training_data([g], image_size=32, augment=False, spacing_augment=spacing_augment)
+        crops = np.concatenate([td.batch(0, s, 16)["images"][:, 0] for s in range(8)])
+        cycles = np.abs(np.fft.rfft(crops - crops.mean(axis=2, keepdims=True), axis=2)).mean(axis=1).argmax(axis=1)
+        assert cycles.min() == low and cycles.max() == high  # cycles per 32-voxel crop: 32 / period
+        if spacing_augment > 1:
+            assert 0.3 < (cycles > 2).mean() < 0.7
+    np.testing.assert_array_equal(coarse.batch(4, 9, 8)["images"], coarse.batch(4, 9, 8)["images"])
+    off = prepare_training_data([mr_train_scan], image_size=32, spacing_augment=1.0)
+    np.testing.assert_array_equal(off.batch(1, 3, 8)["images"],
+                                  prepare_training_data([mr_train_scan], image_size=32).batch(1, 3, 8)["images"])
+
+
+def test_coarser_region_stays_within_the_factor_and_the_image():
+    from medidiff.core.data import coarser_region
+
+    sizes = [coarser_region((400, 400), (32, 32), 2.0, np.random.default_rng(k)) for k in range(200)]
+    sides = np.array([s[0] for s in sizes])
+    assert all(s[0] == s[1] for s in sizes)  # one factor for every axis: the anatomy keeps its shape
+    assert sides.min() == 32 and sides.max() <= 64 and 0.3 < (sides > 32).mean() < 0.7
+    # an image with no room for a larger region keeps the plain crop; a little room caps the factor
+    assert {coarser_region((32, 300), (32, 32), 4.0, np.random.default_rng(k)) for k in range(50)} == {(32, 32)}
+    assert max(coarser_region((40, 300), (32, 32), 4.0, np.random.default_rng(k))[0] for k in range(50)) == 40
+    assert coarser_region((400, 400), (32, 32), 1.0, np.random.default_rng(0)) == (32, 32)

@@ -6,6 +6,8 @@ Real held-out MR slices (never trained on), the tiny test model; see ``medidiff.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -142,6 +144,23 @@ def test_spacing_far_from_training_warns_in_one_line(tiny_mr_model, clean, span)
     with pytest.warns(UserWarning, match=r"voxels are 6x6 mm but the model was trained at 2x2 mm \(3.0x coarser\)") as rec:
         denoise(tiny_mr_model, _scan(noisy, spacing=(6.0, 6.0)), noise="gaussian", device="cpu")
     assert all("\n" not in str(w.message) for w in rec)
+
+
+def test_a_model_trained_on_coarser_voxels_warns_only_beyond_them(tiny_mr_model, clean, span):
+    """``train --spacing-augment 2`` at 2 mm: 4 mm (in its range) is quiet, 9 mm warns against 4 mm."""
+    import copy
+    import warnings
+
+    model = copy.copy(tiny_mr_model)
+    model.config = dataclasses.replace(tiny_mr_model.config, training={**tiny_mr_model.config.training, "spacing_augment": 2.0})
+    noisy = noise_lib.add_gaussian(clean, 0.08 * span, np.random.default_rng(15))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # any warning fails the call
+        denoise(model, _scan(noisy, spacing=(4.0, 4.0)), noise="gaussian", device="cpu", self_check=False)
+    with pytest.warns(UserWarning, match=r"voxels are 9x9 mm but the model was trained at up to 4x4 mm \(2.2x coarser\)"):
+        denoise(model, _scan(noisy, spacing=(9.0, 9.0)), noise="gaussian", device="cpu", self_check=False)
+    with pytest.warns(UserWarning, match=r"voxels are 1x1 mm but the model was trained at 2x2 mm \(2.0x finer\)"):
+        denoise(model, _scan(noisy, spacing=(1.0, 1.0)), noise="gaussian", device="cpu", self_check=False)
 
 
 @pytest.mark.parametrize("size", [4, 8])

@@ -86,6 +86,9 @@ def test_resume_needs_the_same_batch_and_seed(mr_train_scan, tmp_path):
     # so do foreground crops
     with pytest.raises(MedidiffError, match="crop_foreground=0.0, not 0.5"):
         train([mr_train_scan], tmp_path / "r", steps=4, resume=True, **{**TINY, "crop_foreground": 0.5})
+    # and coarser-voxel crops
+    with pytest.raises(MedidiffError, match="spacing_augment=1.0, not 2.0"):
+        train([mr_train_scan], tmp_path / "r", steps=4, resume=True, **{**TINY, "spacing_augment": 2.0})
 
 
 def test_an_existing_run_folder_is_not_replaced(mr_train_scan, tmp_path):
