@@ -176,8 +176,8 @@ def train(
         1.0, "--spacing-augment", min=1.0, max=8.0,
         help="Also train on crops at up to this many times the training scans' voxel size (e.g. 2; 1: off): "
              "for a model that will see scans with larger voxels than its training scans (a CT test slice at 1.4x the "
-             "training voxel size: +0.1 to +0.3 dB, benchmarks/README.md). Denoising models: samples drawn from the "
-             "model mix voxel sizes."),
+             "training voxel size: +0.1 to +0.3 dB, benchmarks/README.md). For denoising models: samples drawn "
+             "from such a model mix voxel sizes."),
     checkpoint_every: int = typer.Option(500, "--checkpoint-every", min=0, help="Write RUN/model and RUN/state every N steps (0: not by steps)."),
     checkpoint_minutes: float = typer.Option(5.0, "--checkpoint-minutes", min=0.0, help="Also checkpoint every M minutes of wall time (0: not by time)."),
     sample_every: int = typer.Option(0, "--sample-every", min=0, help="Save a grid of samples to RUN/samples every N steps (0: never)."),

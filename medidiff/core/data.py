@@ -221,13 +221,15 @@ def coarser_region(shape: Sequence[int], size: Sequence[int], factor: float,
 
 def shrink_to(img: np.ndarray, mask: np.ndarray | None, size: Sequence[int]) -> tuple[np.ndarray, np.ndarray | None]:
     """``img`` resized to ``size`` with anti-aliasing (linear), ``mask`` with nearest labels."""
+    return resize_array(img, size, order=1), None if mask is None else resize_array(mask, size, order=0)
+
+
+def resize_array(arr: np.ndarray, shape: Sequence[int], order: int = 1) -> np.ndarray:
+    """``arr`` resized to ``shape`` (skimage), anti-aliased when interpolating (``order > 0``); labels: ``order=0``."""
     from skimage.transform import resize
 
-    out = resize(img, tuple(size), order=1, preserve_range=True, anti_aliasing=True).astype(np.float32)
-    m = None
-    if mask is not None:
-        m = resize(mask, tuple(size), order=0, preserve_range=True, anti_aliasing=False).astype(np.float32)
-    return out, m
+    return resize(arr, tuple(int(n) for n in shape), order=order, preserve_range=True,
+                  anti_aliasing=order > 0).astype(np.float32)
 
 
 def augment(img: np.ndarray, mask: np.ndarray | None, rng: np.random.Generator,
@@ -365,13 +367,11 @@ def prepare_training_data(
 
 def resample(scan: Scan, spacing: Sequence[float], order: int = 1) -> Scan:
     """Resample a scan to ``spacing`` (array order); the affine is rescaled to match."""
-    from skimage.transform import resize
-
     spacing = tuple(float(s) for s in spacing)
     if len(spacing) != scan.ndim:
         raise ValueError(f"target spacing {spacing} does not match a {scan.ndim}D scan")
     shape = tuple(max(1, int(round(n * s / t))) for n, s, t in zip(scan.shape, scan.spacing, spacing))
-    arr = resize(scan.array, shape, order=order, preserve_range=True, anti_aliasing=order > 0).astype(np.float32)
+    arr = resize_array(scan.array, shape, order=order)
     factors = [old_n / new_n for old_n, new_n in zip(scan.shape, shape)]
     affine = scan.affine.copy()
     for i, f in enumerate(reversed(factors)):
