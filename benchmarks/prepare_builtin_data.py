@@ -35,6 +35,24 @@ def ihc_gray() -> np.ndarray:
     return skimage.data.immunohistochemistry().astype(np.float32).mean(axis=2)
 
 
+def save_sample(scan, path: Path) -> None:
+    """Write a shipped sample unless the file already holds the same pixels, geometry and modality.
+
+    Rewriting an unchanged sample is not byte-stable (the NIfTI quaternion can come out as -q, the
+    same rotation, and the OME-XML of a TIFF differs between writes), so an unchanged sample is left
+    alone and ``git status`` stays clean after a rebuild.
+    """
+    from medidiff.io import load_scan, save_scan
+
+    if path.exists():
+        old = load_scan(path)
+        if (old.array.shape == scan.array.shape and np.array_equal(old.array, scan.array)
+                and np.allclose(old.spacing, scan.spacing) and np.allclose(old.affine, scan.affine, atol=1e-5)
+                and old.modality == scan.modality):
+            return
+    save_scan(scan, path, overwrite=True)
+
+
 def main(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     SAMPLES.mkdir(parents=True, exist_ok=True)
@@ -49,7 +67,11 @@ def main(out: Path) -> None:
         affine[:3, 3] = (img.affine @ np.array([0, 0, zs.start, 1.0]))[:3]
         spacing = tuple(float(z) for z in reversed(img.header.get_zooms()[:3]))
         # medidiff's NIfTI writer records the modality (MR) so the built-in model is picked for it
-        save_scan(Scan(part.T.astype(np.float32), spacing, affine, "MR"), folder / name, overwrite=True)
+        scan = Scan(part.T.astype(np.float32), spacing, affine, "MR")
+        if folder is SAMPLES:
+            save_sample(scan, folder / name)
+        else:
+            save_scan(scan, folder / name, overwrite=True)
     cell = skimage.data.cell()
     half = cell.shape[1] // 2
     skimage.io.imsave(out / "cell_train.png", cell[:, :half], check_contrast=False)
@@ -61,7 +83,7 @@ def main(out: Path) -> None:
 
     # microscopy sample as TIFF so it carries its modality (PNG cannot)
     right = cell[:, half:].astype(np.float32)
-    save_scan(Scan(right, (1.0, 1.0), affine_from_spacing((1.0, 1.0)), "microscopy"), SAMPLES / "cell_heldout.tif", overwrite=True)
+    save_sample(Scan(right, (1.0, 1.0), affine_from_spacing((1.0, 1.0)), "microscopy"), SAMPLES / "cell_heldout.tif")
     import shutil
 
     from pydicom.data import get_testdata_file
@@ -72,7 +94,7 @@ def main(out: Path) -> None:
     for name in CT_TRAIN:
         shutil.copyfile(get_testdata_file(name), out / "ct_train" / name)
     ct = load_scan(get_testdata_file(CT_HELDOUT))  # HU, modality CT
-    save_scan(ct, SAMPLES / "ct_heldout.nii.gz", overwrite=True)
+    save_sample(ct, SAMPLES / "ct_heldout.nii.gz")
     print(f"wrote {out}/mr_train.nii.gz, {out}/cell_train.png, {out}/ihc_train.tif, {out}/ct_train/ and samples in {SAMPLES}")
 
 
