@@ -12,7 +12,9 @@ made on a separate validation image:
        z = 16, 17, test slices z >= 18 (six of 96 x 128).
 * CT:  pydicom test files; model trained on crops of ``693_J2KI.dcm`` (512 x 512), validation on
        ``J2K_pixelrep_mismatch.dcm`` (2 x 2 block mean, central 128 x 128; a third patient), test
-       on ``CT_small.dcm`` (128 x 128): three different patients and scanners.
+       on ``CT_small.dcm`` (128 x 128): three different patients and scanners. ``--ct-train both``
+       also trains on the validation slice outside its central 256 x 256 block (four strips, the
+       block never trained on), so the test patient stays unseen and validation stays disjoint.
 * Microscopy: ``skimage.data.cell()`` (660 x 550); model trained on the left half (x < 275),
        validation on the top 128 rows of the right half, test on the rest of the right half
        (532 x 275).
@@ -76,14 +78,21 @@ def mr_data() -> tuple[Scan, np.ndarray, np.ndarray, tuple[float, float, float]]
     return Scan(vol[:16], spacing, img.affine, "MR"), vol[16:18], vol[18:24], spacing
 
 
-def ct_data() -> tuple[Scan, np.ndarray, np.ndarray, tuple[float, float, float]]:
+def ct_data(second: bool = False) -> tuple[list[Scan], np.ndarray, np.ndarray, tuple[float, float, float]]:
+    """CT train scans, validation, test. ``second``: also train on the validation patient's slice
+    *around* the validation block (four strips; the block itself is never trained on)."""
     from pydicom.data import get_testdata_file
 
-    train = load_scan(get_testdata_file("693_J2KI.dcm"))
-    other = load_scan(get_testdata_file("J2K_pixelrep_mismatch.dcm")).array
+    train = [load_scan(get_testdata_file("693_J2KI.dcm"))]
+    other_scan = load_scan(get_testdata_file("J2K_pixelrep_mismatch.dcm"))
+    other = other_scan.array
     half = other.reshape(other.shape[0] // 2, 2, other.shape[1] // 2, 2).mean(axis=(1, 3))
     c0, c1 = half.shape[0] // 2 - 64, half.shape[1] // 2 - 64
     val = half[c0:c0 + 128, c1:c1 + 128].astype(np.float32)
+    if second:  # the validation block is rows r0:r1, columns k0:k1 of the full-resolution slice
+        r0, r1, k0, k1 = 2 * c0, 2 * (c0 + 128), 2 * c1, 2 * (c1 + 128)
+        strips = (other[:r0], other[r1:], other[r0:r1, :k0], other[r0:r1, k1:])
+        train += [Scan(np.ascontiguousarray(a), other_scan.spacing, other_scan.affine, "CT") for a in strips]
     test = load_scan(get_testdata_file("CT_small.dcm"))
     return train, val[None], test.array[None], (1.0, *map(float, test.spacing[-2:]))  # one slice: its own grid
 
@@ -102,7 +111,7 @@ DATASETS = {"MR": (mr_data, ("gaussian", "rician")), "CT": (ct_data, ("gaussian"
 MODALITY = {"MR": "MR", "CT": "CT", "microscopy": "SM"}
 
 
-def get_model(name: str, train: Scan, path: str | None, steps: int, out: Path, timestep_sampling: str = "uniform",
+def get_model(name: str, train: Scan | list[Scan], path: str | None, steps: int, out: Path, timestep_sampling: str = "uniform",
               contrast: float = 1.0, crop_foreground: float = 0.0, preset: str = "tiny",
               spacing_augment: float = 1.0):
     from medidiff.core.model import DiffusionModel
@@ -111,7 +120,7 @@ def get_model(name: str, train: Scan, path: str | None, steps: int, out: Path, t
     if path:
         return DiffusionModel.load(path), 0.0
     t0 = time.perf_counter()
-    result = train_model([train], out / f"model_{name}", dims=2, preset=preset, image_size=32, steps=steps,
+    result = train_model(train if isinstance(train, list) else [train], out / f"model_{name}", dims=2, preset=preset, image_size=32, steps=steps,
                          batch_size=16, lr=2e-3, seed=0, device="cpu", checkpoint_every=0, overwrite=True,
                          timestep_sampling=timestep_sampling, contrast=contrast,
                          crop_foreground=crop_foreground, spacing_augment=spacing_augment)
@@ -285,6 +294,9 @@ def main() -> None:
                     help="share of the clean-trained models' crops centred on the foreground (0: uniform)")
     ap.add_argument("--spacing-augment", type=float, default=1.0,
                     help="coarser-voxel crops of the clean-trained models, up to this voxel-size factor (1: none)")
+    ap.add_argument("--ct-train", choices=("one", "both"), default="one",
+                    help="CT training data: one = 693_J2KI.dcm; both = also the validation patient's slice "
+                         "around (never inside) the validation block")
     ap.add_argument("--preset", default="tiny", help="network preset of the clean-trained models")
     ap.add_argument("--levels", type=float, nargs="+", default=list(LEVELS))
     ap.add_argument("--samples", type=int, default=4, help="posterior samples")
@@ -312,7 +324,7 @@ def main() -> None:
     for name in args.datasets:
         d_i = list(DATASETS).index(name)  # seeds follow the dataset, not its place in the run
         loader, noises = DATASETS[name]
-        train, val, clean, spacing = loader()
+        train, val, clean, spacing = loader(args.ct_train == "both") if name == "CT" else loader()
         model, secs = get_model(name, train, paths[name], args.steps, args.out, args.timestep_sampling,
                                 args.contrast_augment, args.crop_foreground, args.preset, args.spacing_augment)
         log(f"{name}: model ready ({secs:.0f} s training)")
