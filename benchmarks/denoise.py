@@ -68,14 +68,14 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-# -- data: (training Scan, validation stack, test stack, (slice, row, column) spacing of the stacks, mm) -------
-def mr_data() -> tuple[Scan, np.ndarray, np.ndarray, tuple[float, float, float]]:
+# -- data: (training Scans, validation stack, test stack, (slice, row, column) spacing of the stacks, mm) -------
+def mr_data() -> tuple[list[Scan], np.ndarray, np.ndarray, tuple[float, float, float]]:
     import nibabel as nib
 
     img = nib.load(Path(os.path.dirname(nib.__file__)) / "tests" / "data" / "example4d.nii.gz")
     vol = np.asarray(img.dataobj)[..., 0].astype(np.float32).T  # (z, y, x)
     spacing = tuple(float(z) for z in reversed(img.header.get_zooms()[:3]))
-    return Scan(vol[:16], spacing, img.affine, "MR"), vol[16:18], vol[18:24], spacing
+    return [Scan(vol[:16], spacing, img.affine, "MR")], vol[16:18], vol[18:24], spacing
 
 
 def ct_data(second: bool = False) -> tuple[list[Scan], np.ndarray, np.ndarray, tuple[float, float, float]]:
@@ -97,13 +97,13 @@ def ct_data(second: bool = False) -> tuple[list[Scan], np.ndarray, np.ndarray, t
     return train, val[None], test.array[None], (1.0, *map(float, test.spacing[-2:]))  # one slice: its own grid
 
 
-def cell_data() -> tuple[Scan, np.ndarray, np.ndarray, tuple[float, float, float]]:
+def cell_data() -> tuple[list[Scan], np.ndarray, np.ndarray, tuple[float, float, float]]:
     import skimage.data
 
     cell = skimage.data.cell().astype(np.float32)
     half = cell.shape[1] // 2
     train = Scan(cell[:, :half], (1.0, 1.0), affine_from_spacing((1.0, 1.0)), "SM")
-    return train, cell[None, :128, half:], cell[None, 128:, half:], (1.0, 1.0, 1.0)
+    return [train], cell[None, :128, half:], cell[None, 128:, half:], (1.0, 1.0, 1.0)
 
 
 DATASETS = {"MR": (mr_data, ("gaussian", "rician")), "CT": (ct_data, ("gaussian",)),
@@ -111,7 +111,7 @@ DATASETS = {"MR": (mr_data, ("gaussian", "rician")), "CT": (ct_data, ("gaussian"
 MODALITY = {"MR": "MR", "CT": "CT", "microscopy": "SM"}
 
 
-def get_model(name: str, train: Scan | list[Scan], path: str | None, steps: int, out: Path, timestep_sampling: str = "uniform",
+def get_model(name: str, train: list[Scan], path: str | None, steps: int, out: Path, timestep_sampling: str = "uniform",
               contrast: float = 1.0, crop_foreground: float = 0.0, preset: str = "tiny",
               spacing_augment: float = 1.0):
     from medidiff.core.model import DiffusionModel
@@ -120,7 +120,7 @@ def get_model(name: str, train: Scan | list[Scan], path: str | None, steps: int,
     if path:
         return DiffusionModel.load(path), 0.0
     t0 = time.perf_counter()
-    result = train_model(train if isinstance(train, list) else [train], out / f"model_{name}", dims=2, preset=preset, image_size=32, steps=steps,
+    result = train_model(train, out / f"model_{name}", dims=2, preset=preset, image_size=32, steps=steps,
                          batch_size=16, lr=2e-3, seed=0, device="cpu", checkpoint_every=0, overwrite=True,
                          timestep_sampling=timestep_sampling, contrast=contrast,
                          crop_foreground=crop_foreground, spacing_augment=spacing_augment)

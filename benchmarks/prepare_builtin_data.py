@@ -36,7 +36,7 @@ def ihc_gray() -> np.ndarray:
 
 
 def save_sample(scan, path: Path) -> None:
-    """Write a shipped sample unless the file already holds the same pixels, geometry and modality.
+    """Write a sample or training file unless the file already holds the same pixels, geometry and modality.
 
     Rewriting an unchanged sample is not byte-stable (the NIfTI quaternion can come out as -q, the
     same rotation, and the OME-XML of a TIFF differs between writes), so an unchanged sample is left
@@ -59,7 +59,7 @@ def main(out: Path) -> None:
     src = Path(os.path.dirname(nib.__file__)) / "tests" / "data" / "example4d.nii.gz"
     img = nib.load(src)
     vol = np.asarray(img.dataobj)[..., 0]  # nibabel order (x, y, z)
-    from medidiff.io import Scan, save_scan
+    from medidiff.io import Scan
 
     for name, zs, folder in (("mr_train.nii.gz", slice(0, 16), out), ("mr_heldout.nii.gz", slice(18, 24), SAMPLES)):
         part = vol[:, :, zs].astype(np.int16)
@@ -67,11 +67,7 @@ def main(out: Path) -> None:
         affine[:3, 3] = (img.affine @ np.array([0, 0, zs.start, 1.0]))[:3]
         spacing = tuple(float(z) for z in reversed(img.header.get_zooms()[:3]))
         # medidiff's NIfTI writer records the modality (MR) so the built-in model is picked for it
-        scan = Scan(part.T.astype(np.float32), spacing, affine, "MR")
-        if folder is SAMPLES:
-            save_sample(scan, folder / name)
-        else:
-            save_scan(scan, folder / name, overwrite=True)
+        save_sample(Scan(part.T.astype(np.float32), spacing, affine, "MR"), folder / name)
     cell = skimage.data.cell()
     half = cell.shape[1] // 2
     skimage.io.imsave(out / "cell_train.png", cell[:, :half], check_contrast=False)
@@ -79,7 +75,7 @@ def main(out: Path) -> None:
 
     # float TIFF: the channel mean is not an integer, and TIFF carries the modality
     ihc = np.ascontiguousarray(ihc_gray()[:, :IHC_HALF])
-    save_scan(Scan(ihc, (1.0, 1.0), affine_from_spacing((1.0, 1.0)), "microscopy"), out / "ihc_train.tif", overwrite=True)
+    save_sample(Scan(ihc, (1.0, 1.0), affine_from_spacing((1.0, 1.0)), "microscopy"), out / "ihc_train.tif")
 
     # microscopy sample as TIFF so it carries its modality (PNG cannot)
     right = cell[:, half:].astype(np.float32)
