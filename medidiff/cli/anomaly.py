@@ -52,6 +52,7 @@ MEDIAN_SIZE = typer.Option(None, "--median-size", help="Median filter of the map
 DIRECTION = typer.Option(None, "--direction", help="both (|x - recon|), bright or dark (only lesions brighter/darker than expected).")
 SCORE = typer.Option(None, "--score", help="residual (|x - recon|), zscore ((residual - healthy mean) / healthy spread at the same reconstructed intensity) or ssim (zscore + the z-scored 1 - local SSIM); the last two need a calibration made with them. Default: the calibrated one, else residual.")
 SMOOTH_SIGMA = typer.Option(None, "--smooth-sigma", help="Gaussian smoothing of the map inside the tissue, sigma in voxels (0: none; default 0).")
+MIRROR = typer.Option(None, "--mirror", help="Weight w in [0, 1] of the left-right mirror comparison: map - w * (the map mirrored about the tissue's mid-line), so a hot spot on both sides (healthy anatomy) is damped and one on one side (a lesion) is kept. For left-right symmetric anatomy (axial brain slices) whose columns run left-right. Default: the calibrated one, else 0 (off).")
 BATCH_SIZE = typer.Option(8, "--batch-size", help="Slices (or patches) per network call.")
 
 
@@ -86,6 +87,7 @@ def detect(
     direction: Direction = DIRECTION,
     score: AnomalyScore = SCORE,
     smooth_sigma: float = SMOOTH_SIGMA,
+    mirror: float = MIRROR,
     report: Path = typer.Option(None, "--report", help="Also write a PNG: scan, map, mask on the most anomalous slice."),
     batch_size: int = BATCH_SIZE,
     device: str = DEVICE,
@@ -112,7 +114,7 @@ def detect(
     from medidiff.model_store.registry import find_model
 
     opts = _options(method=method, timesteps=timesteps, recon=recon, ddim_steps=ddim_steps, patch_size=patch_size,
-                    median_size=median_size, direction=direction, score=score, smooth_sigma=smooth_sigma, threshold=threshold, fdr=fdr,
+                    median_size=median_size, direction=direction, score=score, smooth_sigma=smooth_sigma, mirror=mirror, threshold=threshold, fdr=fdr,
                     fdr_method=fdr_method,
                     batch_size=batch_size, seed=seed, device=device)
     model = find_model(model)  # a folder, a built-in name or a user model name
@@ -172,6 +174,7 @@ def calibrate(
     direction: Direction = DIRECTION,
     score: AnomalyScore = SCORE,
     smooth_sigma: float = SMOOTH_SIGMA,
+    mirror: float = MIRROR,
     batch_size: int = BATCH_SIZE,
     device: str = DEVICE,
     seed: int = SEED,
@@ -196,7 +199,7 @@ def calibrate(
     from medidiff.tasks.anomaly.options import AnomalyOptionError
 
     opts = _options(method=method, timesteps=timesteps, recon=recon, ddim_steps=ddim_steps, patch_size=patch_size,
-                    median_size=median_size, direction=direction, score=score, smooth_sigma=smooth_sigma, batch_size=batch_size, seed=seed, device=device)
+                    median_size=median_size, direction=direction, score=score, smooth_sigma=smooth_sigma, mirror=mirror, batch_size=batch_size, seed=seed, device=device)
     if not 0 < percentile < 100:
         raise AnomalyOptionError("percentile", f"must be between 0 and 100 (exclusive), got {percentile}")
     model = find_model(model)

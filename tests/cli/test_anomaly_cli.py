@@ -102,6 +102,8 @@ def test_help_has_examples(capsys):
     (["--fdr", "1.5"], "--fdr"),
     (["--fdr", "0.05", "--threshold", "3"], "--fdr"),
     (["--method", "simplex", "--threshold", "1"], "--method"),
+    (["--mirror", "1.5", "--threshold", "1"], "--mirror"),
+    (["--mirror", "-0.2", "--threshold", "1"], "--mirror"),
 ])
 def test_bad_options_exit_2_with_one_line(workspace, capsys, args, names):
     w = workspace

@@ -21,7 +21,8 @@ Reconstruction is one Tweedie step (``predict``: one network call) or a few DDIM
 (``direction="bright"`` keeps only voxels brighter than the reconstruction), turned into the
 chosen ``score`` (the residual itself, or healthy z-scores given the mean reconstruction,
 with a structural 1 - SSIM part: :mod:`.scores`), median filtered, optionally smoothed by a
-Gaussian inside the tissue (``smooth_sigma``) and kept inside the foreground (Otsu).
+Gaussian inside the tissue (``smooth_sigma``), kept inside the foreground (Otsu) and, with
+``mirror``, compared with its own left-right mirror image (:mod:`.symmetry`).
 
 Units. MR and microscopy have no absolute units (a model with a per-scan normaliser). A
 calibrated model of that kind normalises each scan on its own, anchored on its tissue:
@@ -61,6 +62,7 @@ from medidiff.io import Scan
 
 from . import scores
 from .options import SCORE_PERCENTILE, MapSettings
+from .symmetry import mirror_difference
 
 
 @dataclass
@@ -123,6 +125,18 @@ def scan_normaliser(model: DiffusionModel, array: np.ndarray, tissue_level: floa
     return Normaliser(low, low + (level - low) / tissue_level, kind="fixed", detail="anchored on this scan's tissue")
 
 
+def check_left_right(scan: Scan, layout: SliceLayout) -> None:
+    """Refuse ``mirror`` where the mirrored axis (the items' last one) does not run left-right."""
+    source = str(scan.meta.get("source_path") or "scan")
+    if layout.axis == scan.ndim - 1:
+        raise InvalidScanError(source, "is cut into slices along its left-right axis, so a slice has no mirror "
+                                       "image; use a model that slices another axis, or --mirror 0")
+    code = scan.orientation[0]  # the array's last axis is the affine's first (x) voxel axis
+    if code not in "LR":
+        raise InvalidScanError(source, f"has columns running {code} (orientation {scan.orientation}), not left-right, "
+                                       "so the mirror comparison (--mirror) does not apply; reorient it or use --mirror 0")
+
+
 def plan_scan(model: DiffusionModel, scan: Scan, s: MapSettings, batch_size: int,
               tissue_level: float | None = None) -> Plan:
     """Cut ``scan`` into the network items of ``model`` and count the network calls.
@@ -133,6 +147,8 @@ def plan_scan(model: DiffusionModel, scan: Scan, s: MapSettings, batch_size: int
     layout = SliceLayout.for_model(model, scan)
     arr = scan.array
     source = scan.meta.get("source_path")
+    if s.mirror > 0:
+        check_left_right(scan, layout)
     fg_full = otsu_foreground(arr) if s.foreground else np.ones(arr.shape, dtype=bool)
     stack, fg = layout.to_items(arr), layout.to_items(fg_full)
     items = [i for i in range(stack.shape[0]) if fg[i].any()]
@@ -200,7 +216,8 @@ def _postprocess(m: np.ndarray, fg: np.ndarray, s: MapSettings) -> np.ndarray:
     if s.smooth_sigma > 0 and fg.any():  # normalised convolution: the background does not leak into the edge
         w = ndi.gaussian_filter(fg.astype(np.float64), s.smooth_sigma)
         m = ndi.gaussian_filter(np.where(fg, m, 0.0), s.smooth_sigma) / np.maximum(w, 1e-6)
-    return np.where(fg, m, 0.0).astype(np.float32)
+    m = np.where(fg, m, 0.0).astype(np.float32)
+    return mirror_difference(m, fg, s.mirror) if s.mirror > 0 else m
 
 
 RawParts = dict[int, tuple[np.ndarray, np.ndarray, np.ndarray | None]]  # item -> (residual, mean recon, 1 - SSIM)

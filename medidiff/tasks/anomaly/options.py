@@ -119,6 +119,7 @@ class MapSettings:
     direction: str
     score: str = DEFAULT_SCORE
     smooth_sigma: float = 0.0
+    mirror: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready, in the form stored in ``config.json`` (lists, not tuples)."""
@@ -157,6 +158,10 @@ class AnomalyOptions:
                  training window of 64 pixels a side or more);
     smooth_sigma: Gaussian smoothing of the map inside the tissue after the median filter,
                  ``G * (m 1_fg) / G * 1_fg`` (sigma in voxels; 0: none, the default);
+    mirror:      weight ``w`` in [0, 1] of the left-right mirror comparison ``m - w m(mirrored)``
+                 about the tissue's mid-line, after smoothing (0: none, the default; for
+                 left-right symmetric anatomy such as axial brain slices, whose columns must run
+                 left-right; see :mod:`medidiff.tasks.anomaly.symmetry`);
     threshold:   ``"auto"`` (the calibrated threshold) or a number in the map's units;
     fdr:         instead of a threshold, a mask whose expected share of false voxels is at most
                  ``fdr`` (conformal p-values against the calibration's healthy voxels, then
@@ -179,6 +184,7 @@ class AnomalyOptions:
     direction: str | None = None
     score: str | None = None
     smooth_sigma: float | None = None
+    mirror: float | None = None
     threshold: str | float = "auto"
     fdr: float | None = None
     fdr_method: str | None = None
@@ -198,6 +204,11 @@ class AnomalyOptions:
             if not 0 <= sig <= MAX_SIGMA:
                 raise AnomalyOptionError("smooth_sigma", f"must be between 0 and {MAX_SIGMA:g} voxels, got {self.smooth_sigma!r}")
             set_(self, "smooth_sigma", sig)
+        if self.mirror is not None:
+            w = _number("mirror", self.mirror)
+            if not 0 <= w <= 1:
+                raise AnomalyOptionError("mirror", f"must be a weight between 0 and 1 (0: off), got {self.mirror!r}")
+            set_(self, "mirror", w)
         set_(self, "ddim_steps", _int("ddim_steps", self.ddim_steps, 1, MAX_DDIM_STEPS))
         set_(self, "median_size", _int("median_size", self.median_size, 0, MAX_MEDIAN))
         set_(self, "batch_size", _int("batch_size", self.batch_size, 1, MAX_BATCH))
@@ -270,6 +281,7 @@ class AnomalyOptions:
             direction=values["direction"] or Direction.BOTH.value,
             score=values["score"] or DEFAULT_SCORE,
             smooth_sigma=float(values["smooth_sigma"] or 0.0),
+            mirror=float(values["mirror"] or 0.0),
         )
         check_method(model, settings.method)
         return settings
