@@ -36,9 +36,10 @@ ROOT = Path(__file__).resolve().parents[1]
 MIRROR = 0.75  # benchmarks/README.md, "Left-right mirror comparison": chosen on the validation split
 FOLDER = ROOT / "medidiff" / "builtin" / "mr2d"
 HELDOUT = ROOT / "medidiff" / "builtin" / "samples" / "mr_heldout.nii.gz"
-TEST_WORDS = ("AUPRC bright / iso 0.719 / 0.394, best Dice 0.692 / 0.416, scan AUROC 0.972 / 0.806 (without the "
-              "mirror: 0.791 / 0.319, 0.752 / 0.353, 0.986 / 0.750; intensity baseline 0.548 / 0.020, 0.539 / 0.048, "
-              "0.764 / 0.441)")
+TEST_WORDS = ("\n  AUPRC bright / iso 0.719 / 0.394, best Dice 0.692 / 0.416, scan AUROC 0.972 / 0.806, FDR @ 0.1\n"
+              "  (scan-adaptive) 0.057 / 0.000; without the mirror: 0.791 / 0.319, 0.752 / 0.353, 0.986 / 0.750;\n"
+              "  intensity baseline 0.548 / 0.020, 0.539 / 0.048, 0.764 / 0.441. The mirror costs bright lesions that\n"
+              "  overlap their own mirror image (mid-line lesions cancel themselves)")
 SCORE_WORDS = {
     "zscore": "the residual as a healthy z-score given the mean reconstruction, 16 bins",
     "ssim": "the residual's healthy z-score plus that of 1 - local SSIM, given the mean reconstruction, 16 bins",
@@ -121,7 +122,7 @@ def main() -> None:
         "  first)",
         "- these settings were chosen for this model on the anomaly benchmark's validation split",
         "  (`benchmarks/README.md`, \"Anomaly map settings for the 64 x 64 `mr2d`\" and \"Left-right mirror",
-        "  comparison\"); on its test split, calibrated on its calibration slab: " + TEST_WORDS,
+        "  comparison\"); on its test split, calibrated on its calibration slab:" + TEST_WORDS,
         "- FDR masks (`--fdr q`, default `--fdr-method scan-adaptive`): the scan's scores standardised by its own",
         "  foreground median and interquartile range, conformal p-values against 8,192 sampled healthy voxel scores of",
         "  the calibration volume standardised the same way, then Benjamini-Hochberg over the scan's foreground voxels",
@@ -133,8 +134,8 @@ def main() -> None:
         f"{flags[('scan-adaptive', 0.05)]} / {flags[('scan-adaptive', 0.1)]} (scan-adaptive), "
         f"{flags[('plain', 0.05)]} / {flags[('plain', 0.1)]} (plain)"
         + ("; out-of-distribution warning: " + ood[0] if ood else "; no out-of-distribution warning"),
-        f"- command: `OMP_NUM_THREADS=1 python benchmarks/anomaly_builtin.py --on {on}` "
-        f"(`calibrate_threshold(mr2d, {'the two slab scans' if on == 'slab' else '[mr_train]'}, 99.0)`)",
+        f"- command: `OMP_NUM_THREADS=1 python benchmarks/anomaly_builtin.py --on {on} --mirror {mirror:g}` "
+        f"(`calibrate_threshold(mr2d, {'the two slab scans' if on == 'slab' else '[mr_train]'}, 99.0, mirror={mirror:g})`)",
         "",
     ]) + "\n"
     card_path = FOLDER / "MODEL_CARD.md"
