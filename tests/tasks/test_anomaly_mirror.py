@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from lesion_stats import matched_means
@@ -161,6 +163,11 @@ def test_cli_mirror_calibrate_and_refuse(tmp_path, tiny_mr_model, mr_heldout_sli
     code, out, err = call(capsys, "anomaly", "calibrate", model, tmp_path / "healthy", "--mirror", "0.75", "--device", "cpu")
     assert code == 0, err
     assert DiffusionModel.load(model).config.anomaly["options"]["mirror"] == 0.75
+    save_scan(_scan(mr_heldout_slices[0]), tmp_path / "axial.nii.gz")
+    code, out, err = call(capsys, "anomaly", model, tmp_path / "axial.nii.gz", tmp_path / "maps" / "axial.nii.gz", "--device", "cpu")
+    assert code == 0, err
+    side = json.loads((tmp_path / "maps" / "axial.anomaly.json").read_text())
+    assert side["options"]["mirror"] == 0.75  # the sidecar says how the map was made
     ap = np.array([[0, 3.0, 0, 0], [3.0, 0, 0, 0], [0, 0, 3.0, 0], [0, 0, 0, 1]])
     save_scan(_scan(mr_heldout_slices[0], ap), tmp_path / "sagittalish.nii.gz")
     code, out, err = call(capsys, "anomaly", model, tmp_path / "sagittalish.nii.gz", tmp_path / "m.nii.gz", "--device", "cpu")
