@@ -15,7 +15,7 @@ from medidiff.core.model import DiffusionModel
 from medidiff.errors import InvalidScanError, ModelError
 from medidiff.io import Scan, save_scan
 from medidiff.tasks.anomaly import AnomalyOptionError, AnomalyOptions, calibrate_threshold, detect_anomalies
-from medidiff.tasks.anomaly.symmetry import midline, mirror_difference, reflect
+from medidiff.tasks.anomaly.symmetry import Midline, midline, mirror_difference, reflect
 
 CALIBRATION = (3, 4)
 RAS = np.diag([3.0, 3.0, 3.0, 1.0])  # columns run left-right (orientation RAS)
@@ -25,20 +25,35 @@ def _scan(arr: np.ndarray, affine: np.ndarray = RAS) -> Scan:
     return Scan(arr.astype(np.float32), (3.0, 3.0), affine, "MR", {"source_path": "slice.nii.gz"})
 
 
-def _ellipse_mask(shape=(40, 60), centre_col=27.5, half_width=15.0) -> np.ndarray:
+def _ellipse_mask(shape=(40, 60), centre_col=27.5, half_width=15.0, half_height=14.0) -> np.ndarray:
+    """A head-like ellipse, symmetric about column ``centre_col`` (and the middle row)."""
     yy, xx = np.mgrid[: shape[0], : shape[1]]
-    return ((yy - 19.5) / 14.0) ** 2 + ((xx - centre_col) / half_width) ** 2 <= 1.0
+    return ((yy - (shape[0] - 1) / 2) / half_height) ** 2 + ((xx - centre_col) / half_width) ** 2 <= 1.0
 
 
 @pytest.mark.parametrize("centre_col", [27.5, 30.0, 33.5])
-def test_midline_is_found_from_the_mask_whatever_the_intensities(centre_col):
+def test_midline_is_found_from_the_mask(centre_col):
     fg = _ellipse_mask(centre_col=centre_col)
-    assert midline(fg) == round(2 * centre_col)
-    np.testing.assert_array_equal(reflect(fg, midline(fg)), fg)  # the mask is its own mirror image
-    # a one-sided bulge (a lesion at the tissue edge) moves it by at most a voxel
+    line = midline(fg)
+    assert line.tilt == 0.0 and line.centre[1] == pytest.approx(centre_col)
+    np.testing.assert_array_equal(reflect(fg, line, order=0), fg)  # the mask is its own mirror image
+    # a one-sided bulge (a lesion at the tissue edge) moves it by less than a voxel
     bulge = fg.copy()
     bulge[15:25, int(centre_col) + 14: int(centre_col) + 18] = True
-    assert abs(midline(bulge) - midline(fg)) <= 2
+    assert abs(midline(bulge).centre[1] - centre_col) < 1.0 and abs(midline(bulge).tilt) <= 2.0
+
+
+@pytest.mark.parametrize("angle", [-12.0, 7.0])
+def test_midline_follows_a_tilted_head(angle):
+    """A head turned in the image plane: the mirror line turns with it (found within a degree)."""
+    fg = ndi.rotate(_ellipse_mask((64, 64), centre_col=31.5, half_width=18.0, half_height=27.0).astype(float), angle,
+                    reshape=False, order=1) > 0.5
+    line = midline(fg)
+    assert abs(abs(line.tilt) - abs(angle)) <= 1.0
+    mirrored = reflect(fg, line, order=0)
+    assert 2 * (fg & mirrored).sum() / (fg.sum() + mirrored.sum()) > 0.97
+    straight = reflect(fg, Midline(line.centre, 0.0), order=0)  # the untilted line fits clearly worse
+    assert 2 * (fg & straight).sum() / (fg.sum() + straight.sum()) < 0.95
 
 
 def test_one_sided_spot_is_kept_and_a_symmetric_one_is_damped():

@@ -9,17 +9,19 @@ mid-line,
 
     m'(x) = m(x) - w * m(R x),
 
-with ``R`` the reflection along the left-right axis (the array's last axis: image columns, which
-run left-right in axial slices) and ``w`` in ``[0, 1]`` (``mirror``). A hot spot present on both
+with ``R`` the reflection that swaps left and right (about a line that runs along the rows,
+front to back, in the plane of the last two array axes: image columns run left-right in axial
+slices) and ``w`` in ``[0, 1]`` (``mirror``). A hot spot present on both
 sides is damped by ``w``; one present on one side only (a lesion) keeps its height, and its mirror
 image becomes a dip. ``w < 1`` keeps part of a lesion that crosses the mid-line (which its own
 mirror image would cancel at ``w = 1``).
 
-The mid-line is the reflection that best overlaps the tissue mask with itself (Dice of ``fg`` and
-``R fg`` over whole-voxel and half-voxel centres near the mask's centroid), estimated from the mask,
-not the intensities, so a bright lesion does not pull it towards mirroring itself (an
-intensity-correlation estimate did, on benchmarks/anomaly.py). Voxels mirrored outside the array
-use the edge voxel; those outside the tissue have map value 0.
+The mid-line is a line through the tissue mask's centroid, tilted by the in-plane angle (within
++-20 degrees: heads are rarely scanned perfectly straight) whose reflection best overlaps the mask
+with itself (Dice of ``fg`` and ``R fg``); for a volume, of its axial projection, one line for all
+slices. It is estimated from the mask, not the intensities, so a bright lesion does not pull it
+towards mirroring itself (an intensity-correlation estimate did, on benchmarks/anomaly.py). The
+mirrored map is sampled with linear interpolation; voxels mirrored outside the tissue count as 0.
 
 The map stays a function of the map alone, so everything downstream (the calibrated threshold,
 the FDR tables, the scan score) is measured on the same mirrored maps, and scaling the scan by a
@@ -28,45 +30,71 @@ positive factor changes nothing (the map is already unit-free).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
+from scipy import ndimage as ndi
 
-SEARCH_FRACTION = 0.125  # search the mid-line within +-1/8 of the side around the tissue centroid
-
-
-def reflect(a: np.ndarray, centre2: int) -> np.ndarray:
-    """``a`` mirrored along its last axis about ``centre2 / 2`` (column ``j`` -> ``centre2 - j``, clipped)."""
-    n = a.shape[-1]
-    j = np.clip(centre2 - np.arange(n), 0, n - 1)
-    return a[..., j]
+MAX_TILT = 20.0  # degrees: the in-plane head rotations searched for the mid-line
+TILT_STEP = 1.0
 
 
-def midline(fg: np.ndarray) -> int:
-    """Twice the mid-line column of the tissue mask ``fg`` (its last axis): the best self-overlap by Dice."""
-    n = fg.shape[-1]
-    cols = np.nonzero(fg.reshape(-1, n).any(axis=0))[0]
-    if cols.size == 0:
-        return n - 1
-    weights = fg.reshape(-1, n).sum(axis=0).astype(np.float64)
-    c2 = int(round(2 * float((np.arange(n) * weights).sum() / weights.sum())))
-    span = max(2, int(round(2 * SEARCH_FRACTION * n)))
-    total = float(fg.sum())
-    best, best_c2 = -1.0, c2
-    for cand in range(c2 - span, c2 + span + 1):
-        overlap = float((fg & reflect(fg, cand)).sum())
-        score = 2 * overlap / (total + float(reflect(fg, cand).sum()))
-        # ties go to the candidate nearest the centroid, so a flat optimum stays put
-        if score > best + 1e-12 or (abs(score - best) <= 1e-12 and abs(cand - c2) < abs(best_c2 - c2)):
-            best, best_c2 = score, cand
-    return best_c2
+@dataclass(frozen=True)
+class Midline:
+    """The tissue's mirror line in the (row, column) plane: through ``centre``, ``tilt`` degrees off the rows' direction."""
+
+    centre: tuple[float, float]  # (row, column), voxels
+    tilt: float  # degrees; 0: a vertical line (constant column), positive: turned from rows towards columns
+
+    def matrix(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(A, b)`` of the reflection ``q -> A q + b`` in (row, column) coordinates."""
+        t = np.deg2rad(self.tilt)
+        d = np.array([np.cos(t), np.sin(t)])
+        a = 2.0 * np.outer(d, d) - np.eye(2)
+        c = np.asarray(self.centre, dtype=np.float64)
+        return a, c - a @ c
+
+
+def reflect(a: np.ndarray, line: Midline, order: int = 1) -> np.ndarray:
+    """``a`` (2D, or 3D with the line applied to every slice of axis 0) mirrored about ``line``; outside: 0."""
+    m, b = line.matrix()
+    if a.ndim == 3:
+        m3 = np.eye(3)
+        m3[1:, 1:] = m
+        m, b = m3, np.concatenate([[0.0], b])
+    src = a.astype(np.float64) if a.dtype == bool else a
+    out = ndi.affine_transform(src, m, offset=b, order=order, mode="constant", cval=0.0)
+    return out > 0.5 if a.dtype == bool else out.astype(a.dtype)
+
+
+def midline(fg: np.ndarray) -> Midline:
+    """The mirror line of the tissue mask ``fg`` (a volume: of its axial projection), by best self-overlap.
+
+    The line passes through the mask's centroid (a symmetric shape's centroid lies on its axis);
+    its tilt is the one of -:data:`MAX_TILT`..+:data:`MAX_TILT` degrees whose reflection overlaps
+    the mask best (Dice), ties going to the smallest tilt.
+    """
+    plane = fg.any(axis=0) if fg.ndim == 3 else fg
+    if not plane.any():
+        return Midline(((plane.shape[0] - 1) / 2, (plane.shape[1] - 1) / 2), 0.0)
+    rows, cols = np.nonzero(plane)
+    centre = (float(rows.mean()), float(cols.mean()))
+    total = float(plane.sum())
+    best, best_tilt = -1.0, 0.0
+    for tilt in sorted(np.arange(-MAX_TILT, MAX_TILT + TILT_STEP / 2, TILT_STEP), key=abs):
+        mirrored = reflect(plane, Midline(centre, float(tilt)), order=0)
+        score = 2.0 * float((plane & mirrored).sum()) / (total + float(mirrored.sum()))
+        if score > best + 1e-9:
+            best, best_tilt = score, float(tilt)
+    return Midline(centre, best_tilt)
 
 
 def mirror_difference(m: np.ndarray, fg: np.ndarray, weight: float) -> np.ndarray:
     """``m - weight * m(mirrored)`` inside ``fg`` (0 outside), about the mid-line of ``fg``."""
     if weight <= 0 or not fg.any():
         return m
-    c2 = midline(fg)
-    out = m - weight * np.where(reflect(fg, c2), reflect(m, c2), 0.0)
-    return np.where(fg, out, 0.0).astype(np.float32)
+    mirrored = reflect(np.where(fg, m, 0.0).astype(np.float32), midline(fg))
+    return np.where(fg, m - weight * mirrored, 0.0).astype(np.float32)
 
 
-__all__ = ["reflect", "midline", "mirror_difference", "SEARCH_FRACTION"]
+__all__ = ["Midline", "reflect", "midline", "mirror_difference", "MAX_TILT", "TILT_STEP"]
