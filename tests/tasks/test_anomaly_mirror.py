@@ -70,6 +70,18 @@ def test_one_sided_spot_is_kept_and_a_symmetric_one_is_damped():
     np.testing.assert_array_equal(mirror_difference(m, fg, 0.0), m)  # weight 0: off
 
 
+def test_a_volume_uses_one_line_for_every_slice():
+    """3D: the line comes from the axial projection of the mask and mirrors every slice of axis 0."""
+    fg = np.stack([_ellipse_mask(centre_col=30.0)] * 6)
+    m = np.zeros(fg.shape, np.float32)
+    m[1, 18:22, 20:24] = m[1, 18:22, 37:41] = 3.0  # symmetric in slice 1
+    m[4, 8:11, 26:29] = 2.0  # one-sided in slice 4
+    out = mirror_difference(m, fg, 1.0)
+    assert np.abs(out[1]).max() == pytest.approx(0.0, abs=1e-6)  # cancelled at weight 1
+    assert out[4, 9, 27] == pytest.approx(2.0) and out[4, 9, 33] == pytest.approx(-2.0)
+    assert np.abs(out[[0, 2, 3, 5]]).max() == 0.0  # nothing leaks across slices
+
+
 @pytest.fixture(scope="module")
 def calibrated(tiny_mr_model, mr_heldout_slices):
     """Copies of the tiny model calibrated (defaults: zscore, Gaussian 2) without and with the mirror."""
