@@ -72,6 +72,7 @@ AE_VARIANTS: dict[str, dict] = {
     "l1-long-cosine-4e-3": {"steps": 3000, "lr_schedule": "cosine", "lr": 4e-3},
     "l1-9000-cosine": {"steps": 9000, "lr_schedule": "cosine"},
     "adversarial": {"steps": 10**6, "adversarial_weight": 0.01, "adversarial_start": 1000, "same_time_as": "l1-long"},
+    "small-same-time": {"steps": 10**6, "preset": "small", "same_time_as": "l1-long"},  # a wider autoencoder, same wall time
 }
 
 

@@ -190,6 +190,9 @@ def calibrate(
     gives the plain residual map.
 
     Example:  medidiff anomaly calibrate my-model healthy/ --percentile 99
+
+    Example (axial brain slices: compare each map with its left-right mirror image):
+      medidiff anomaly calibrate my-model healthy/ --mirror 0.75
     """
     from medidiff.core.data import expand_inputs
     from medidiff.core.model import DiffusionModel
