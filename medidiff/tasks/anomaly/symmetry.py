@@ -22,6 +22,8 @@ with itself (Dice of ``fg`` and ``R fg``); for a volume, of its axial projection
 slices. It is estimated from the mask, not the intensities, so a bright lesion does not pull it
 towards mirroring itself (an intensity-correlation estimate did, on benchmarks/anomaly.py). The
 mirrored map is sampled with linear interpolation; voxels mirrored outside the tissue count as 0.
+The line lives in voxel coordinates: a tilted line is an exact mirror for square pixels only
+(for non-square pixels only the untilted line is).
 
 The map stays a function of the map alone, so everything downstream (the calibrated threshold,
 the FDR tables, the scan score) is measured on the same mirrored maps, and scaling the scan by a
