@@ -155,6 +155,7 @@ def _report(image, result, path: Path, overwrite: bool, scan=None) -> None:
         where = ""
     if scan is not None:  # as radiologists view it (MR, CT); other images as stored
         image, amap, msk = (radiological(a, scan.affine, scan.modality) for a in (image, amap, msk))
+    amap = np.maximum(amap, 0)  # signed maps (z-scores, mirror dips): shown from 0 up, where lesions are
     save_grid([image, amap, image], path, titles=["scan" + where, "anomaly map", "mask > threshold"],
               cmaps=["gray", "magma", "gray"], overlays=[None, None, msk],
               suptitle=f"score {result.score:.4g}, threshold {result.threshold:.4g}", overwrite=overwrite)

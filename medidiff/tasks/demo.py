@@ -124,7 +124,8 @@ def demo_steps(out: str | Path, *, quick: bool = False, device: str = "auto", se
         numbers["anomaly_score_lesion"] = an.score
         numbers["anomaly_score_healthy"] = an_h.score
         numbers["anomaly_voxel_auroc"] = auroc(an.map.array.ravel(), lesion.mask.ravel())
-        save_grid([shown(sick.array), shown(an.map.array), shown(an.mask.array)], tmp / "anomaly.png",
+        # the map is signed (healthy z-scores, mirror dips); shown from 0 up, where lesions are
+        save_grid([shown(sick.array), shown(np.maximum(an.map.array, 0)), shown(an.mask.array)], tmp / "anomaly.png",
                   titles=["held-out slice + planted lesion", "anomaly map", "mask (red: truth)"], ncols=3,
                   cmaps=["gray", "inferno", "gray"], overlays=[None, None, shown(lesion.mask.astype(np.float32))],
                   suptitle=f"score {an.score:.3g} (same slice healthy: {an_h.score:.3g}); voxel AUROC {numbers['anomaly_voxel_auroc']:.3f}")
