@@ -138,6 +138,10 @@ def detect(
     how = f"FDR {fdr:g} (Benjamini-Hochberg, {result.fdr['fdr_method']}) threshold" if result.fdr is not None else "threshold"
     typer.echo(f"score {result.score:.6g} (99th percentile of the map in tissue); {how} {result.threshold:.6g}; "
                f"anomalous volume {result.volume_mm3:.6g} mm3 ({int(result.mask.array.sum())} voxels)")
+    o = result.options
+    typer.echo(f"map: {o.get('score')}, noise times {', '.join(f'{t:g}' for t in o.get('timesteps', ()))}"
+               + (f", Gaussian sigma {o['smooth_sigma']:g}" if o.get("smooth_sigma") else "")
+               + (f", left-right mirror {o['mirror']:g}" if o.get("mirror") else ""))
     typer.echo(f"wrote {out_map}" + (f", {mask}" if mask else "") + (f", {report}" if report else ""))
 
 

@@ -193,6 +193,7 @@ def test_cli_mirror_calibrate_and_refuse(tmp_path, tiny_mr_model, mr_heldout_sli
     save_scan(_scan(mr_heldout_slices[0]), tmp_path / "axial.nii.gz")
     code, out, err = call(capsys, "anomaly", model, tmp_path / "axial.nii.gz", tmp_path / "maps" / "axial.nii.gz", "--device", "cpu")
     assert code == 0, err
+    assert "left-right mirror 0.75" in out  # and says so
     side = json.loads((tmp_path / "maps" / "axial.anomaly.json").read_text())
     assert side["options"]["mirror"] == 0.75  # the sidecar says how the map was made
     ap = np.array([[0, 3.0, 0, 0], [3.0, 0, 0, 0], [0, 0, 3.0, 0], [0, 0, 0, 1]])
