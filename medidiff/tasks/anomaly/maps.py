@@ -130,11 +130,14 @@ def check_left_right(scan: Scan, layout: SliceLayout) -> None:
     source = str(scan.meta.get("source_path") or "scan")
     if layout.axis == scan.ndim - 1:
         raise InvalidScanError(source, "is cut into slices along its left-right axis, so a slice has no mirror "
-                                       "image; use a model that slices another axis, or --mirror 0")
+                                       "image; use a model that slices another axis, or one calibrated without "
+                                       "the mirror (`medidiff anomaly calibrate` without --mirror)")
     code = scan.orientation[0]  # the array's last axis is the affine's first (x) voxel axis
     if code not in "LR":
-        raise InvalidScanError(source, f"has columns running {code} (orientation {scan.orientation}), not left-right, "
-                                       "so the mirror comparison (--mirror) does not apply; reorient it or use --mirror 0")
+        raise InvalidScanError(source, f"has columns running {code} (orientation {scan.orientation}), not "
+                                       "left-right, so the mirror comparison (--mirror) does not apply; reorient "
+                                       "it, or use a model calibrated without the mirror (`medidiff anomaly "
+                                       "calibrate` without --mirror)")
 
 
 def plan_scan(model: DiffusionModel, scan: Scan, s: MapSettings, batch_size: int,
