@@ -116,8 +116,8 @@ def main() -> None:
         f"  (median_size {o['median_size']}), Gaussian smoothing sigma {o['smooth_sigma']:g} voxels inside the tissue, "
         f"Otsu foreground, direction {o['direction']}, seed {cal['seed']},",
         f"  left-right mirror comparison weight {o.get('mirror', 0.0):g} (map - w * its mirror image about the tissue's mid-line;",
-        "  for axial slices whose columns run left-right; other scans are refused with one line, `--mirror 0` needs",
-        "  a calibration made with it)",
+        "  for axial slices whose columns run left-right; other scans are refused with one line; `--mirror 0` needs",
+        "  a calibration made without the mirror)",
         "  (`medidiff anomaly mr2d IN OUT` uses these; `--score residual` etc. need `medidiff anomaly calibrate`",
         "  first)",
         "- these settings were chosen for this model on the anomaly benchmark's validation split",

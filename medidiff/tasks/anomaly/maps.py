@@ -219,8 +219,7 @@ def _postprocess(m: np.ndarray, fg: np.ndarray, s: MapSettings) -> np.ndarray:
     if s.smooth_sigma > 0 and fg.any():  # normalised convolution: the background does not leak into the edge
         w = ndi.gaussian_filter(fg.astype(np.float64), s.smooth_sigma)
         m = ndi.gaussian_filter(np.where(fg, m, 0.0), s.smooth_sigma) / np.maximum(w, 1e-6)
-    m = np.where(fg, m, 0.0).astype(np.float32)
-    return mirror_difference(m, fg, s.mirror) if s.mirror > 0 else m
+    return mirror_difference(np.where(fg, m, 0.0).astype(np.float32), fg, s.mirror)
 
 
 RawParts = dict[int, tuple[np.ndarray, np.ndarray, np.ndarray | None]]  # item -> (residual, mean recon, 1 - SSIM)
