@@ -35,6 +35,7 @@ MAX_LEVELS = 8
 MAX_RES_BLOCKS = 16
 MAX_TIMESTEPS = 100_000
 MAX_CLASSES = 100_000
+MAX_LOWRES_FACTOR = 16  # a super-resolution model's upsampling factor per axis
 
 
 class ModelConfigError(ModelError, ValueError):
@@ -225,6 +226,9 @@ def check_config(raw: Any, where: str | Path) -> None:
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or len(names) > max(n_classes, 0):
         raise ModelConfigError(f"{where}: class_names must be a list of at most num_classes ({n_classes}) strings, got {names!r}")
     _int_in(where, "mask_classes", raw.get("mask_classes", 0), 0, 1000)
+    factor = _int_in(where, "lowres_factor", raw.get("lowres_factor", 0), 0, MAX_LOWRES_FACTOR)
+    if factor and any(s % factor for s in size):
+        raise ModelConfigError(f"{where}: image_size {list(size)} must be divisible by lowres_factor {factor}")
     spacing = raw.get("spacing", [])
     if not isinstance(spacing, (list, tuple)) or len(spacing) not in (0, dims) \
             or not all(_is_number(s) and s > 0 for s in spacing):

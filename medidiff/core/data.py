@@ -373,13 +373,40 @@ def resample(scan: Scan, spacing: Sequence[float], order: int = 1) -> Scan:
     shape = tuple(max(1, int(round(n * s / t))) for n, s, t in zip(scan.shape, scan.spacing, spacing))
     arr = resize_array(scan.array, shape, order=order)
     factors = [old_n / new_n for old_n, new_n in zip(scan.shape, shape)]
-    affine = scan.affine.copy()
-    for i, f in enumerate(reversed(factors)):
-        affine[:3, i] *= f
-    # the first new voxel's centre sits (f - 1) / 2 old voxels in from the old first centre
+    return Scan(arr, tuple(s * f for s, f in zip(scan.spacing, factors)), regridded_affine(scan.affine, factors),
+                scan.modality, scan.meta)
+
+
+def regridded_affine(affine: np.ndarray, factors: Sequence[float]) -> np.ndarray:
+    """The affine of the same field on voxels ``factors`` (array axis order) times the size (< 1: finer).
+
+    Voxels stay cell-centred: the first new voxel's centre sits ``(f - 1) / 2`` old voxels in from
+    the old first centre, so a block-averaged (or upsampled) image covers exactly the same field.
+    """
+    out = np.asarray(affine, dtype=np.float64).copy()
     first = np.zeros(4)
     first[3] = 1.0
-    for i, f in enumerate(reversed(factors)):
+    for i, f in enumerate(reversed([float(v) for v in factors])):
+        out[:3, i] *= f
         first[i] = (f - 1) / 2
-    affine[:3, 3] = (scan.affine @ first)[:3]
-    return Scan(arr, tuple(s * f for s, f in zip(scan.spacing, factors)), affine, scan.modality, scan.meta)
+    out[:3, 3] = (np.asarray(affine, dtype=np.float64) @ first)[:3]
+    return out
+
+
+def block_mean(scan: Scan, factor: int) -> Scan:
+    """``scan`` averaged over ``factor``-sided blocks (a low-resolution copy of the same field of view).
+
+    Trailing voxels that do not fill a block are dropped first. The low-resolution image a
+    super-resolution model is trained to upsample (:meth:`medidiff.core.model.DiffusionModel.downsample`
+    does the same on network batches).
+    """
+    f = int(factor)
+    if f < 1:
+        raise ValueError(f"block_mean: factor must be >= 1, got {factor!r}")
+    shape = tuple(n // f for n in scan.shape)
+    if min(shape) < 1:
+        raise ValueError(f"block_mean: a {' x '.join(map(str, scan.shape))} scan is smaller than one {f}-voxel block")
+    arr = scan.array[tuple(slice(0, n * f) for n in shape)]
+    blocks = arr.reshape([v for n in shape for v in (n, f)]).mean(axis=tuple(range(1, 2 * len(shape), 2)))
+    return Scan(blocks.astype(np.float32), tuple(s * f for s in scan.spacing), regridded_affine(scan.affine, [f] * scan.ndim),
+                scan.modality, scan.meta)

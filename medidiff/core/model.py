@@ -65,6 +65,7 @@ class ModelConfig(FolderConfig):
     num_classes: int = 0
     class_names: list[str] = field(default_factory=list)
     mask_classes: int = 0
+    lowres_factor: int = 0  # > 0: a super-resolution model, conditioned on the image area-downsampled this many times
     spacing: tuple[float, ...] = ()
     orientation: str = ""
     modality: str = "OT"
@@ -81,10 +82,17 @@ class ModelConfig(FolderConfig):
         """Every field a network, schedule, normaliser and geometry are built from (``check_config``)."""
         check_config(self.to_dict(), self.where)
 
+    def to_dict(self) -> dict[str, Any]:
+        d = super().to_dict()
+        if not d.get("lowres_factor"):
+            del d["lowres_factor"]  # ordinary models keep the record they always had (re-saves are byte-stable)
+        return d
+
     @property
     def in_channels(self) -> int:
         # image + (mask given indicator + one channel per mask label) when mask-conditioned
-        return 1 + (1 + self.mask_classes if self.mask_classes else 0)
+        # + the upsampled low-resolution image for a super-resolution model
+        return 1 + (1 + self.mask_classes if self.mask_classes else 0) + (1 if self.lowres_factor else 0)
 
 
 def build_network(config: ModelConfig) -> torch.nn.Module:
@@ -128,6 +136,7 @@ class DiffusionModel:
         num_classes: int = 0,
         class_names: list[str] | None = None,
         mask_classes: int = 0,
+        lowres_factor: int = 0,
         normaliser: Normaliser | None = None,
         spacing: tuple[float, ...] = (),
         orientation: str = "",
@@ -135,7 +144,10 @@ class DiffusionModel:
         slice_axis: int | None = None,
         seed: int = 0,
     ) -> "DiffusionModel":
-        """A new, untrained model; ``seed`` fixes the initial weights."""
+        """A new, untrained model; ``seed`` fixes the initial weights.
+
+        ``lowres_factor > 0`` makes a super-resolution model: conditioned on its image area-downsampled
+        by that factor per axis (:meth:`lowres_channel`)."""
         if isinstance(image_size, int):
             image_size = (image_size,) * spatial_dims
         if prediction is None:
@@ -149,6 +161,7 @@ class DiffusionModel:
             num_classes=num_classes,
             class_names=list(class_names or []),
             mask_classes=mask_classes,
+            lowres_factor=int(lowres_factor),
             spacing=tuple(spacing),
             orientation=orientation,
             modality=modality,
@@ -182,26 +195,58 @@ class DiffusionModel:
         self.config.normaliser = normaliser.to_dict()
 
     # -- conditioning ---------------------------------------------------------------------
-    def condition_channels(self, masks: torch.Tensor | None, batch: int, spatial: tuple[int, ...], device: torch.device) -> torch.Tensor | None:
-        """Extra input channels for mask conditioning: [given, one-hot labels 1..K]; zeros = no mask."""
+    def condition_channels(self, masks: torch.Tensor | None, batch: int, spatial: tuple[int, ...], device: torch.device,
+                           lowres: torch.Tensor | None = None) -> torch.Tensor | None:
+        """Extra input channels: mask conditioning ``[given, one-hot labels 1..K]`` (zeros = no mask), then,
+        for a super-resolution model, its low-resolution image upsampled to ``spatial`` (:meth:`lowres_channel`)."""
+        parts = []
         k = self.config.mask_classes
-        if not k:
+        if not k and masks is not None:
+            raise ConditioningError("this model was not trained with mask conditioning; do not pass masks")
+        if k:
+            out = torch.zeros((batch, 1 + k, *spatial), device=device)
             if masks is not None:
-                raise ConditioningError("this model was not trained with mask conditioning; do not pass masks")
-            return None
-        out = torch.zeros((batch, 1 + k, *spatial), device=device)
-        if masks is None:
-            return out
-        masks = masks.to(device)
-        if masks.ndim == len(spatial) + 2:
-            masks = masks[:, 0]
-        given = torch.ones(batch, dtype=torch.bool, device=device)
-        # a per-sample mask of all -1 means "dropped" (classifier-free guidance / no condition)
-        given = ~(masks.flatten(1) < 0).all(dim=1)
-        out[:, 0] = given.view(-1, *([1] * len(spatial))).float()
-        for label in range(1, k + 1):
-            out[:, label] = (masks == label).float()
-        return out
+                masks = masks.to(device)
+                if masks.ndim == len(spatial) + 2:
+                    masks = masks[:, 0]
+                # a per-sample mask of all -1 means "dropped" (classifier-free guidance / no condition)
+                given = ~(masks.flatten(1) < 0).all(dim=1)
+                out[:, 0] = given.view(-1, *([1] * len(spatial))).float()
+                for label in range(1, k + 1):
+                    out[:, label] = (masks == label).float()
+            parts.append(out)
+        if self.config.lowres_factor:
+            parts.append(self.lowres_channel(lowres, batch, spatial, device))
+        elif lowres is not None:
+            raise ConditioningError("this model is not a super-resolution model; do not pass a low-resolution image")
+        return torch.cat(parts, dim=1) if parts else None
+
+    def downsample(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` (N, C, *spatial) area-averaged over ``lowres_factor``-sided blocks: what a super-resolution model is conditioned on."""
+        f = self.config.lowres_factor
+        pool = torch.nn.functional.avg_pool2d if x.ndim == 4 else torch.nn.functional.avg_pool3d
+        return pool(x, kernel_size=f, stride=f)
+
+    def lowres_channel(self, lowres: torch.Tensor | None, batch: int, spatial: tuple[int, ...],
+                       device: torch.device) -> torch.Tensor:
+        """The low-resolution image (N, 1, *spatial / factor), network units, upsampled (bi/trilinear) to ``spatial``.
+
+        Training makes it from the clean image itself (:meth:`downsample`), so the model learns
+        ``p(x | downsample(x))``; at sampling time it is the image to upsample.
+        """
+        f = self.config.lowres_factor
+        if lowres is None:
+            raise ConditioningError(f"this is a super-resolution model (x{f}): it needs the low-resolution image to upsample")
+        lowres = lowres.to(device).float()
+        if lowres.ndim == len(spatial) + 1:
+            lowres = lowres[:, None]
+        want = tuple(s // f for s in spatial)
+        if any(s % f for s in spatial) or lowres.shape[0] != batch or tuple(lowres.shape[2:]) != want:
+            raise ConditioningError(f"a x{f} super-resolution model upsamples {batch} image(s) of "
+                                    f"{' x '.join(map(str, want))} to {' x '.join(map(str, spatial))}; got "
+                                    f"{' x '.join(map(str, lowres.shape[2:]))} for {lowres.shape[0]}")
+        mode = "bilinear" if len(spatial) == 2 else "trilinear"
+        return torch.nn.functional.interpolate(lowres, size=tuple(spatial), mode=mode, align_corners=False)
 
     def check_class_labels(self, class_labels: torch.Tensor | None, batch: int) -> torch.Tensor | None:
         """Validate labels (MONAI would silently ignore them on an unconditioned network)."""
@@ -259,13 +304,15 @@ class DiffusionModel:
             labels = class_labels.detach().cpu().long().clone()
             labels[drop] = self.null_class
             labels = labels.to(device)
-        cond = None
+        m = None
         if self.config.mask_classes:
             if masks is None:
                 raise ConditioningError("this model is mask-conditioned: training needs a mask per image")
             m = masks.detach().cpu().clone().float()
             m[drop] = -1.0
-            cond = self.condition_channels(m, b, tuple(x0.shape[2:]), device)
+        # a super-resolution model is always conditioned on its own input, downsampled (never dropped)
+        lowres = self.downsample(x0) if self.config.lowres_factor else None
+        cond = self.condition_channels(m, b, tuple(x0.shape[2:]), device, lowres)
         net_in = x_t if cond is None else torch.cat([x_t, cond], dim=1)
         out = self.network(net_in, timesteps=t, class_labels=labels)
         return torch.nn.functional.mse_loss(out.float(), target.float())
@@ -345,7 +392,8 @@ def default_model_card(model: DiffusionModel) -> str:
         f"- image size: {c.image_size}, spacing: {c.spacing or 'n/a'}, modality: {c.modality}",
         f"- schedule: {c.schedule['kind']} ({c.schedule['prediction']}), parameters: {model.num_parameters():,}",
         f"- normaliser: {c.normaliser['kind']} [{c.normaliser['low']:.4g}, {c.normaliser['high']:.4g}] {c.normaliser.get('detail', '')}",
-        f"- conditioning: classes={c.num_classes or 'none'} {c.class_names or ''}, mask classes={c.mask_classes or 'none'}",
+        f"- conditioning: classes={c.num_classes or 'none'} {c.class_names or ''}, mask classes={c.mask_classes or 'none'}"
+        + (f", super-resolution x{c.lowres_factor} (conditioned on the image downsampled x{c.lowres_factor})" if c.lowres_factor else ""),
         f"- medidiff version: {c.medidiff_version}",
     ]
     if tr:

@@ -190,18 +190,20 @@ def predict_steps(
     guidance: float = 1.0,
     sw_batch_size: int | None = None,
     overlap: float = 0.25,
+    lowres: torch.Tensor | None = None,
 ) -> Generator[Progress, None, tuple[torch.Tensor, torch.Tensor]]:
     """Predicted clean image and noise ``(x0, eps)`` at ``(x_t, t)``, with classifier-free guidance.
 
     Yields between the network calls as :func:`network_output_steps` does (``overlap``: of its windows).
+    ``lowres``: the image a super-resolution model upsamples (network units; never dropped by guidance).
     """
     b = x_t.shape[0]
     spatial = tuple(x_t.shape[2:])
     labels = model.check_class_labels(class_labels, b)
-    cond = model.condition_channels(masks, b, spatial, x_t.device)
+    cond = model.condition_channels(masks, b, spatial, x_t.device, lowres)
     if _guided(labels, masks, guidance):
         null_labels = None if labels is None else torch.full_like(labels, model.null_class)
-        null_cond = None if cond is None else model.condition_channels(None, b, spatial, x_t.device)
+        null_cond = None if cond is None else model.condition_channels(None, b, spatial, x_t.device, lowres)
         x_in = torch.cat([x_t, x_t])
         if cond is not None:
             x_in = torch.cat([x_in, torch.cat([cond, null_cond])], dim=1)
@@ -238,6 +240,7 @@ def sample(
     sw_batch_size: int | None = None,
     per_call: bool = False,
     overlap: float = 0.25,
+    lowres: torch.Tensor | None = None,
 ) -> Generator[Progress, None, torch.Tensor]:
     """Run the reverse process from ``x_start`` at ``t_start`` (default: pure noise) to a clean image.
 
@@ -247,7 +250,7 @@ def sample(
     ``Progress`` per step; returns the final batch. ``per_call=True`` yields between network
     calls instead (sliding-window batches too, as :func:`network_output_steps`: after every
     call but the last, counted in calls), for callers that report progress per network call.
-    ``overlap``: of those sliding windows (default MONAI's 1/4).
+    ``overlap``: of those sliding windows (default MONAI's 1/4). ``lowres``: see :func:`predict_steps`.
     """
     sampler = check_sampler(model, sampler)
     times = model.schedule.timesteps(steps, t_start)
@@ -269,7 +272,7 @@ def sample(
     calls = 0
     for i in range(total):
         t, t_next = times[i], times[i + 1]
-        inner = predict_steps(model, x, t, class_labels, masks, guidance, sw_batch_size, overlap)
+        inner = predict_steps(model, x, t, class_labels, masks, guidance, sw_batch_size, overlap, lowres)
         if per_call:
             x0, eps = yield from relay(inner, step=calls, total=total * per_step, message=f"{sampler} t={t:.0f}")
         else:
@@ -354,9 +357,11 @@ def generate_batch(
     image_size: Sequence[int] | None = None,
     preview_every: int = 0,
     overlap: float = 0.25,
+    lowres: torch.Tensor | None = None,
 ) -> Generator[Progress, None, torch.Tensor]:
     """Generate one sample per seed from pure noise (network units, shape (N, 1, *size)); ``overlap``: of
-    the sliding windows of an image larger than the training size."""
+    the sliding windows of an image larger than the training size; ``lowres``: the images a
+    super-resolution model upsamples (network units, (N, 1, *size / factor))."""
     size = tuple(image_size or model.config.image_size)
     gens = sample_generators(seeds)
     noise = draw_noise(gens, (1, *size), model.device)
@@ -366,5 +371,6 @@ def generate_batch(
     result = yield from sample(
         model, noise, sampler=sampler, steps=steps, class_labels=class_labels, masks=masks,
         guidance=guidance, eta=eta, generators=gens, clip_x0=clip_x0, preview_every=preview_every, overlap=overlap,
+        lowres=lowres,
     )
     return result

@@ -194,7 +194,7 @@ def _run(data, run_dir: Path | None, cfg: TrainConfig, labels, masks, meta, rank
     model = DiffusionModel.create(
         td.spatial_dims, td.image_size, preset=cfg.preset, schedule=cfg.schedule, prediction=cfg.prediction,
         num_classes=n_classes, class_names=list(cfg.class_names), mask_classes=mask_classes or 0,
-        normaliser=td.normaliser, spacing=td.spacing, orientation=td.orientation, modality=td.modality,
+        lowres_factor=cfg.super_resolution, normaliser=td.normaliser, spacing=td.spacing, orientation=td.orientation, modality=td.modality,
         slice_axis=td.slice_axis, seed=seed,
     )
     model.network.to(dev)

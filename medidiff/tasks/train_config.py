@@ -11,7 +11,7 @@ from medidiff.errors import MedidiffError
 DEFAULT_STEPS = 1000
 # settings a resumed run must share with the run it continues (they shape the model or the data order)
 SAME_ON_RESUME = ("batch_size", "seed", "dims", "preset", "image_size", "schedule", "prediction", "noise", "noisy",
-                  "contrast", "crop_foreground", "spacing_augment")
+                  "contrast", "crop_foreground", "spacing_augment", "super_resolution")
 
 
 def default_warmup(total_steps: int) -> int:
@@ -47,6 +47,9 @@ class TrainConfig:
     ``spacing_augment > 1`` also trains on crops at up to that many times the voxel size (:mod:`medidiff.core.data`).
     ``noisy=True`` treats the scans as noisy data (no clean copy): the objective of ``--fit``
     (:mod:`medidiff.tasks.train_noisy`), each scan at its own estimated noise level.
+    ``super_resolution = F > 1`` trains a super-resolution model: conditioned on each training crop
+    area-downsampled F times per axis, it learns to sample the full-resolution crop
+    (:mod:`medidiff.tasks.super_resolution`); crops must be divisible by F.
     """
 
     dims: int = 2
@@ -83,6 +86,7 @@ class TrainConfig:
     noise: str = "white"
     timestep_sampling: str = "uniform"
     noisy: bool = False
+    super_resolution: int = 0
 
     @property
     def total_steps(self) -> int:
@@ -107,6 +111,7 @@ class TrainConfig:
 
 def check_config(cfg: TrainConfig) -> None:
     """One-line ``MedidiffError`` for a setting that cannot work (before any data is read)."""
+    from medidiff.core.config_check import MAX_LOWRES_FACTOR
     from medidiff.core.model import PRESETS
     from medidiff.core.schedule import KINDS, PREDICTIONS
 
@@ -152,6 +157,13 @@ def check_config(cfg: TrainConfig) -> None:
                       or cfg.prediction not in (None, "epsilon")):
         raise MedidiffError("--noisy trains 2D DDPM epsilon models with white noise only; drop --noise, "
                             "--dims 3, --schedule and --prediction")
+    f = cfg.super_resolution
+    if not isinstance(f, int) or isinstance(f, bool) or not (f == 0 or 2 <= f <= MAX_LOWRES_FACTOR):
+        raise MedidiffError(f"--super-resolution {f!r}: give an upsampling factor in 2..{MAX_LOWRES_FACTOR} (0: none)")
+    if f and any(int(s) % f for s in sizes):
+        raise MedidiffError(f"image size {cfg.image_size}: a x{f} super-resolution model needs sizes divisible by {f}")
+    if f and cfg.noisy:
+        raise MedidiffError("--super-resolution trains on clean scans; drop --noisy")
     if not isinstance(cfg.ema_decay, (int, float)) or not 0 <= cfg.ema_decay < 1:
         raise MedidiffError(f"--ema-decay must be in [0, 1), got {cfg.ema_decay!r}")
     if not 0 <= cfg.condition_dropout <= 1:
