@@ -1,7 +1,7 @@
 """A super-resolution cascade against one latent model at the same training budget (issue 14 §2).
 
-    OMP_NUM_THREADS=1 python benchmarks/cascade.py --out OUT --arm latent     # and, at the same time,
-    OMP_NUM_THREADS=1 python benchmarks/cascade.py --out OUT --arm cascade
+    OMP_NUM_THREADS=1 python benchmarks/cascade.py --out OUT --arm latent-sr  # and, at the same time,
+    OMP_NUM_THREADS=1 python benchmarks/cascade.py --out OUT2 --arm cascade
 
 Data: nibabel's example4d.nii.gz volume 0, whole axial slices 96 x 128 (the split of
 ``benchmarks/latent.py``): z < 16 train, z >= 18 held out. Both arms spend the same two budgets:
@@ -16,7 +16,11 @@ Data: nibabel's example4d.nii.gz volume 0, whole axial slices 96 x 128 (the spli
   3000-step autoencoder's time on these machines). A low-resolution sample is upsampled by
   :func:`medidiff.tasks.super_resolution.upsample` (25 dpm++2m steps, windows of the crop, 1/2 overlap).
   The same low-resolution samples are also upsampled bicubically (row ``cascade, bicubic``: what the
-  super-resolution model adds).
+  super-resolution model adds). The prior trains on axial slices (``slice_axis=0``: after the block
+  mean the in-plane voxels are coarser than the slices, and the default would cut coronal strips).
+* **latent-sr**: the latent arm (row ``latent``), and its samples block-averaged 4x and upsampled by
+  a super-resolution model trained for ``--sr-seconds`` more (row ``latent + sr``): the stage as a
+  refiner of a latent model, at about 1.5x the budget.
 
 Steps per budget come from a 25-step probe (as ``latent_recipe.py``), so each learning-rate schedule
 completes. Scores (``latent_recipe.py``'s): 32 samples drawn twice, seeds from 100 (**validation**:
@@ -25,7 +29,7 @@ symmetry, structure-ncc memorisation; for the cascade also the consistency of it
 low-resolution sample it was given (PSNR of the output's block mean against it, in network units of
 the sample) and the window seam (``seam_ratio`` at the window borders; 1 = none).
 
-Writes OUT/cascade-ARM.json, OUT/samples-ARM.png and OUT/samples-ARM.npy.
+Writes OUT/NAME.json, OUT/samples-NAME.png and .npy per row, and the models under OUT/models/ARM.
 """
 
 from __future__ import annotations
@@ -60,22 +64,43 @@ def _budgeted(make, seconds: float):
     return res, {"steps": steps, "train_seconds": round(res.seconds, 1), "probe_steps_per_s": round(rate, 2)}
 
 
-def _lowres_scan(train):
-    from medidiff.core.data import block_mean
-
-    return block_mean(train, FACTOR)
+COMMON = dict(dims=2, device="cpu", checkpoint_every=0, checkpoint_minutes=0, seed=0, **PRIOR)
 
 
-def train_cascade(train, minutes: float, sr_seconds: float, sr_crop: int):
+def train_sr(train, sr_seconds: float, sr_crop: int, factor: int):
     from medidiff.tasks.train import train as train_pixel
 
-    low = _lowres_scan(train)
-    common = dict(dims=2, device="cpu", checkpoint_every=0, checkpoint_minutes=0, seed=0, **PRIOR)
-    prior, prow = _budgeted(lambda s: train_pixel([low], None, image_size=tuple(low.shape[1:]), steps=s, **common),
+    sr, srow = _budgeted(lambda s: train_pixel([train], None, image_size=sr_crop, steps=s, super_resolution=factor,
+                                               **COMMON), sr_seconds)
+    return sr.model, {**srow, "crop": sr_crop, "factor": factor}
+
+
+def train_cascade(train, minutes: float, sr_seconds: float, sr_crop: int, factor: int):
+    from medidiff.core.data import block_mean
+    from medidiff.tasks.train import train as train_pixel
+
+    low = block_mean_slices(train, factor) if train.ndim == 3 else block_mean(train, factor)  # in-plane only
+    # axial slices: after the block mean the in-plane voxels (8 mm) are coarser than the slices (2.2 mm),
+    # so the default (slice along the coarsest axis) would cut coronal strips
+    prior, prow = _budgeted(lambda s: train_pixel([low], None, image_size=tuple(low.shape[1:]), steps=s, slice_axis=0,
+                                                  **COMMON),
                             minutes * 60)
-    sr, srow = _budgeted(lambda s: train_pixel([train], None, image_size=sr_crop, steps=s, super_resolution=FACTOR,
-                                               **common), sr_seconds)
-    return prior.model, sr.model, {"prior": prow, "super_resolution": {**srow, "crop": sr_crop}}
+    sr, srow = train_sr(train, sr_seconds, sr_crop, factor)
+    return prior.model, sr, {"prior": prow, "super_resolution": srow}
+
+
+def block_mean_slices(volume, factor: int):
+    """Each axial slice of ``volume`` block-averaged in-plane (the slices themselves are kept)."""
+    from medidiff.core.data import block_mean
+    from medidiff.io.scan import Scan
+
+    one = block_mean(Scan(volume.array[0], volume.spacing[1:], volume.affine, volume.modality), factor)
+    arr = np.stack([block_mean(Scan(z, volume.spacing[1:], volume.affine, volume.modality), factor).array
+                    for z in volume.array])
+    affine = volume.affine.copy()
+    affine[:, :2] = one.affine[:, :2]
+    affine[:3, 3] = one.affine[:3, 3]
+    return Scan(arr, (volume.spacing[0], *one.spacing), affine, volume.modality, volume.meta)
 
 
 def train_latent_arm(train, out: Path, minutes: float, ae_steps: int = 3000):
@@ -90,8 +115,9 @@ def train_latent_arm(train, out: Path, minutes: float, ae_steps: int = 3000):
     return prior.model, {"autoencoder": {"steps": ae_steps, "train_seconds": round(ae.seconds, 1)}, "prior": prow}
 
 
-def draw_cascade(prior, sr, n: int, seed: int) -> tuple[np.ndarray, np.ndarray, dict]:
-    """``n`` cascade samples (96 x 128), their bicubic twins, and the consistency / seam / time numbers."""
+def draw_cascade(low_samples, sr, n: int, seed: int) -> tuple[np.ndarray, np.ndarray, dict]:
+    """``n`` cascade samples (96 x 128) of ``low_samples(n, seed)`` (low-resolution Scans), their bicubic twins,
+    and the consistency / seam / time numbers."""
     from skimage.transform import resize
 
     from medidiff.core.latent_model import seam_ratio, window_borders
@@ -100,16 +126,17 @@ def draw_cascade(prior, sr, n: int, seed: int) -> tuple[np.ndarray, np.ndarray, 
     from medidiff.tasks.super_resolution import upsample
 
     t0 = time.perf_counter()
-    low = generate(prior, n, seed=seed, steps=25, sampler=SAMPLER, device="cpu").scans
+    low = low_samples(n, seed)
     t1 = time.perf_counter()
     up = upsample(sr, low, seed=seed, steps=25, sampler=SAMPLER)
     t2 = time.perf_counter()
     out = np.stack([s.array for s in up])
     bicubic = np.stack([resize(s.array, out.shape[1:], order=3, mode="edge") for s in low]).astype(np.float32)
     consistency = []
+    f = sr.config.lowres_factor
     for s, u in zip(low, out):
-        norm = prior.normaliser.for_scan(s.array)
-        d = u.reshape(u.shape[0] // FACTOR, FACTOR, u.shape[1] // FACTOR, FACTOR).mean(axis=(1, 3))
+        norm = sr.normaliser.for_scan(s.array)
+        d = u.reshape(u.shape[0] // f, f, u.shape[1] // f, f).mean(axis=(1, 3))
         consistency.append(psnr(norm.forward(s.array), norm.forward(d)))
     roi = sr.config.image_size
     borders = [window_borders(out.shape[1], roi[0], 0.5), window_borders(out.shape[2], roi[1], 0.5)]
@@ -135,7 +162,10 @@ def scores(val: np.ndarray, test: np.ndarray, real: np.ndarray, heldout: np.ndar
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("/tmp/medidiff-bench-cascade"))
-    ap.add_argument("--arm", choices=("latent", "cascade"), required=True)
+    ap.add_argument("--arm", choices=("latent", "cascade", "latent-sr"), required=True,
+                    help="latent-sr: the latent arm, and its samples block-averaged and upsampled by a "
+                         "super-resolution model trained for --sr-seconds more (rows latent and latent + sr)")
+    ap.add_argument("--factor", type=int, default=FACTOR, help="the cascade's upsampling factor (cascade arm)")
     ap.add_argument("--minutes", type=float, default=4.0, help="the prior's budget (both arms)")
     ap.add_argument("--sr-seconds", type=float, default=285.0, help="the super-resolution model's budget (cascade)")
     ap.add_argument("--sr-crop", type=int, default=32, help="training crop of the super-resolution model")
@@ -146,25 +176,46 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     train, real, heldout = load()
     result: dict = {"arm": args.arm, "minutes": args.minutes, "threads": torch.get_num_threads(), "rows": {}}
-    name = args.arm if args.arm == "latent" else f"cascade-sr{args.sr_crop}"
-    if args.arm == "latent":
+    from medidiff.core.data import block_mean
+    from medidiff.tasks.generate import generate
+
+    name = {"latent": "latent", "latent-sr": "latent + sr",
+            "cascade": f"cascade x{args.factor}, sr{args.sr_crop}"}[args.arm]
+    models = args.out / "models" / args.arm
+    shown = {}
+    if args.arm in ("latent", "latent-sr"):
         model, budget = train_latent_arm(train, args.out, args.minutes, args.ae_steps)
+        model.save(models / "latent", overwrite=True)
         val, _ = draw_latent(model, args.samples, 100)
         test, extra = draw_latent(model, args.samples, 200)
         result["rows"]["latent"] = {**budget, **extra, **scores(val, test, real, heldout)}
-        shown = {"latent": test}
-    else:
-        prior, sr, budget = train_cascade(train, args.minutes, args.sr_seconds, args.sr_crop)
-        val, val_bic, _ = draw_cascade(prior, sr, args.samples, 100)
-        test, test_bic, extra = draw_cascade(prior, sr, args.samples, 200)
+        shown["latent"] = test
+    if args.arm == "latent-sr":
+        sr, srow = train_sr(train, args.sr_seconds, args.sr_crop, FACTOR)
+        sr.save(models / "sr", overwrite=True)
+        budget = {**budget, "super_resolution": srow}
+
+        def low_samples(n: int, seed: int) -> list:
+            scans = generate(model, n, seed=seed, steps=25, sampler=SAMPLER, device="cpu").scans
+            return [block_mean(sc, FACTOR) for sc in scans]
+    elif args.arm == "cascade":
+        prior, sr, budget = train_cascade(train, args.minutes, args.sr_seconds, args.sr_crop, args.factor)
+        prior.save(models / "prior", overwrite=True)
+        sr.save(models / "sr", overwrite=True)
+
+        def low_samples(n: int, seed: int) -> list:
+            return generate(prior, n, seed=seed, steps=25, sampler=SAMPLER, device="cpu").scans
+    if args.arm != "latent":
+        val, val_bic, _ = draw_cascade(low_samples, sr, args.samples, 100)
+        test, test_bic, extra = draw_cascade(low_samples, sr, args.samples, 200)
         result["rows"][name] = {**budget, **extra, **scores(val, test, real, heldout)}
         result["rows"][f"{name}, bicubic"] = {"prior": budget["prior"], **scores(val_bic, test_bic, real, heldout)}
-        shown = {name: test, f"{name}-bicubic": test_bic}
+        shown.update({name: test, f"{name}, bicubic": test_bic})
     for key, samples in shown.items():
-        safe = key.replace(", ", "-")
+        safe = "".join(c if c.isalnum() else "-" for c in key)
         np.save(args.out / f"samples-{safe}.npy", samples)
         sheet(samples, real, train, args.out / f"samples-{safe}.png", key)
-    (args.out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (args.out / f"{''.join(c if c.isalnum() else '-' for c in name)}.json").write_text(json.dumps(result, indent=2) + "\n")
     for key, r in result["rows"].items():
         v, t = r["validation_kid_vs_training"], r["test_kid_vs_heldout"]
         print(f"| {key} | {v['kid']:.3f} [{v['kid_95'][0]:.3f}, {v['kid_95'][1]:.3f}] | {t['kid']:.3f} "
