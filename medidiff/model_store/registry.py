@@ -162,6 +162,7 @@ def resolve_model(spec, device: str = "cpu"):
     from medidiff.core.model import DiffusionModel
 
     if isinstance(spec, DiffusionModel):
+        _refuse_super_resolution(spec, spec.path or "model")
         want, have = resolve_device(device), spec.device
         if want.type == have.type and (want.index is None or have.index is None or want.index == have.index):
             return spec
@@ -175,7 +176,18 @@ def resolve_model(spec, device: str = "cpu"):
         # its inner model would load, but it works on latents: images from it would be garbage
         raise ModelError(f"{folder}: a latent diffusion model; generate with `medidiff latent generate` "
                          "(denoising, anomaly detection and `medidiff generate` need a pixel-space model)")
-    return DiffusionModel.load(folder, device=device)
+    model = DiffusionModel.load(folder, device=device)
+    _refuse_super_resolution(model, folder)
+    return model
+
+
+def _refuse_super_resolution(model, where) -> None:
+    """A super-resolution model only upsamples: every other task would call it without its condition."""
+    f = model.config.lowres_factor
+    if f:
+        raise ModelError(f"{where}: a x{f} super-resolution model; it only upsamples images "
+                         "(medidiff.tasks.super_resolution.upsample): denoising, anomaly detection and "
+                         "generation need an ordinary model")
 
 
 def default_model_for(modality: str, spatial_dims: int = 2) -> str | None:

@@ -29,6 +29,7 @@ same training budget (``benchmarks/README.md``).
 from __future__ import annotations
 
 from collections.abc import Generator, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -50,7 +51,7 @@ def check_super_resolution(model: DiffusionModel) -> int:
 
 
 def upsample_steps(
-    model: DiffusionModel,
+    model: DiffusionModel | str | Path,
     images: Sequence[Scan | np.ndarray],
     *,
     seed: int = 0,
@@ -61,7 +62,8 @@ def upsample_steps(
 ) -> Generator[Progress, None, list[Scan]]:
     """Upsample each image ``factor`` times per axis with a super-resolution model; one ``Progress`` per step.
 
-    ``images``: Scans or arrays (2D for a 2D model, 3D for a 3D one), in scan units. Image ``i``
+    ``model``: a loaded model or its folder. ``images``: Scans or arrays (2D for a 2D model, 3D for a
+    3D one), in scan units. Image ``i``
     draws its noise from ``sample_seed(seed, i)``: the same seed gives the same output. Returns one
     Scan per image, on the image's field of view with ``factor`` times finer voxels (arrays get
     unit spacing first).
@@ -69,6 +71,8 @@ def upsample_steps(
     from medidiff.core.sampling import check_sampler, generate_batch, sample_seed
     from medidiff.io.scan import affine_from_spacing
 
+    if not isinstance(model, DiffusionModel):
+        model = DiffusionModel.load(model)
     f = check_super_resolution(model)
     try:
         sampler = check_sampler(model, sampler)

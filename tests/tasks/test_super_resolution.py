@@ -137,3 +137,29 @@ def test_upsample_refuses_what_it_cannot_do(sr_model):
     bad[2, 2] = np.nan
     with pytest.raises(MedidiffError, match="NaN"):
         upsample(sr_model, [bad])
+
+
+def test_other_tasks_refuse_a_super_resolution_model(tmp_path, sr_model, mr_heldout_slices):
+    from medidiff.errors import ModelError
+    from medidiff.tasks.denoise import denoise
+    from medidiff.tasks.generate import generate
+
+    sr_model.save(tmp_path / "sr")
+    scan = Scan(mr_heldout_slices[0], (2.0, 2.0), np.diag([2.0, 2.0, 2.2, 1.0]), "MR")
+    for call in (lambda: denoise(tmp_path / "sr", scan, device="cpu"), lambda: denoise(sr_model, scan, device="cpu"),
+                 lambda: generate(tmp_path / "sr", 1, device="cpu")):
+        with pytest.raises(ModelError, match="super-resolution model; it only upsamples"):
+            call()
+    # the folder itself upsamples
+    out = upsample(tmp_path / "sr", [block_mean(scan, F)], seed=0, steps=2)[0]
+    assert out.shape == scan.shape
+
+
+def test_a_3d_model_upsamples_a_volume_on_the_same_field():
+    model = DiffusionModel.create(3, 8, lowres_factor=2, seed=0)
+    vol = Scan(np.random.default_rng(0).random((4, 4, 4)).astype(np.float32) + 1.0, (2.0, 2.0, 2.0),
+               np.diag([2.0, 2.0, 2.0, 1.0]), "MR")
+    out = upsample(model, [vol], seed=0, steps=2)[0]
+    assert out.shape == (8, 8, 8) and out.spacing == (1.0, 1.0, 1.0)
+    # voxel (0.5, 0.5, 0.5) of the output is voxel 0 of the input
+    assert np.allclose(out.affine @ [0.5, 0.5, 0.5, 1.0], vol.affine @ [0, 0, 0, 1.0])
