@@ -18,9 +18,9 @@ Data: nibabel's example4d.nii.gz volume 0, whole axial slices 96 x 128 (the spli
   The same low-resolution samples are also upsampled bicubically (row ``cascade, bicubic``: what the
   super-resolution model adds). The prior trains on axial slices (``slice_axis=0``: after the block
   mean the in-plane voxels are coarser than the slices, and the default would cut coronal strips).
-* **latent-sr**: the latent arm (row ``latent``), and its samples block-averaged 4x and upsampled by
-  a super-resolution model trained for ``--sr-seconds`` more (row ``latent + sr``): the stage as a
-  refiner of a latent model, at about 1.5x the budget.
+* **latent-sr**: the latent arm (row ``latent``; ``--latent DIR`` reuses a trained one), and its samples
+  block-averaged ``--factor`` times and upsampled by a super-resolution model trained for
+  ``--sr-seconds`` more (row ``latent + sr``): the stage as a refiner of a latent model.
 
 Steps per budget come from a 25-step probe (as ``latent_recipe.py``), so each learning-rate schedule
 completes. Scores (``latent_recipe.py``'s): 32 samples drawn twice, seeds from 100 (**validation**:
@@ -165,7 +165,10 @@ def main() -> None:
     ap.add_argument("--arm", choices=("latent", "cascade", "latent-sr"), required=True,
                     help="latent-sr: the latent arm, and its samples block-averaged and upsampled by a "
                          "super-resolution model trained for --sr-seconds more (rows latent and latent + sr)")
-    ap.add_argument("--factor", type=int, default=FACTOR, help="the cascade's upsampling factor (cascade arm)")
+    ap.add_argument("--factor", type=int, default=FACTOR, help="the upsampling factor (cascade and latent-sr arms)")
+    ap.add_argument("--latent", type=Path, default=None,
+                    help="latent-sr: reuse this latent model folder (e.g. OUT/models/latent-sr/latent) instead of "
+                         "training one; its budget is then not re-measured")
     ap.add_argument("--minutes", type=float, default=4.0, help="the prior's budget (both arms)")
     ap.add_argument("--sr-seconds", type=float, default=285.0, help="the super-resolution model's budget (cascade)")
     ap.add_argument("--sr-crop", type=int, default=32, help="training crop of the super-resolution model")
@@ -179,11 +182,15 @@ def main() -> None:
     from medidiff.core.data import block_mean
     from medidiff.tasks.generate import generate
 
-    name = {"latent": "latent", "latent-sr": "latent + sr",
+    name = {"latent": "latent", "latent-sr": f"latent + sr x{args.factor}, {args.sr_seconds:.0f} s",
             "cascade": f"cascade x{args.factor}, sr{args.sr_crop}"}[args.arm]
     models = args.out / "models" / args.arm
     shown = {}
-    if args.arm in ("latent", "latent-sr"):
+    if args.arm == "latent-sr" and args.latent is not None:
+        from medidiff.core.latent_model import LatentModel
+
+        model, budget = LatentModel.load(args.latent), {"latent": str(args.latent)}
+    elif args.arm in ("latent", "latent-sr"):
         model, budget = train_latent_arm(train, args.out, args.minutes, args.ae_steps)
         model.save(models / "latent", overwrite=True)
         val, _ = draw_latent(model, args.samples, 100)
@@ -191,13 +198,13 @@ def main() -> None:
         result["rows"]["latent"] = {**budget, **extra, **scores(val, test, real, heldout)}
         shown["latent"] = test
     if args.arm == "latent-sr":
-        sr, srow = train_sr(train, args.sr_seconds, args.sr_crop, FACTOR)
+        sr, srow = train_sr(train, args.sr_seconds, args.sr_crop, args.factor)
         sr.save(models / "sr", overwrite=True)
         budget = {**budget, "super_resolution": srow}
 
         def low_samples(n: int, seed: int) -> list:
             scans = generate(model, n, seed=seed, steps=25, sampler=SAMPLER, device="cpu").scans
-            return [block_mean(sc, FACTOR) for sc in scans]
+            return [block_mean(sc, args.factor) for sc in scans]
     elif args.arm == "cascade":
         prior, sr, budget = train_cascade(train, args.minutes, args.sr_seconds, args.sr_crop, args.factor)
         prior.save(models / "prior", overwrite=True)
@@ -209,7 +216,7 @@ def main() -> None:
         val, val_bic, _ = draw_cascade(low_samples, sr, args.samples, 100)
         test, test_bic, extra = draw_cascade(low_samples, sr, args.samples, 200)
         result["rows"][name] = {**budget, **extra, **scores(val, test, real, heldout)}
-        result["rows"][f"{name}, bicubic"] = {"prior": budget["prior"], **scores(val_bic, test_bic, real, heldout)}
+        result["rows"][f"{name}, bicubic"] = {"prior": budget.get("prior", budget.get("latent")), **scores(val_bic, test_bic, real, heldout)}
         shown.update({name: test, f"{name}, bicubic": test_bic})
     for key, samples in shown.items():
         safe = "".join(c if c.isalnum() else "-" for c in key)
