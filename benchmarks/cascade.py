@@ -11,7 +11,7 @@ Data: nibabel's example4d.nii.gz volume 0, whole axial slices 96 x 128 (the spli
   v-prediction prior on the 24 x 32 latents for ``--minutes`` (the second budget).
 * **cascade**: a tiny v-prediction *pixel* prior on the training slices block-averaged 4x
   (24 x 32 images at 8 mm, the same grid as the latents) for ``--minutes``, then a tiny
-  v-prediction super-resolution model (``medidiff train --super-resolution 4``, ``--sr-crop`` crops)
+  v-prediction super-resolution model (``train(..., super_resolution=4)``, ``--sr-crop`` crops)
   for the seconds the autoencoder took in the latent arm (``--sr-seconds``; default 285, the
   3000-step autoencoder's time on these machines). A low-resolution sample is upsampled by
   :func:`medidiff.tasks.super_resolution.upsample` (25 dpm++2m steps, windows of the crop, 1/2 overlap).

@@ -1,7 +1,7 @@
 """Super-resolution: sample a full-resolution image given a low-resolution one (issue 14 §2, a cascade's second stage).
 
 A super-resolution model is an ordinary :class:`~medidiff.core.model.DiffusionModel` whose config
-has ``lowres_factor = F`` (``medidiff train --super-resolution F``). Training takes crops ``x`` of
+has ``lowres_factor = F`` (``medidiff.tasks.train.train(..., super_resolution=F)``; no CLI flag: see docs/latent.md). Training takes crops ``x`` of
 the training scans as any model does and gives the network one more input channel: the crop's own
 block mean ``D(x)`` (F x F (x F) voxels averaged, :meth:`DiffusionModel.downsample`), upsampled
 bilinearly back to the crop's size. The loss is the ordinary denoising loss, so the network learns
@@ -46,7 +46,7 @@ def check_super_resolution(model: DiffusionModel) -> int:
     f = int(model.config.lowres_factor)
     if not f:
         raise MedidiffError(f"{model.path or 'model'}: not a super-resolution model "
-                            "(train one with `medidiff train --super-resolution F`)")
+                            "(train one with medidiff.tasks.train.train(..., super_resolution=F))")
     return f
 
 
@@ -63,8 +63,7 @@ def upsample_steps(
     """Upsample each image ``factor`` times per axis with a super-resolution model; one ``Progress`` per step.
 
     ``model``: a loaded model or its folder. ``images``: Scans or arrays (2D for a 2D model, 3D for a
-    3D one), in scan units. Image ``i``
-    draws its noise from ``sample_seed(seed, i)``: the same seed gives the same output. Returns one
+    3D one), in scan units. Image ``i`` draws its noise from ``sample_seed(seed, i)``: the same seed gives the same output. Returns one
     Scan per image, on the image's field of view with ``factor`` times finer voxels (arrays get
     unit spacing first).
     """
@@ -84,8 +83,8 @@ def upsample_steps(
                                                       affine_from_spacing((1.0,) * np.ndim(im)))
              for im in images]
     dims = model.config.spatial_dims
-    for k, s in enumerate(scans):
-        name = s.meta.get("source_path", f"image {k}")
+    names = [str(s.meta.get("source_path", f"image {k}")) for k, s in enumerate(scans)]
+    for name, s in zip(names, scans):
         if s.ndim != dims:
             raise MedidiffError(f"{name}: a {s.ndim}D image; this super-resolution model is {dims}D")
         if not np.isfinite(s.array).all():
@@ -93,8 +92,7 @@ def upsample_steps(
     total = len(scans) * steps
     out: list[Scan] = []
     yield Progress(step=0, total=total, message=f"upsampling {len(scans)} images x{f}")
-    for k, s in enumerate(scans):
-        name = str(s.meta.get("source_path", f"image {k}"))
+    for k, (name, s) in enumerate(zip(names, scans)):
         norm = model.normaliser.for_scan(s.array, source=name)
         low = torch.from_numpy(norm.forward(s.array))[None, None].to(model.device)
         size = tuple(n * f for n in s.shape)

@@ -159,11 +159,11 @@ def check_config(cfg: TrainConfig) -> None:
                             "--dims 3, --schedule and --prediction")
     f = cfg.super_resolution
     if not isinstance(f, int) or isinstance(f, bool) or not (f == 0 or 2 <= f <= MAX_LOWRES_FACTOR):
-        raise MedidiffError(f"--super-resolution {f!r}: give an upsampling factor in 2..{MAX_LOWRES_FACTOR} (0: none)")
+        raise MedidiffError(f"super_resolution {f!r}: give an upsampling factor in 2..{MAX_LOWRES_FACTOR} (0: none)")
     if f and any(int(s) % f for s in sizes):
         raise MedidiffError(f"image size {cfg.image_size}: a x{f} super-resolution model needs sizes divisible by {f}")
     if f and cfg.noisy:
-        raise MedidiffError("--super-resolution trains on clean scans; drop --noisy")
+        raise MedidiffError("super_resolution trains on clean scans; drop noisy=True")
     if not isinstance(cfg.ema_decay, (int, float)) or not 0 <= cfg.ema_decay < 1:
         raise MedidiffError(f"--ema-decay must be in [0, 1), got {cfg.ema_decay!r}")
     if not 0 <= cfg.condition_dropout <= 1:

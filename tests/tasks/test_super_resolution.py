@@ -89,7 +89,7 @@ def test_training_feeds_the_network_the_block_mean_of_its_own_crop():
 def test_bad_training_settings_are_refused(mr_train_scan):
     for kwargs, match in (({"super_resolution": 3, "image_size": 32}, "divisible by 3"),
                           ({"super_resolution": 1}, "factor in 2..16"),
-                          ({"super_resolution": 2, "noisy": True}, "drop --noisy")):
+                          ({"super_resolution": 2, "noisy": True}, "drop noisy=True")):
         with pytest.raises(MedidiffError, match=match):
             train([mr_train_scan], None, steps=1, device="cpu", **kwargs)
 
